@@ -1,0 +1,34 @@
+"""Gateway process: Litestar served by uvicorn; SIGTERM finishes in-flight requests, then stops the broker."""
+
+from __future__ import annotations
+
+import asyncio
+
+import uvicorn
+
+from services.gateway.app import create_app
+from shared.logs import configure_logging
+from shared.messaging import create_broker
+from shared.settings import GatewaySettings, load_settings_or_exit
+from shared.subjects import Service
+
+
+def main() -> None:
+    settings = load_settings_or_exit(GatewaySettings, Service.GATEWAY)
+    configure_logging(Service.GATEWAY, settings.log_level)
+    broker = create_broker(settings, Service.GATEWAY)
+    config = uvicorn.Config(
+        create_app(settings, broker),
+        host=settings.gateway_host,
+        port=settings.gateway_port,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        lifespan="on",
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+    )
+    asyncio.run(uvicorn.Server(config).serve())
+
+
+if __name__ == "__main__":
+    main()

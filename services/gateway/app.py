@@ -1,0 +1,76 @@
+"""The gateway's Litestar application: the only HTTP ingress.
+
+`create_app` builds the app around a broker and settings; `__main__` serves it with uvicorn. The returned
+ASGI callable is the Litestar app wrapped in `RequestIdGuard`, so every response, routed or not, carries
+`X-Request-Id` and an envelope.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from faststream.nats import NatsBroker
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.types import ControllerRouterHandler
+
+from services.gateway.context import GatewayContext
+from services.gateway.errors import ErrorResponder
+from services.gateway.request_id import RequestIdGuard
+from services.gateway.routes.health import healthz, readyz
+from shared.messaging import connect_with_retry
+from shared.mongo import create_mongo_client
+from shared.runtime import VERSION
+from shared.settings import GatewaySettings
+
+
+def create_litestar(
+    settings: GatewaySettings,
+    broker: NatsBroker,
+    *,
+    extra_route_handlers: Sequence[ControllerRouterHandler] = (),
+) -> Litestar:
+    gateway = GatewayContext(
+        settings=settings,
+        broker=broker,
+        mongo=create_mongo_client(settings, app_name="caseflow-gateway"),
+    )
+
+    async def start_broker() -> None:
+        await connect_with_retry(broker)
+        await broker.start()
+
+    async def stop() -> None:
+        await broker.stop()
+        await gateway.mongo.close()
+
+    return Litestar(
+        route_handlers=[healthz, readyz, *extra_route_handlers],
+        dependencies={"gateway": Provide(lambda: gateway, sync_to_thread=False)},
+        exception_handlers=ErrorResponder(retry_after_seconds=settings.retry_after_seconds).handlers(),
+        request_max_body_size=settings.max_body_bytes,
+        on_startup=[start_broker],
+        on_shutdown=[stop],
+        openapi_config=OpenAPIConfig(
+            title="Caseflow API",
+            version=VERSION,
+            description="Delegate an email follow-up task to an agent. Every response uses the "
+            '`{"ok": true, "data": ...}` / `{"ok": false, "error": {"code", "message"}}` envelope.',
+            path="/schema",
+            render_plugins=[ScalarRenderPlugin(path="/")],
+        ),
+        debug=False,
+        logging_config=None,
+    )
+
+
+def create_app(
+    settings: GatewaySettings,
+    broker: NatsBroker,
+    *,
+    extra_route_handlers: Sequence[ControllerRouterHandler] = (),
+) -> Any:
+    return RequestIdGuard(create_litestar(settings, broker, extra_route_handlers=extra_route_handlers))

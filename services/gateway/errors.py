@@ -1,0 +1,90 @@
+"""Exception → envelope mapping for the gateway. Every failure a client can see passes through here.
+
+Messages never carry internals: unexpected exceptions are logged with their trace (and the request id) and
+answered with the registry's generic INTERNAL_ERROR message.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.types import ExceptionHandlersMap
+
+from services.gateway.envelope import ErrorEnvelope, error_response
+from shared.errors import ErrorCode, ServiceError
+
+log = logging.getLogger("caseflow.gateway")
+
+# Litestar raises HTTPExceptions for routing and body problems; their status picks our code.
+_CODE_FOR_STATUS: Final = {
+    400: ErrorCode.INVALID_REQUEST,
+    401: ErrorCode.UNAUTHORIZED,
+    403: ErrorCode.FORBIDDEN,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    413: ErrorCode.PAYLOAD_TOO_LARGE,
+    429: ErrorCode.RATE_LIMITED,
+    503: ErrorCode.SERVICE_UNAVAILABLE,
+}
+
+
+class ErrorResponder:
+    def __init__(self, *, retry_after_seconds: int) -> None:
+        self.retry_after_seconds = retry_after_seconds
+
+    def _retry_headers(self, code: ErrorCode) -> dict[str, str] | None:
+        if code is ErrorCode.SERVICE_UNAVAILABLE:
+            return {"Retry-After": str(self.retry_after_seconds)}
+        return None
+
+    def service_error(self, _: Request[Any, Any, Any], exc: ServiceError) -> Response[ErrorEnvelope]:
+        if exc.code is ErrorCode.INTERNAL_ERROR:
+            log.error("service reported an internal error", extra={"error": exc.message})
+        return error_response(
+            exc.code, exc.message, details=exc.details, headers=self._retry_headers(exc.code)
+        )
+
+    def validation_error(
+        self, _: Request[Any, Any, Any], exc: ValidationException
+    ) -> Response[ErrorEnvelope]:
+        return error_response(ErrorCode.INVALID_REQUEST, describe_validation_error(exc))
+
+    def http_error(self, request: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorEnvelope]:
+        code = _CODE_FOR_STATUS.get(exc.status_code)
+        if code is None:
+            return self.unexpected(request, exc)
+        headers = dict(exc.headers or {})
+        headers.update(self._retry_headers(code) or {})
+        # Litestar's details are its own phrasing; clients get the registry's message for the code.
+        return error_response(code, headers=headers or None)
+
+    def unexpected(self, request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorEnvelope]:
+        log.error(
+            "unhandled exception",
+            exc_info=exc,
+            extra={"method": request.method, "path": request.url.path},
+        )
+        return error_response(ErrorCode.INTERNAL_ERROR)
+
+    def handlers(self) -> ExceptionHandlersMap:
+        return {
+            ServiceError: self.service_error,
+            ValidationException: self.validation_error,
+            HTTPException: self.http_error,
+            Exception: self.unexpected,
+        }
+
+
+def describe_validation_error(exc: ValidationException) -> str:
+    """`field.path: problem` from Litestar/msgspec validation details."""
+    extra = exc.extra
+    if isinstance(extra, list) and extra:
+        first = extra[0]
+        if isinstance(first, dict):
+            key = str(first.get("key") or "").removeprefix("$.")
+            problem = str(first.get("message") or "is invalid")
+            return f"{key}: {problem}" if key else problem
+    return exc.detail or "The request is invalid."

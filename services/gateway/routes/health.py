@@ -1,0 +1,84 @@
+"""Liveness and readiness: `/healthz` says the process is up, `/readyz` asks every dependency."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Literal
+
+import msgspec
+from litestar import get
+from litestar.di import NamedDependency
+from litestar.openapi import ResponseSpec
+
+from services.gateway.context import GatewayContext
+from services.gateway.envelope import DataEnvelope, ErrorEnvelope, ok
+from shared.contracts.health import ComponentState, HealthReport
+from shared.contracts.rpc import Empty
+from shared.errors import ErrorCode, ServiceError
+from shared.messaging import request
+from shared.mongo import ping
+from shared.subjects import BACKEND_SERVICES, Service, health_subject
+
+
+class Liveness(msgspec.Struct, frozen=True):
+    status: Literal["up"]
+
+
+class Readiness(msgspec.Struct, frozen=True):
+    status: Literal["ready", "not_ready"]
+    components: dict[str, ComponentState]
+
+
+@get("/healthz", operation_id="liveness", tags=["operations"], summary="The gateway process is up")
+async def healthz() -> DataEnvelope[Liveness]:
+    return ok(Liveness(status="up"))
+
+
+async def _service_state(gateway: GatewayContext, service: Service) -> ComponentState:
+    try:
+        await request(
+            gateway.broker,
+            health_subject(service),
+            Empty(),
+            HealthReport,
+            timeout=gateway.settings.readiness_timeout_seconds,
+        )
+    except ServiceError:
+        return "down"
+    return "ok"
+
+
+async def readiness(gateway: GatewayContext) -> Readiness:
+    connected = gateway.broker.connection is not None and gateway.broker.connection.is_connected
+    timeout = gateway.settings.readiness_timeout_seconds
+    mongo_ok, service_states = await asyncio.gather(
+        ping(gateway.mongo, timeout_seconds=timeout),
+        asyncio.gather(*(_service_state(gateway, service) for service in BACKEND_SERVICES)),
+    )
+    components: dict[str, ComponentState] = {
+        "nats": "ok" if connected else "down",
+        "mongodb": "ok" if mongo_ok else "down",
+        **{str(service): state for service, state in zip(BACKEND_SERVICES, service_states, strict=True)},
+    }
+    ready = all(state == "ok" for state in components.values())
+    return Readiness(status="ready" if ready else "not_ready", components=components)
+
+
+@get(
+    "/readyz",
+    operation_id="readiness",
+    tags=["operations"],
+    summary="Every service, NATS and MongoDB answer",
+    description="503 SERVICE_UNAVAILABLE names the components that are down in `error.details.components`.",
+    responses={503: ResponseSpec(data_container=ErrorEnvelope, description="Not ready")},
+)
+async def readyz(gateway: NamedDependency[GatewayContext]) -> DataEnvelope[Readiness]:
+    report = await readiness(gateway)
+    if report.status != "ready":
+        down = sorted(name for name, state in report.components.items() if state != "ok")
+        raise ServiceError(
+            ErrorCode.SERVICE_UNAVAILABLE,
+            f"Not ready: {', '.join(down)}.",
+            details={"components": report.components},
+        )
+    return ok(report)

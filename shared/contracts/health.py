@@ -1,0 +1,17 @@
+"""Health request/reply: every service answers `<service>.rpc.health`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+ComponentState = Literal["ok", "down"]
+
+
+class HealthReport(msgspec.Struct, frozen=True, rename="camel"):
+    service: str
+    instance: str
+    version: str
+    started_at: int
+    mongodb: ComponentState

@@ -1,0 +1,31 @@
+"""The shape of every request/reply answer: `Ok[T]` carrying data, or `Err` carrying a registry code.
+
+Replies are a tagged union (`{"type": "ok", "data": ...}` / `{"type": "err", "code": ..., "message": ...}`)
+so the gateway decodes them in one call and never guesses from the payload.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from shared.errors import ErrorCode, ServiceError
+
+
+class Ok[T](msgspec.Struct, frozen=True, tag="ok"):
+    data: T
+
+
+class Err(msgspec.Struct, frozen=True, tag="err"):
+    code: ErrorCode
+    message: str
+
+    @classmethod
+    def of(cls, error: ServiceError) -> Err:
+        return cls(code=error.code, message=error.message)
+
+    def to_exception(self) -> ServiceError:
+        return ServiceError(self.code, self.message)
+
+
+class Empty(msgspec.Struct, frozen=True):
+    """A request or reply with no fields."""

@@ -1,0 +1,266 @@
+"""NATS plumbing every service shares: the broker factory, typed request/reply, durable publish and consume.
+
+Design decisions a reader must know:
+- Request/reply always has an explicit timeout; a timeout, a missing responder or a lost connection becomes
+  `ServiceError(SERVICE_UNAVAILABLE)`, which the gateway answers with 503 and `Retry-After`.
+- A JetStream message is acknowledged only after its handler returns. A handler that raises is redelivered
+  with a growing delay (`RetryPolicy`), never dropped (FastStream's NATS default, REJECT_ON_ERROR, would drop
+  it); after `max_deliver` attempts, or on `PermanentFailure`, it is copied to the PARKED stream and
+  terminated, so an operator can inspect it.
+- The request id travels in the `X-Request-Id` header and is bound to the logging context for every message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, cast
+
+import msgspec
+import nats.errors
+from fast_depends.msgspec import MsgSpecSerializer
+from faststream import AckPolicy
+from faststream.exceptions import HandlerException, NackMessage, RejectMessage
+from faststream.middlewares import BaseMiddleware
+from faststream.nats import JStream, NatsBroker, PullSub
+from nats.js.api import ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from shared.contracts.rpc import Err, Ok
+from shared.errors import ErrorCode, ServiceError
+from shared.logs import request_id_var
+from shared.settings import CommonSettings
+from shared.subjects import MSG_ID_HEADER, PARKED, REQUEST_ID_HEADER, Service, StreamSpec, parked_subject
+
+if TYPE_CHECKING:
+    from faststream.message import StreamMessage
+    from nats.aio.msg import Msg
+
+log = logging.getLogger("caseflow.messaging")
+
+
+class PermanentFailure(Exception):
+    """Raised by a durable handler for a message that can never succeed: it is parked at once, not retried."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    backoff_seconds: tuple[float, ...]
+    max_deliver: int
+
+    def delay_after(self, failed_delivery: int) -> float:
+        """Delay before redelivering a message whose `failed_delivery`-th delivery (1-based) failed."""
+        index = min(failed_delivery, len(self.backoff_seconds)) - 1
+        return self.backoff_seconds[max(index, 0)]
+
+
+def _is_jetstream(raw: Msg) -> bool:
+    return bool(raw.reply) and raw.reply.startswith("$JS.ACK.")
+
+
+class ServiceMiddleware(BaseMiddleware):
+    """Binds the request id, turns failures into error replies (RPC) or delayed redeliveries (JetStream)."""
+
+    broker: ClassVar[NatsBroker]
+    policy: ClassVar[RetryPolicy]
+
+    async def consume_scope(self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]) -> Any:
+        token = request_id_var.set(msg.headers.get(REQUEST_ID_HEADER))
+        try:
+            return await call_next(msg)
+        except HandlerException:
+            raise
+        except Exception as exc:
+            raw = cast("Msg", msg.raw_message)
+            if _is_jetstream(raw):
+                await self._retry_or_park(raw, exc)
+            if isinstance(exc, ServiceError):
+                return Err.of(exc)
+            log.exception("handler failed", extra={"subject": raw.subject})
+            if raw.reply:
+                return Err(code=ErrorCode.INTERNAL_ERROR, message="An internal error occurred.")
+            return None
+        finally:
+            request_id_var.reset(token)
+
+    async def _retry_or_park(self, raw: Msg, exc: Exception) -> None:
+        meta = raw.metadata
+        delivered = meta.num_delivered
+        permanent = isinstance(exc, PermanentFailure)
+        if permanent or delivered >= self.policy.max_deliver:
+            log.error(
+                "parking message after failed delivery",
+                exc_info=exc,
+                extra={"subject": raw.subject, "deliveries": delivered, "stream": meta.stream},
+            )
+            try:
+                await self.broker.connection.jetstream().publish(
+                    parked_subject(meta.stream, meta.consumer),
+                    raw.data,
+                    headers={
+                        # Nats-* headers (expected stream, msg id) belong to the original publish.
+                        **{k: v for k, v in (raw.headers or {}).items() if not k.startswith("Nats-")},
+                        MSG_ID_HEADER: f"{meta.stream}.{meta.sequence.stream}",
+                        "Caseflow-Parked-Subject": raw.subject,
+                        "Caseflow-Parked-Reason": f"{type(exc).__name__}: {exc}"[:500],
+                        "Caseflow-Parked-Deliveries": str(delivered),
+                    },
+                )
+            except Exception:
+                log.exception("could not park message; it will be redelivered")
+                raise NackMessage(delay=self.policy.delay_after(delivered)) from exc
+            raise RejectMessage() from exc
+        delay = self.policy.delay_after(delivered)
+        log.warning(
+            "handler failed; message will be redelivered",
+            exc_info=exc,
+            extra={"subject": raw.subject, "deliveries": delivered, "retry_in_seconds": delay},
+        )
+        raise NackMessage(delay=delay) from exc
+
+
+def create_broker(settings: CommonSettings, service: Service) -> NatsBroker:
+    broker = NatsBroker(
+        settings.nats_url,
+        name=f"caseflow-{service}",
+        serializer=MsgSpecSerializer(),
+        graceful_timeout=settings.shutdown_grace_seconds,
+        allow_reconnect=True,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1,
+        connect_timeout=2,
+        logger=logging.getLogger("caseflow.broker"),
+        log_level=logging.DEBUG,
+    )
+    middleware = type(
+        "BoundServiceMiddleware",
+        (ServiceMiddleware,),
+        {
+            "broker": broker,
+            "policy": RetryPolicy(tuple(settings.consumer_backoff_seconds), settings.consumer_max_deliver),
+        },
+    )
+    broker.add_middleware(cast("Any", middleware))
+    return broker
+
+
+async def connect_with_retry(broker: NatsBroker, *, attempts: int = 60, delay_seconds: float = 0.5) -> None:
+    """Connect at start-up even when NATS starts a moment after us; reconnects later are nats-py's job."""
+    for attempt in range(1, attempts + 1):
+        try:
+            await broker.connect()
+        except (OSError, nats.errors.Error, TimeoutError) as exc:
+            if attempt == attempts:
+                raise
+            log.warning("NATS not reachable yet; retrying", extra={"error": str(exc), "attempt": attempt})
+            await asyncio.sleep(delay_seconds)
+        else:
+            return
+
+
+@functools.cache
+def _reply_decoder(reply_type: Any) -> msgspec.json.Decoder[Any]:
+    return msgspec.json.Decoder(Ok[reply_type] | Err)
+
+
+async def request[T](
+    broker: NatsBroker,
+    subject: str,
+    payload: msgspec.Struct,
+    reply_type: type[T],
+    *,
+    timeout: float,
+) -> T:
+    """Ask a service and return its data; its Err replies are raised as ServiceError."""
+    headers = {}
+    request_id = request_id_var.get()
+    if request_id:
+        headers[REQUEST_ID_HEADER] = request_id
+    try:
+        message = await broker.request(payload, subject, timeout=timeout, headers=headers)
+    except (TimeoutError, nats.errors.Error, OSError) as exc:
+        log.warning("request got no answer", extra={"subject": subject, "error": type(exc).__name__})
+        raise ServiceError(ErrorCode.SERVICE_UNAVAILABLE) from exc
+    try:
+        reply = _reply_decoder(cast("Any", reply_type)).decode(message.body)
+    except msgspec.DecodeError as exc:
+        log.exception("undecodable reply", extra={"subject": subject})
+        raise ServiceError(ErrorCode.INTERNAL_ERROR) from exc
+    if isinstance(reply, Err):
+        raise reply.to_exception()
+    return cast("T", reply.data)
+
+
+async def publish_durable(
+    broker: NatsBroker,
+    subject: str,
+    payload: msgspec.Struct,
+    *,
+    stream: StreamSpec,
+    msg_id: str,
+    timeout: float = 5.0,
+) -> None:
+    """Publish to JetStream; `msg_id` makes a retried publish a no-op within the stream's duplicate window."""
+    headers = {MSG_ID_HEADER: msg_id}
+    request_id = request_id_var.get()
+    if request_id:
+        headers[REQUEST_ID_HEADER] = request_id
+    await broker.publish(payload, subject, stream=stream.name, headers=headers, timeout=timeout)
+
+
+def durable_subscriber(
+    broker: NatsBroker,
+    *,
+    subject: str,
+    stream: StreamSpec,
+    durable: str,
+    batch_size: int = 16,
+    max_workers: int = 1,
+    ack_wait_seconds: float = 60.0,
+) -> Callable[[Callable[..., Awaitable[None]]], object]:
+    """A pull consumer shared by all replicas of a service (same durable name), acking after success."""
+    subscriber: Callable[[Callable[..., Awaitable[None]]], object] = broker.subscriber(
+        subject,
+        stream=JStream(name=stream.name, declare=False),
+        durable=durable,
+        pull_sub=PullSub(batch_size=batch_size, timeout=1.0),
+        ack_policy=AckPolicy.ACK,
+        max_workers=max_workers,
+        # Redelivery after a crash is driven by ack_wait; redelivery after a handled failure by our nack
+        # delay. max_deliver is unbounded here because ServiceMiddleware parks the message itself.
+        config=ConsumerConfig(durable_name=durable, ack_wait=ack_wait_seconds, max_deliver=-1),
+    )
+    return subscriber
+
+
+def _stream_config(spec: StreamSpec, replicas: int) -> StreamConfig:
+    return StreamConfig(
+        name=spec.name,
+        description=spec.description,
+        subjects=list(spec.subjects),
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=spec.max_age_seconds,
+        duplicate_window=spec.duplicate_window_seconds,
+        num_replicas=replicas,
+    )
+
+
+async def ensure_streams(broker: NatsBroker, specs: Sequence[StreamSpec], *, replicas: int) -> None:
+    """Create or update the streams idempotently (every service declares what it publishes to or reads)."""
+    js = broker.connection.jetstream()
+    for spec in {s.name: s for s in (*specs, PARKED)}.values():
+        config = _stream_config(spec, replicas)
+        try:
+            await js.stream_info(spec.name)
+        except NotFoundError:
+            try:
+                await js.add_stream(config)
+            except nats.js.errors.BadRequestError:
+                # Another replica created it between our info and add.
+                await js.update_stream(config)
+        else:
+            await js.update_stream(config)

@@ -1,0 +1,67 @@
+"""MongoDB access shared by the services: the client factory, index bootstrap and a health ping.
+
+Code here and in every `store.py` keeps to the operations listed in docs/storage.md so that the embedded
+wire-protocol server (mongoeco) and a real MongoDB behave the same; the storage conformance test checks them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pymongo import AsyncMongoClient, IndexModel
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
+
+from shared.settings import CommonSettings
+
+log = logging.getLogger("caseflow.mongo")
+
+type Document = dict[str, Any]
+
+
+def create_mongo_client(settings: CommonSettings, *, app_name: str) -> AsyncMongoClient[Document]:
+    timeout_ms = int(settings.mongo_timeout_seconds * 1000)
+    return AsyncMongoClient(
+        settings.mongo_url,
+        appname=app_name,
+        serverSelectionTimeoutMS=timeout_ms,
+        connectTimeoutMS=timeout_ms,
+        # Bound every operation so a stalled server yields an error, not a hung request.
+        timeoutMS=timeout_ms,
+        retryWrites=True,
+        tz_aware=False,
+    )
+
+
+async def ensure_indexes(
+    db: AsyncDatabase[Document],
+    indexes: Mapping[str, Sequence[IndexModel]],
+    *,
+    attempts: int = 60,
+    delay_seconds: float = 0.5,
+) -> None:
+    """Create every index the code relies on (idempotent); waits for MongoDB at start-up."""
+    for attempt in range(1, attempts + 1):
+        try:
+            for collection, models in indexes.items():
+                if models:
+                    await db[collection].create_indexes(list(models))
+        except PyMongoError as exc:
+            if attempt == attempts:
+                raise
+            log.warning("MongoDB not ready; retrying index creation", extra={"error": str(exc)[:200]})
+            await asyncio.sleep(delay_seconds)
+        else:
+            return
+
+
+async def ping(client: AsyncMongoClient[Document], *, timeout_seconds: float) -> bool:
+    try:
+        async with asyncio.timeout(timeout_seconds):
+            await client.admin.command("ping")
+    except (PyMongoError, TimeoutError):
+        return False
+    return True

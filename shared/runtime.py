@@ -1,0 +1,121 @@
+"""The process shell every backend service runs in (Temporal's `worker.py`, for our services).
+
+Start-up order: settings are already parsed (a bad value has exited), logging is configured, NATS is
+connected (waiting for it if it starts after us), streams and indexes are declared idempotently, subscribers
+start, then background loops (scheduler, outbox relay) start. On SIGTERM or SIGINT the background loops are
+cancelled, the broker stops taking messages and waits up to SHUTDOWN_GRACE_SECONDS for in-flight handlers,
+then connections close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+
+from faststream import FastStream
+from pymongo import IndexModel
+
+from shared.contracts.health import HealthReport
+from shared.contracts.rpc import Empty, Ok
+from shared.logs import configure_logging
+from shared.messaging import connect_with_retry, create_broker, ensure_streams
+from shared.mongo import create_mongo_client, ensure_indexes, ping
+from shared.settings import CommonSettings
+from shared.subjects import Service, StreamSpec, health_subject, queue_group
+
+VERSION = "0.1.0"
+
+type BackgroundLoop = Callable[[], Awaitable[None]]
+
+
+class ServiceRuntime:
+    def __init__(
+        self,
+        service: Service,
+        settings: CommonSettings,
+        *,
+        streams: Sequence[StreamSpec] = (),
+        indexes: Mapping[str, Sequence[IndexModel]] | None = None,
+    ) -> None:
+        configure_logging(service, settings.log_level)
+        self.service = service
+        self.settings = settings
+        self.log = logging.getLogger(f"caseflow.{service}")
+        self.instance = f"{socket.gethostname()}-{os.getpid()}"
+        self.started_at = int(time.time() * 1000)
+        self.broker = create_broker(settings, service)
+        self.mongo = create_mongo_client(settings, app_name=f"caseflow-{service}")
+        self.db = self.mongo[settings.mongo_db]
+        self._streams = tuple(streams)
+        self._indexes = dict(indexes or {})
+        self._loops: list[BackgroundLoop] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._register_health()
+
+    def _register_health(self) -> None:
+        @self.broker.subscriber(health_subject(self.service), queue=queue_group(self.service))
+        async def health(_: Empty) -> Ok[HealthReport]:
+            mongo_ok = await ping(self.mongo, timeout_seconds=1.0)
+            self.log.debug("health reported", extra={"mongodb": mongo_ok})
+            return Ok(
+                HealthReport(
+                    service=self.service,
+                    instance=self.instance,
+                    version=VERSION,
+                    started_at=self.started_at,
+                    mongodb="ok" if mongo_ok else "down",
+                )
+            )
+
+    def add_background_loop(self, loop: BackgroundLoop) -> None:
+        """Run `loop` after start-up until shutdown; it is restarted if it crashes."""
+        self._loops.append(loop)
+
+    async def _startup(self) -> None:
+        await connect_with_retry(self.broker)
+        await ensure_streams(self.broker, self._streams, replicas=self.settings.jetstream_replicas)
+        await ensure_indexes(self.db, self._indexes)
+
+    async def _start_loops(self) -> None:
+        self._tasks = [asyncio.create_task(self._supervise(loop)) for loop in self._loops]
+        self.log.info("service started", extra={"instance": self.instance})
+
+    async def _supervise(self, loop: BackgroundLoop) -> None:
+        while True:
+            try:
+                await loop()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.exception("background loop crashed; restarting", extra={"loop": loop.__name__})
+                await asyncio.sleep(1.0)
+            else:
+                return
+
+    async def _stop_loops(self) -> None:
+        self.log.info("service stopping")
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _close(self) -> None:
+        await self.mongo.close()
+        self.log.info("service stopped")
+
+    def run(self) -> None:
+        app = FastStream(
+            self.broker,
+            logger=self.log,
+            on_startup=[self._startup],
+            after_startup=[self._start_loops],
+            on_shutdown=[self._stop_loops],
+            after_shutdown=[self._close],
+        )
+        asyncio.run(app.run(log_level=logging.INFO))

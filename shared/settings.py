@@ -1,0 +1,201 @@
+"""Typed settings for every service, read once from the environment at start-up.
+
+Each field maps to the upper-cased environment variable of the same name (`nats_url` ← `NATS_URL`). Every
+field has a default that works for the local stack (`make run`); fields whose default is only fit for local
+use are tagged `deploy_required` (docker-compose must set them, a test checks it) and secrets are tagged
+`secret` (with `CASEFLOW_ENV=production`, keeping the development default is refused).
+
+A bad value stops the process with a message that names the variable: `load_settings_or_exit`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import types
+from collections.abc import Mapping
+from typing import Annotated, Any, Final, Literal, get_args, get_origin, get_type_hints
+
+import msgspec
+from msgspec import Meta
+
+DEPLOY_REQUIRED: Final = {"deploy_required": True}
+SECRET: Final = {"deploy_required": True, "secret": True}
+
+Port = Annotated[int, Meta(ge=1, le=65535)]
+PositiveSeconds = Annotated[float, Meta(gt=0)]
+
+
+class SettingsError(Exception):
+    def __init__(self, variable: str, problem: str) -> None:
+        self.variable = variable
+        self.problem = problem
+        super().__init__(f"invalid setting {variable}: {problem}")
+
+
+class CommonSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Settings every service reads."""
+
+    caseflow_env: Literal["development", "production"] = "development"
+    nats_url: Annotated[str, Meta(min_length=1, extra=DEPLOY_REQUIRED)] = "nats://127.0.0.1:4222"
+    mongo_url: Annotated[str, Meta(min_length=1, extra=DEPLOY_REQUIRED)] = (
+        "mongodb://127.0.0.1:27017/?directConnection=true"
+    )
+    mongo_db: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,63}$")] = "caseflow"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Request/reply deadline between services; FastStream's 0.5 s default is too short for Mongo work.
+    rpc_timeout_seconds: PositiveSeconds = 5.0
+    # How long a stopping service waits for in-flight messages before exiting.
+    shutdown_grace_seconds: PositiveSeconds = 15.0
+    jetstream_replicas: Annotated[int, Meta(ge=1, le=5)] = 1
+    # Redelivery of a JetStream message whose handler failed: delay before the n-th retry (the last value
+    # repeats), and the delivery count after which the message is parked on the PARKED stream.
+    consumer_backoff_seconds: Annotated[list[PositiveSeconds], Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: [1.0, 2.0, 5.0, 15.0, 30.0, 60.0]
+    )
+    consumer_max_deliver: Annotated[int, Meta(ge=1, le=1000)] = 20
+    mongo_timeout_seconds: PositiveSeconds = 5.0
+
+
+class GatewaySettings(CommonSettings, frozen=True, kw_only=True):
+    gateway_host: str = "127.0.0.1"
+    gateway_port: Port = 8000
+    max_body_bytes: Annotated[int, Meta(ge=1024)] = 1024 * 1024
+    readiness_timeout_seconds: PositiveSeconds = 2.0
+    retry_after_seconds: Annotated[int, Meta(ge=1)] = 2
+
+
+class AuthSettings(CommonSettings, frozen=True, kw_only=True):
+    # Development defaults for secrets are refused when CASEFLOW_ENV=production.
+    key_hash_secret: Annotated[str, Meta(min_length=16, extra=SECRET)] = "dev-only-key-hash-secret-change-me"  # noqa: S105
+
+
+class BillingSettings(CommonSettings, frozen=True, kw_only=True):
+    # plan:cap pairs; a cap of 0 means no cap.
+    plans: Annotated[str, Meta(pattern=r"^[a-z0-9_-]+:\d+(,[a-z0-9_-]+:\d+)*$")] = (
+        "free:100,pro:10000,unlimited:0"
+    )
+
+
+class CaseSettings(CommonSettings, frozen=True, kw_only=True):
+    # Length of one "hour" of follow-up delay, so tests and demos can run a 72-hour schedule in seconds.
+    follow_up_hour_seconds: PositiveSeconds = 3600.0
+    agent_backend: Literal["rules", "openai"] = "rules"
+    openai_base_url: str = "http://127.0.0.1:11434/v1"
+    openai_api_key: Annotated[str, Meta(extra={"secret": True})] = ""
+    openai_model: str = "gpt-4o-mini"
+
+
+class AgentMailSettings(CommonSettings, frozen=True, kw_only=True):
+    agentmail_base_url: Annotated[str, Meta(pattern=r"^https?://", extra=DEPLOY_REQUIRED)] = (
+        "http://127.0.0.1:8025"
+    )
+    agentmail_api_key: Annotated[str, Meta(min_length=1, extra=SECRET)] = "am_dev_simulator_key"
+    agentmail_inbox_id: Annotated[str, Meta(min_length=1, extra=DEPLOY_REQUIRED)] = "caseflow@sim.example"
+    agentmail_webhook_secret: Annotated[str, Meta(pattern=r"^whsec_", extra=SECRET)] = (
+        "whsec_ZGV2LW9ubHktYWdlbnRtYWlsLXdlYmhvb2stc2VjcmV0"  # noqa: S105
+    )
+
+
+class WebhookSettings(CommonSettings, frozen=True, kw_only=True):
+    # Delays before each delivery attempt; the first is usually 0 (immediately).
+    webhook_retry_schedule_seconds: Annotated[list[Annotated[float, Meta(ge=0)]], Meta(min_length=1)] = (
+        msgspec.field(default_factory=lambda: [0, 5, 300, 1800, 7200, 18000, 36000, 36000])
+    )
+    webhook_timeout_seconds: PositiveSeconds = 10.0
+    webhook_allow_private: bool = False
+
+
+def env_var(field_name: str) -> str:
+    return field_name.upper()
+
+
+def _is_list(annotation: Any) -> bool:
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    if isinstance(annotation, types.UnionType):
+        return any(_is_list(arg) for arg in get_args(annotation))
+    return get_origin(annotation) is list
+
+
+def _raw_value(raw: str, annotation: Any) -> object:
+    # Lists come from the environment as comma-separated values.
+    if _is_list(annotation):
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    return raw
+
+
+_FIELD_IN_ERROR = re.compile(r"at `\$\.([a-z0-9_]+)")
+
+
+def load_settings[S: CommonSettings](cls: type[S], environ: Mapping[str, str] | None = None) -> S:
+    """Build `cls` from the environment; raises SettingsError naming the offending variable."""
+    environ = os.environ if environ is None else environ
+    hints = get_type_hints(cls, include_extras=True)
+    values: dict[str, object] = {}
+    for field in msgspec.structs.fields(cls):
+        raw = environ.get(env_var(field.name))
+        if raw is not None:
+            values[field.name] = _raw_value(raw, hints[field.name])
+    try:
+        settings = msgspec.convert(values, cls, strict=False)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        match = _FIELD_IN_ERROR.search(message)
+        variable = env_var(match.group(1)) if match else "<settings>"
+        problem = message.split(" - at `", 1)[0]
+        raise SettingsError(variable, problem) from None
+    _refuse_dev_secrets_in_production(settings)
+    return settings
+
+
+def _refuse_dev_secrets_in_production(settings: CommonSettings) -> None:
+    if settings.caseflow_env != "production":
+        return
+    hints = get_type_hints(type(settings), include_extras=True)
+    for field in msgspec.structs.fields(settings):
+        if field_extra(hints[field.name]).get("secret") and getattr(settings, field.name) == field.default:
+            raise SettingsError(
+                env_var(field.name), "must be set in production (the default is for local use only)"
+            )
+
+
+def field_extra(annotation: Any) -> dict[str, Any]:
+    """The `Meta(extra=...)` tags of a settings field."""
+    extra: dict[str, Any] = {}
+    while get_origin(annotation) is Annotated:
+        base, *metas = get_args(annotation)
+        for meta in metas:
+            if isinstance(meta, Meta) and meta.extra:
+                extra.update(meta.extra)
+        annotation = base
+    return extra
+
+
+def deploy_required_variables(cls: type[CommonSettings]) -> list[str]:
+    """Environment variables a deployment must set for a service using `cls`."""
+    hints = get_type_hints(cls, include_extras=True)
+    return [
+        env_var(f.name)
+        for f in msgspec.structs.fields(cls)
+        if field_extra(hints[f.name]).get("deploy_required")
+    ]
+
+
+def load_settings_or_exit[S: CommonSettings](cls: type[S], service: str) -> S:
+    try:
+        return load_settings(cls)
+    except SettingsError as exc:
+        print(f"caseflow {service}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+SETTINGS_BY_SERVICE: Final[dict[str, type[CommonSettings]]] = {
+    "gateway": GatewaySettings,
+    "auth": AuthSettings,
+    "billing": BillingSettings,
+    "case": CaseSettings,
+    "agentmail_adapter": AgentMailSettings,
+    "webhook": WebhookSettings,
+}

@@ -1,0 +1,93 @@
+"""Every NATS name in one place: services, subjects, streams and durable consumers.
+
+Subjects read `<service>.<kind>.<name>`: `rpc` for request/reply over core NATS (answered by a queue group
+named after the service), `cmd` for durable commands and `evt` for durable events (both on JetStream).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final
+
+
+class Service(StrEnum):
+    GATEWAY = "gateway"
+    AUTH = "auth"
+    BILLING = "billing"
+    CASE = "case"
+    AGENTMAIL_ADAPTER = "agentmail_adapter"
+    WEBHOOK = "webhook"
+
+
+# Services that answer request/reply (the gateway only asks).
+BACKEND_SERVICES: Final = (
+    Service.AUTH,
+    Service.BILLING,
+    Service.CASE,
+    Service.AGENTMAIL_ADAPTER,
+    Service.WEBHOOK,
+)
+
+
+def health_subject(service: Service) -> str:
+    return f"{service}.rpc.health"
+
+
+def queue_group(service: Service) -> str:
+    return str(service)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSpec:
+    """A JetStream stream the code relies on; declared idempotently at service start-up."""
+
+    name: str
+    subjects: tuple[str, ...]
+    max_age_seconds: float
+    # Window in which a repeated Nats-Msg-Id is dropped by the server.
+    duplicate_window_seconds: float = 120.0
+    description: str = ""
+
+
+DAY: Final = 86_400.0
+
+# Commands to the case service (created, input provided, cancel).
+CASE_COMMANDS: Final = StreamSpec(
+    name="CASE_COMMANDS",
+    subjects=("case.cmd.>",),
+    max_age_seconds=14 * DAY,
+    description="Durable commands for the case worker: created, input provided, cancel.",
+)
+# Case state changes that clients may hear about (webhooks).
+CASE_EVENTS: Final = StreamSpec(
+    name="CASE_EVENTS",
+    subjects=("case.evt.>",),
+    max_age_seconds=14 * DAY,
+    description="Case lifecycle events: completed, failed, input needed, cancelled.",
+)
+# Inbound AgentMail webhooks, verified and deduplicated by the adapter.
+AGENTMAIL_EVENTS: Final = StreamSpec(
+    name="AGENTMAIL_EVENTS",
+    subjects=("agentmail.evt.>",),
+    max_age_seconds=14 * DAY,
+    description="Verified AgentMail events: messages received, delivery events.",
+)
+# Messages whose handler kept failing, kept for an operator (`nats stream view PARKED`).
+PARKED: Final = StreamSpec(
+    name="PARKED",
+    subjects=("parked.>",),
+    max_age_seconds=30 * DAY,
+    description="Poison messages parked after the consumer's maximum deliveries.",
+)
+
+ALL_STREAMS: Final = (CASE_COMMANDS, CASE_EVENTS, AGENTMAIL_EVENTS, PARKED)
+
+
+def parked_subject(stream: str, consumer: str) -> str:
+    return f"parked.{stream}.{consumer}"
+
+
+# Headers carried on every message.
+REQUEST_ID_HEADER: Final = "X-Request-Id"
+MSG_ID_HEADER: Final = "Nats-Msg-Id"

@@ -1,0 +1,196 @@
+"""Request/reply and durable consumption through the shared plumbing, against a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import msgspec
+import pytest
+from faststream.nats import NatsBroker
+
+from shared.errors import ErrorCode, ServiceError
+from shared.logs import request_id_var
+from shared.messaging import (
+    PermanentFailure,
+    create_broker,
+    durable_subscriber,
+    ensure_streams,
+    publish_durable,
+    request,
+)
+from shared.settings import CommonSettings, load_settings
+from shared.subjects import Service, StreamSpec
+from tests.support.processes import NatsServer
+
+
+class Job(msgspec.Struct):
+    job_id: str
+    text: str = ""
+
+
+class Echo(msgspec.Struct):
+    text: str
+    request_id: str | None
+
+
+@pytest.fixture
+async def service_broker(nats_server: NatsServer) -> AsyncIterator[NatsBroker]:
+    settings = load_settings(
+        CommonSettings,
+        {"NATS_URL": nats_server.url, "CONSUMER_BACKOFF_SECONDS": "0.1,0.2", "CONSUMER_MAX_DELIVER": "4"},
+    )
+    broker = create_broker(settings, Service.CASE)
+    yield broker
+    await broker.stop()
+
+
+@pytest.fixture
+def stream(subject_prefix: str) -> StreamSpec:
+    return StreamSpec(
+        name=f"{subject_prefix}_WORK".upper(), subjects=(f"{subject_prefix}.work.>",), max_age_seconds=600
+    )
+
+
+async def test_request_returns_typed_data_and_carries_the_request_id(
+    service_broker: NatsBroker, raw_broker: NatsBroker, subject_prefix: str
+) -> None:
+    @service_broker.subscriber(f"{subject_prefix}.rpc.echo", queue="echo")
+    async def echo(job: Job) -> object:
+        from shared.contracts.rpc import Ok
+
+        return Ok(Echo(text=job.text.upper(), request_id=request_id_var.get()))
+
+    await service_broker.start()
+    token = request_id_var.set("req-123")
+    try:
+        reply = await request(raw_broker, f"{subject_prefix}.rpc.echo", Job("j1", "hi"), Echo, timeout=5)
+    finally:
+        request_id_var.reset(token)
+    assert reply == Echo(text="HI", request_id="req-123")
+
+
+async def test_service_error_and_unexpected_exception_become_error_replies(
+    service_broker: NatsBroker, raw_broker: NatsBroker, subject_prefix: str
+) -> None:
+    @service_broker.subscriber(f"{subject_prefix}.rpc.lookup", queue="lookup")
+    async def lookup(job: Job) -> object:
+        if job.job_id == "missing":
+            raise ServiceError(ErrorCode.CASE_NOT_FOUND)
+        raise RuntimeError("database password is hunter2")
+
+    await service_broker.start()
+    with pytest.raises(ServiceError) as missing:
+        await request(raw_broker, f"{subject_prefix}.rpc.lookup", Job("missing"), Echo, timeout=5)
+    assert missing.value.code is ErrorCode.CASE_NOT_FOUND
+    with pytest.raises(ServiceError) as crashed:
+        await request(raw_broker, f"{subject_prefix}.rpc.lookup", Job("boom"), Echo, timeout=5)
+    assert crashed.value.code is ErrorCode.INTERNAL_ERROR
+    assert "hunter2" not in crashed.value.message
+
+
+async def test_no_responder_and_slow_responder_are_service_unavailable(
+    service_broker: NatsBroker, raw_broker: NatsBroker, subject_prefix: str
+) -> None:
+    @service_broker.subscriber(f"{subject_prefix}.rpc.slow", queue="slow")
+    async def slow(job: Job) -> None:
+        await asyncio.sleep(2)
+
+    await service_broker.start()
+    with pytest.raises(ServiceError) as nobody:
+        await request(raw_broker, f"{subject_prefix}.rpc.nobody", Job("x"), Echo, timeout=1)
+    assert nobody.value.code is ErrorCode.SERVICE_UNAVAILABLE
+    with pytest.raises(ServiceError) as late:
+        await request(raw_broker, f"{subject_prefix}.rpc.slow", Job("x"), Echo, timeout=0.3)
+    assert late.value.code is ErrorCode.SERVICE_UNAVAILABLE
+
+
+async def test_failing_twice_then_succeeding_processes_the_message_exactly_once(
+    service_broker: NatsBroker, stream: StreamSpec, subject_prefix: str
+) -> None:
+    deliveries: list[str] = []
+    completed: list[str] = []
+    done = asyncio.Event()
+
+    @durable_subscriber(
+        service_broker, subject=f"{subject_prefix}.work.jobs", stream=stream, durable="worker"
+    )
+    async def work(job: Job) -> None:
+        deliveries.append(job.job_id)
+        if len(deliveries) <= 2:
+            raise ConnectionError("transient failure")
+        completed.append(job.job_id)
+        done.set()
+
+    await service_broker.connect()
+    await ensure_streams(service_broker, [stream], replicas=1)
+    await service_broker.start()
+    await publish_durable(
+        service_broker, f"{subject_prefix}.work.jobs", Job("job-1"), stream=stream, msg_id="job-1"
+    )
+    await asyncio.wait_for(done.wait(), timeout=10)
+    # Give a wrongly un-acked message time to come back: it must not.
+    await asyncio.sleep(1.0)
+    assert deliveries == ["job-1", "job-1", "job-1"]
+    assert completed == ["job-1"]
+    info = await service_broker.connection.jetstream().consumer_info(stream.name, "worker")
+    assert info.num_ack_pending == 0
+    assert info.num_pending == 0
+
+
+async def test_poison_message_is_parked_after_max_deliveries_and_permanent_failure_at_once(
+    service_broker: NatsBroker, stream: StreamSpec, subject_prefix: str
+) -> None:
+    attempts: dict[str, int] = {}
+
+    @durable_subscriber(
+        service_broker, subject=f"{subject_prefix}.work.jobs", stream=stream, durable="worker"
+    )
+    async def work(job: Job) -> None:
+        attempts[job.job_id] = attempts.get(job.job_id, 0) + 1
+        if job.job_id == "permanent":
+            raise PermanentFailure("this can never work")
+        raise ValueError("always fails")
+
+    await service_broker.connect()
+    await ensure_streams(service_broker, [stream], replicas=1)
+    js = service_broker.connection.jetstream()
+    parked = await js.subscribe(f"parked.{stream.name}.worker")
+    await service_broker.start()
+    for job_id in ("poison", "permanent"):
+        await publish_durable(
+            service_broker, f"{subject_prefix}.work.jobs", Job(job_id), stream=stream, msg_id=job_id
+        )
+    parked_ids = set()
+    for _ in range(2):
+        message = await parked.next_msg(timeout=10)
+        parked_ids.add(msgspec.json.decode(message.data, type=Job).job_id)
+        assert message.headers is not None
+        assert message.headers["Caseflow-Parked-Subject"] == f"{subject_prefix}.work.jobs"
+    assert parked_ids == {"poison", "permanent"}
+    assert attempts == {"poison": 4, "permanent": 1}
+    await parked.unsubscribe()
+
+
+async def test_publish_with_the_same_msg_id_is_stored_once(
+    service_broker: NatsBroker, stream: StreamSpec, subject_prefix: str
+) -> None:
+    await service_broker.connect()
+    await ensure_streams(service_broker, [stream], replicas=1)
+    for _ in range(3):
+        await publish_durable(
+            service_broker, f"{subject_prefix}.work.jobs", Job("same"), stream=stream, msg_id="same"
+        )
+    info = await service_broker.connection.jetstream().stream_info(stream.name)
+    assert info.state.messages == 1
+
+
+async def test_declaring_streams_twice_is_harmless_and_applies_changes(
+    service_broker: NatsBroker, stream: StreamSpec
+) -> None:
+    await service_broker.connect()
+    await ensure_streams(service_broker, [stream], replicas=1)
+    changed = StreamSpec(name=stream.name, subjects=stream.subjects, max_age_seconds=1200)
+    await ensure_streams(service_broker, [changed], replicas=1)
+    info = await service_broker.connection.jetstream().stream_info(stream.name)
+    assert info.config.max_age == 1200

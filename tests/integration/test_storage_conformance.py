@@ -1,0 +1,160 @@
+"""Storage conformance: every kind of MongoDB operation the stores use, checked as MongoDB documents it.
+
+Runs against the embedded server (mongoeco) here and CI, and against a real MongoDB with TEST_MONGO_URL.
+When the embedded server gets one wrong, the workaround lives in one place and this test keeps the case.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from shared.mongo import Document
+
+
+async def test_unique_index_rejects_a_duplicate(mongo_db: AsyncDatabase[Document]) -> None:
+    await mongo_db.keys.create_indexes([IndexModel([("hash", ASCENDING)], unique=True, name="hash_unique")])
+    await mongo_db.keys.create_indexes([IndexModel([("hash", ASCENDING)], unique=True, name="hash_unique")])
+    await mongo_db.keys.insert_one({"_id": "a", "hash": "h1"})
+    with pytest.raises(DuplicateKeyError):
+        await mongo_db.keys.insert_one({"_id": "b", "hash": "h1"})
+    with pytest.raises(DuplicateKeyError):
+        await mongo_db.keys.insert_one({"_id": "a", "hash": "h2"})
+
+
+async def test_partial_unique_index_applies_only_to_matching_documents(
+    mongo_db: AsyncDatabase[Document],
+) -> None:
+    await mongo_db.cases.create_indexes(
+        [
+            IndexModel(
+                [("clientId", ASCENDING), ("ref", ASCENDING)],
+                unique=True,
+                partialFilterExpression={"ref": {"$type": "string"}},
+                name="client_ref_unique",
+            )
+        ]
+    )
+    await mongo_db.cases.insert_many([{"clientId": "c", "ref": None}, {"clientId": "c", "ref": None}])
+    await mongo_db.cases.insert_one({"clientId": "c", "ref": "r1"})
+    with pytest.raises(DuplicateKeyError):
+        await mongo_db.cases.insert_one({"clientId": "c", "ref": "r1"})
+
+
+async def test_conditional_update_applies_only_when_the_expected_state_holds(
+    mongo_db: AsyncDatabase[Document],
+) -> None:
+    await mongo_db.cases.insert_one({"_id": "k", "status": "INPUT_NEEDED", "version": 1})
+    first = await mongo_db.cases.find_one_and_update(
+        {"_id": "k", "version": 1},
+        {"$set": {"status": "RUNNING"}, "$inc": {"version": 1}},
+        return_document=ReturnDocument.AFTER,
+    )
+    second = await mongo_db.cases.find_one_and_update(
+        {"_id": "k", "version": 1}, {"$set": {"status": "FAILED"}, "$inc": {"version": 1}}
+    )
+    assert first == {"_id": "k", "status": "RUNNING", "version": 2}
+    assert second is None
+
+
+async def test_upsert_with_set_on_insert_only_sets_on_insert(mongo_db: AsyncDatabase[Document]) -> None:
+    for _ in range(2):
+        doc = await mongo_db.usage.find_one_and_update(
+            {"_id": "client:2026-11"},
+            {"$setOnInsert": {"createdAt": 1}, "$inc": {"used": 1}},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+        )
+    assert doc == {"_id": "client:2026-11", "createdAt": 1, "used": 2}
+
+
+async def test_concurrent_capped_increments_never_exceed_the_cap(mongo_db: AsyncDatabase[Document]) -> None:
+    await mongo_db.usage.insert_one({"_id": "m", "used": 0})
+
+    async def reserve() -> bool:
+        doc = await mongo_db.usage.find_one_and_update(
+            {"_id": "m", "used": {"$lt": 30}}, {"$inc": {"used": 1}}
+        )
+        return doc is not None
+
+    results = await asyncio.gather(*(reserve() for _ in range(100)))
+    assert sum(results) == 30
+    assert (await mongo_db.usage.find_one({"_id": "m"})) == {"_id": "m", "used": 30}
+
+
+async def test_push_of_a_sub_document_stores_a_document(mongo_db: AsyncDatabase[Document]) -> None:
+    await mongo_db.deliveries.insert_one({"_id": "d", "attempts": []})
+    await mongo_db.deliveries.update_one(
+        {"_id": "d"}, {"$push": {"attempts": {"status": 500, "meta": {"ms": 3}}}}
+    )
+    doc = await mongo_db.deliveries.find_one({"_id": "d"})
+    assert doc is not None
+    assert doc["attempts"] == [{"status": 500, "meta": {"ms": 3}}]
+
+
+async def test_positional_update_with_elem_match(mongo_db: AsyncDatabase[Document]) -> None:
+    await mongo_db.cases.insert_one(
+        {"_id": "c", "requests": [{"id": "r1", "status": "RESOLVED"}, {"id": "r2", "status": "PENDING"}]}
+    )
+    result = await mongo_db.cases.update_one(
+        {"_id": "c", "requests": {"$elemMatch": {"id": "r2", "status": "PENDING"}}},
+        {"$set": {"requests.$.status": "RESOLVED"}},
+    )
+    assert result.modified_count == 1
+    doc = await mongo_db.cases.find_one({"_id": "c"})
+    assert doc is not None
+    assert [r["status"] for r in doc["requests"]] == ["RESOLVED", "RESOLVED"]
+
+
+async def test_keyset_pagination_by_compound_sort(mongo_db: AsyncDatabase[Document]) -> None:
+    await mongo_db.cases.insert_many(
+        [{"_id": f"id{i}", "clientId": "c", "updatedAt": 100 + i // 2, "status": "RUNNING"} for i in range(7)]
+    )
+    order = [("updatedAt", ASCENDING), ("_id", ASCENDING)]
+    page1 = await mongo_db.cases.find({"clientId": "c"}).sort(order).limit(3).to_list(None)
+    last = page1[-1]
+    page2 = (
+        await mongo_db.cases.find(
+            {
+                "clientId": "c",
+                "$or": [
+                    {"updatedAt": {"$gt": last["updatedAt"]}},
+                    {"updatedAt": last["updatedAt"], "_id": {"$gt": last["_id"]}},
+                ],
+            }
+        )
+        .sort(order)
+        .limit(10)
+        .to_list(None)
+    )
+    assert [d["_id"] for d in page1 + page2] == [f"id{i}" for i in range(7)]
+
+
+async def test_range_query_with_in_sort_desc_and_count(mongo_db: AsyncDatabase[Document]) -> None:
+    await mongo_db.cases.insert_many(
+        [{"_id": i, "nextActionAt": i * 10, "status": "RUNNING" if i % 2 else "CREATED"} for i in range(10)]
+    )
+    due = (
+        await mongo_db.cases.find({"nextActionAt": {"$lte": 50}, "status": {"$in": ["RUNNING"]}})
+        .sort("nextActionAt", DESCENDING)
+        .to_list(None)
+    )
+    assert [d["_id"] for d in due] == [5, 3, 1]
+    assert await mongo_db.cases.count_documents({"status": "CREATED"}) == 5
+
+
+async def test_unset_delete_and_nested_set(mongo_db: AsyncDatabase[Document]) -> None:
+    await mongo_db.cases.insert_one({"_id": "x", "outbox": [{"id": 1}], "goal": {"knowledge": {"a": 1}}})
+    await mongo_db.cases.update_one(
+        {"_id": "x"}, {"$unset": {"outbox": ""}, "$set": {"goal.knowledge.extra": ["note"]}}
+    )
+    assert await mongo_db.cases.find_one({"_id": "x"}) == {
+        "_id": "x",
+        "goal": {"knowledge": {"a": 1, "extra": ["note"]}},
+    }
+    assert (await mongo_db.cases.delete_one({"_id": "x"})).deleted_count == 1
+    assert await mongo_db.cases.find_one({"_id": "x"}) is None

@@ -1,0 +1,214 @@
+"""Real processes for tests: nats-server, the embedded MongoDB and our services, on free loopback ports.
+
+Nothing here is a mock: each piece is the same executable `make run` starts, launched as a child process
+with its output captured to a log file (tests read those files, e.g. to check request ids or secrets).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(
+    port: int, *, timeout: float = 20.0, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening on {port}")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+class ManagedProcess:
+    """One child process with its output in `log_path`; start, stop (graceful), kill, restart."""
+
+    def __init__(self, name: str, argv: list[str], *, env: Mapping[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = dict(env)
+        self.log_path = log_dir / f"{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, *, timeout: float = 20.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        return self._signal_and_wait(signal.SIGTERM, timeout)
+
+    def kill(self) -> int:
+        return self._signal_and_wait(signal.SIGKILL, 10.0)
+
+    def _signal_and_wait(self, sig: signal.Signals, timeout: float) -> int:
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        code = self.process.returncode
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return code
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def json_log_lines(self) -> list[dict[str, object]]:
+        lines = []
+        for line in self.log_text().splitlines():
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if isinstance(entry, dict):
+                    lines.append(entry)
+        return lines
+
+
+class NatsServer(ManagedProcess):
+    def __init__(self, *, log_dir: Path, store_dir: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        store_dir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            str(BIN / "nats-server"),
+            "-js",
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-sd",
+            str(store_dir),
+        ]
+        super().__init__("nats", argv, env=os.environ, log_dir=log_dir)
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        super().start()
+        assert self.process is not None
+        wait_for_port(self.port, process=self.process)
+
+
+class EmbeddedMongo(ManagedProcess):
+    def __init__(self, *, log_dir: Path, sqlite_path: Path | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()
+        argv = [sys.executable, "-m", "deploy.embedded_mongo", "--port", str(self.port)]
+        if sqlite_path is not None:
+            argv += ["--sqlite", str(sqlite_path)]
+        super().__init__("mongodb", argv, env=os.environ, log_dir=log_dir)
+
+    @property
+    def url(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+
+    def start(self) -> None:
+        super().start()
+        assert self.process is not None
+        wait_for_port(self.port, process=self.process)
+
+
+SERVICE_MODULES: dict[str, str] = {
+    "auth": "services.auth",
+    "billing": "services.billing",
+    "case": "services.case",
+    "agentmail_adapter": "services.agentmail_adapter",
+    "webhook": "services.webhook",
+    "gateway": "services.gateway",
+}
+
+
+class Stack:
+    """NATS, MongoDB and the six services as real processes, wired together through the environment."""
+
+    def __init__(self, *, log_dir: Path, nats: NatsServer, mongo_url: str, env: Mapping[str, str]) -> None:
+        self.log_dir = log_dir
+        self.nats = nats
+        self.gateway_port = free_port()
+        self.env = {
+            **os.environ,
+            "NATS_URL": nats.url,
+            "MONGO_URL": mongo_url,
+            "GATEWAY_PORT": str(self.gateway_port),
+            **env,
+        }
+        self.services = {
+            name: ManagedProcess(name, [sys.executable, "-m", module], env=self.env, log_dir=log_dir)
+            for name, module in SERVICE_MODULES.items()
+        }
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    def start(self) -> None:
+        for service in self.services.values():
+            service.start()
+        self.wait_ready()
+
+    def stop(self) -> None:
+        for service in self.services.values():
+            service.stop()
+
+    def wait_ready(self, *, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            for service in self.services.values():
+                if service.process is not None and service.process.poll() is not None:
+                    raise RuntimeError(
+                        f"{service.name} exited ({service.process.returncode}):\n{service.log_text()}"
+                    )
+            try:
+                response = httpx.get(f"{self.gateway_url}/readyz", timeout=5.0)
+                if response.status_code == 200:
+                    return
+                last = response.text
+            except httpx.HTTPError as exc:
+                last = repr(exc)
+            time.sleep(0.2)
+        raise TimeoutError(f"stack not ready after {timeout}s: {last}")

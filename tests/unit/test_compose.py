@@ -1,0 +1,67 @@
+"""docker-compose.yml cannot run here (no Docker engine), so its shape is checked against the code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from shared.settings import SETTINGS_BY_SERVICE, deploy_required_variables
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def test_every_service_is_defined_with_infrastructure(compose: dict[str, Any]) -> None:
+    assert set(compose["services"]) >= {*SETTINGS_BY_SERVICE, "mongo", "nats"}
+
+
+@pytest.mark.parametrize("service", sorted(SETTINGS_BY_SERVICE))
+def test_service_runs_its_module_from_the_shared_image(compose: dict[str, Any], service: str) -> None:
+    definition = compose["services"][service]
+    assert definition["command"] == ["python", "-m", f"services.{service}"]
+    assert definition["build"]["dockerfile"] == "deploy/Dockerfile"
+    assert (ROOT / definition["build"]["dockerfile"]).is_file()
+    assert (ROOT / "services" / service / "__main__.py").is_file()
+    assert definition["depends_on"]["mongo"]["condition"] == "service_healthy"
+    assert definition["depends_on"]["nats"]["condition"] == "service_healthy"
+
+
+@pytest.mark.parametrize("service", sorted(SETTINGS_BY_SERVICE))
+def test_service_gets_every_setting_it_requires(compose: dict[str, Any], service: str) -> None:
+    environment = compose["services"][service]["environment"]
+    missing = [
+        name for name in deploy_required_variables(SETTINGS_BY_SERVICE[service]) if not environment.get(name)
+    ]
+    assert not missing, f"{service} lacks {missing}"
+    assert environment["NATS_URL"] == "nats://nats:4222"
+    assert "mongo:27017" in environment["MONGO_URL"]
+
+
+def test_mongo_is_a_health_checked_single_node_replica_set(compose: dict[str, Any]) -> None:
+    mongo = compose["services"]["mongo"]
+    assert "--replSet" in mongo["command"]
+    assert "rs.initiate" in " ".join(mongo["healthcheck"]["test"])
+
+
+def test_nats_runs_jetstream_with_a_health_check(compose: dict[str, Any]) -> None:
+    nats = compose["services"]["nats"]
+    assert "--jetstream" in nats["command"]
+    assert "healthz" in " ".join(nats["healthcheck"]["test"])
+    # Message scheduling (follow-up timers) needs the 2.12 line or newer.
+    major, minor = (int(part) for part in nats["image"].split(":")[1].split("-")[0].split(".")[:2])
+    assert (major, minor) >= (2, 12)
+
+
+def test_gateway_listens_on_all_interfaces_and_is_published(compose: dict[str, Any]) -> None:
+    gateway = compose["services"]["gateway"]
+    assert gateway["environment"]["GATEWAY_HOST"] == "0.0.0.0"
+    assert any(str(port).endswith(":8000") for port in gateway["ports"])

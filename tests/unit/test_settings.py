@@ -1,0 +1,85 @@
+"""Settings come from the environment; a bad value names its variable; production refuses dev secrets."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.settings import (
+    AgentMailSettings,
+    AuthSettings,
+    BillingSettings,
+    CaseSettings,
+    GatewaySettings,
+    SettingsError,
+    WebhookSettings,
+    deploy_required_variables,
+    load_settings,
+)
+
+
+def test_defaults_load_without_any_environment() -> None:
+    settings = load_settings(GatewaySettings, {})
+    assert settings.gateway_port == 8000
+    assert settings.max_body_bytes == 1024 * 1024
+    assert settings.rpc_timeout_seconds == 5.0
+
+
+def test_values_are_converted_from_strings() -> None:
+    settings = load_settings(
+        WebhookSettings,
+        {
+            "WEBHOOK_ALLOW_PRIVATE": "true",
+            "WEBHOOK_RETRY_SCHEDULE_SECONDS": "0, 1,2.5",
+            "RPC_TIMEOUT_SECONDS": "1.5",
+        },
+    )
+    assert settings.webhook_allow_private is True
+    assert settings.webhook_retry_schedule_seconds == [0.0, 1.0, 2.5]
+    assert settings.rpc_timeout_seconds == 1.5
+
+
+def test_follow_up_hour_seconds_is_read_from_the_environment() -> None:
+    assert load_settings(CaseSettings, {"FOLLOW_UP_HOUR_SECONDS": "1"}).follow_up_hour_seconds == 1.0
+
+
+@pytest.mark.parametrize(
+    ("cls", "variable", "value"),
+    [
+        (GatewaySettings, "GATEWAY_PORT", "eighty"),
+        (GatewaySettings, "GATEWAY_PORT", "70000"),
+        (GatewaySettings, "LOG_LEVEL", "LOUD"),
+        (GatewaySettings, "RPC_TIMEOUT_SECONDS", "0"),
+        (GatewaySettings, "CONSUMER_BACKOFF_SECONDS", "1,soon"),
+        (GatewaySettings, "MONGO_DB", "no spaces allowed"),
+        (BillingSettings, "PLANS", "free=100"),
+        (CaseSettings, "AGENT_BACKEND", "magic"),
+        (CaseSettings, "FOLLOW_UP_HOUR_SECONDS", "-1"),
+        (AgentMailSettings, "AGENTMAIL_WEBHOOK_SECRET", "not-a-whsec"),
+        (WebhookSettings, "WEBHOOK_ALLOW_PRIVATE", "perhaps"),
+        (AuthSettings, "KEY_HASH_SECRET", "short"),
+    ],
+)
+def test_bad_value_names_the_variable(cls: type, variable: str, value: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(cls, {variable: value})
+    assert caught.value.variable == variable
+    assert variable in str(caught.value)
+
+
+def test_production_refuses_development_secrets() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(AuthSettings, {"CASEFLOW_ENV": "production"})
+    assert caught.value.variable == "KEY_HASH_SECRET"
+    settings = load_settings(AuthSettings, {"CASEFLOW_ENV": "production", "KEY_HASH_SECRET": "x" * 32})
+    assert settings.key_hash_secret == "x" * 32
+
+
+def test_deploy_required_variables_include_connections_and_secrets() -> None:
+    assert deploy_required_variables(GatewaySettings) == ["NATS_URL", "MONGO_URL"]
+    assert set(deploy_required_variables(AgentMailSettings)) >= {
+        "AGENTMAIL_BASE_URL",
+        "AGENTMAIL_API_KEY",
+        "AGENTMAIL_INBOX_ID",
+        "AGENTMAIL_WEBHOOK_SECRET",
+    }
+    assert "KEY_HASH_SECRET" in deploy_required_variables(AuthSettings)
