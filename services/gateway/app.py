@@ -20,7 +20,7 @@ from litestar.types import ControllerRouterHandler
 from services.gateway.context import GatewayContext
 from services.gateway.errors import ErrorResponder
 from services.gateway.request_id import RequestIdGuard
-from services.gateway.routes.health import healthz, readyz
+from services.gateway.routes import ROUTES
 from shared.messaging import connect_with_retry
 from shared.mongo import create_mongo_client
 from shared.runtime import VERSION
@@ -48,7 +48,7 @@ def create_litestar(
         await gateway.mongo.close()
 
     return Litestar(
-        route_handlers=[healthz, readyz, *extra_route_handlers],
+        route_handlers=[*ROUTES, *extra_route_handlers],
         dependencies={"gateway": Provide(lambda: gateway, sync_to_thread=False)},
         exception_handlers=ErrorResponder(retry_after_seconds=settings.retry_after_seconds).handlers(),
         request_max_body_size=settings.max_body_bytes,

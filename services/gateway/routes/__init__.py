@@ -1,0 +1,9 @@
+"""Every route handler the gateway serves, in one list that `app.create_litestar` mounts."""
+
+from __future__ import annotations
+
+from litestar.types import ControllerRouterHandler
+
+from services.gateway.routes.health import healthz, readyz
+
+ROUTES: list[ControllerRouterHandler] = [healthz, readyz]
