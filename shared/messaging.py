@@ -23,9 +23,10 @@ import msgspec
 import nats.errors
 from fast_depends.msgspec import MsgSpecSerializer
 from faststream import AckPolicy
-from faststream.exceptions import HandlerException, NackMessage, RejectMessage
+from faststream.exceptions import HandlerException, IncorrectState, NackMessage, RejectMessage
 from faststream.middlewares import BaseMiddleware
 from faststream.nats import JStream, NatsBroker, PullSub
+from nats.aio.client import Client as NatsClient
 from nats.js.api import ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
@@ -145,6 +146,14 @@ def create_broker(settings: CommonSettings, service: Service) -> NatsBroker:
     )
     broker.add_middleware(cast("Any", middleware))
     return broker
+
+
+def nats_client(broker: NatsBroker) -> NatsClient | None:
+    """The broker's live nats-py client, or None before it has connected."""
+    try:
+        return broker.connection
+    except IncorrectState:
+        return None
 
 
 async def connect_with_retry(broker: NatsBroker, *, attempts: int = 60, delay_seconds: float = 0.5) -> None:

@@ -25,6 +25,7 @@ SECRET: Final = {"deploy_required": True, "secret": True}
 
 Port = Annotated[int, Meta(ge=1, le=65535)]
 PositiveSeconds = Annotated[float, Meta(gt=0)]
+RATE_PATTERN: Final = r"^\d+(\.\d+)?/\d+$"
 
 
 class SettingsError(Exception):
@@ -64,6 +65,11 @@ class GatewaySettings(CommonSettings, frozen=True, kw_only=True):
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 1024 * 1024
     readiness_timeout_seconds: PositiveSeconds = 2.0
     retry_after_seconds: Annotated[int, Meta(ge=1)] = 2
+    # Throttling per API key and route as "requests per second/burst" (token bucket, per gateway process).
+    rate_limit_create: Annotated[str, Meta(pattern=RATE_PATTERN)] = "10/20"
+    rate_limit_default: Annotated[str, Meta(pattern=RATE_PATTERN)] = "50/100"
+    # How long a verified API key is trusted without asking auth again; revocations evict it at once.
+    auth_cache_seconds: Annotated[float, Meta(ge=0)] = 30.0
 
 
 class AuthSettings(CommonSettings, frozen=True, kw_only=True):
@@ -73,9 +79,7 @@ class AuthSettings(CommonSettings, frozen=True, kw_only=True):
 
 class BillingSettings(CommonSettings, frozen=True, kw_only=True):
     # plan:cap pairs; a cap of 0 means no cap.
-    plans: Annotated[str, Meta(pattern=r"^[a-z0-9_-]+:\d+(,[a-z0-9_-]+:\d+)*$")] = (
-        "free:100,pro:10000,unlimited:0"
-    )
+    plans: Annotated[str, Meta(pattern=r"^[a-z0-9_-]+:\d+(,[a-z0-9_-]+:\d+)*$")] = "free:100,pro:10000,unlimited:0"
 
 
 class CaseSettings(CommonSettings, frozen=True, kw_only=True):
@@ -85,12 +89,14 @@ class CaseSettings(CommonSettings, frozen=True, kw_only=True):
     openai_base_url: str = "http://127.0.0.1:11434/v1"
     openai_api_key: Annotated[str, Meta(extra={"secret": True})] = ""
     openai_model: str = "gpt-4o-mini"
+    # Local deployments: allow http and private/loopback client webhook URLs at case creation (the webhook
+    # service reads the same variable for its SSRF guard).
+    webhook_allow_private: bool = False
+    idempotency_ttl_hours: Annotated[float, Meta(gt=0)] = 24.0
 
 
 class AgentMailSettings(CommonSettings, frozen=True, kw_only=True):
-    agentmail_base_url: Annotated[str, Meta(pattern=r"^https?://", extra=DEPLOY_REQUIRED)] = (
-        "http://127.0.0.1:8025"
-    )
+    agentmail_base_url: Annotated[str, Meta(pattern=r"^https?://", extra=DEPLOY_REQUIRED)] = "http://127.0.0.1:8025"
     agentmail_api_key: Annotated[str, Meta(min_length=1, extra=SECRET)] = "am_dev_simulator_key"
     agentmail_inbox_id: Annotated[str, Meta(min_length=1, extra=DEPLOY_REQUIRED)] = "caseflow@sim.example"
     agentmail_webhook_secret: Annotated[str, Meta(pattern=r"^whsec_", extra=SECRET)] = (
@@ -100,8 +106,8 @@ class AgentMailSettings(CommonSettings, frozen=True, kw_only=True):
 
 class WebhookSettings(CommonSettings, frozen=True, kw_only=True):
     # Delays before each delivery attempt; the first is usually 0 (immediately).
-    webhook_retry_schedule_seconds: Annotated[list[Annotated[float, Meta(ge=0)]], Meta(min_length=1)] = (
-        msgspec.field(default_factory=lambda: [0, 5, 300, 1800, 7200, 18000, 36000, 36000])
+    webhook_retry_schedule_seconds: Annotated[list[Annotated[float, Meta(ge=0)]], Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: [0, 5, 300, 1800, 7200, 18000, 36000, 36000]
     )
     webhook_timeout_seconds: PositiveSeconds = 10.0
     webhook_allow_private: bool = False
@@ -156,9 +162,7 @@ def _refuse_dev_secrets_in_production(settings: CommonSettings) -> None:
     hints = get_type_hints(type(settings), include_extras=True)
     for field in msgspec.structs.fields(settings):
         if field_extra(hints[field.name]).get("secret") and getattr(settings, field.name) == field.default:
-            raise SettingsError(
-                env_var(field.name), "must be set in production (the default is for local use only)"
-            )
+            raise SettingsError(env_var(field.name), "must be set in production (the default is for local use only)")
 
 
 def field_extra(annotation: Any) -> dict[str, Any]:
@@ -176,11 +180,7 @@ def field_extra(annotation: Any) -> dict[str, Any]:
 def deploy_required_variables(cls: type[CommonSettings]) -> list[str]:
     """Environment variables a deployment must set for a service using `cls`."""
     hints = get_type_hints(cls, include_extras=True)
-    return [
-        env_var(f.name)
-        for f in msgspec.structs.fields(cls)
-        if field_extra(hints[f.name]).get("deploy_required")
-    ]
+    return [env_var(f.name) for f in msgspec.structs.fields(cls) if field_extra(hints[f.name]).get("deploy_required")]
 
 
 def load_settings_or_exit[S: CommonSettings](cls: type[S], service: str) -> S:

@@ -1,10 +1,22 @@
-"""The case service's collections: `cases` and `idempotency_keys`."""
+"""The case service's collections: `cases` (one document per case, with its outbox) and `idempotency_keys`.
+
+Concurrency is MongoDB's job (docs/storage.md): every case write is a replace or update conditioned on the
+version it read and bumps it; idempotency keys are claimed by a unique `_id`.
+"""
 
 from __future__ import annotations
 
-from typing import Final
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal
 
 from pymongo import ASCENDING, IndexModel
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from services.case.model import CaseRecord, from_document, to_document
+from shared.mongo import Document
 
 CASES: Final = "cases"
 IDEMPOTENCY_KEYS: Final = "idempotency_keys"
@@ -12,14 +24,146 @@ IDEMPOTENCY_KEYS: Final = "idempotency_keys"
 INDEXES: Final = {
     CASES: [
         # Listing a client's cases in (updatedAt, caseId) order, and filtering by reference id.
-        IndexModel(
-            [("clientId", ASCENDING), ("updatedAt", ASCENDING), ("_id", ASCENDING)], name="client_updated"
-        ),
+        IndexModel([("clientId", ASCENDING), ("updatedAt", ASCENDING), ("_id", ASCENDING)], name="client_updated"),
         IndexModel([("clientId", ASCENDING), ("clientReferenceId", ASCENDING)], name="client_reference"),
         # The scheduler finds due cases through this index.
         IndexModel([("nextActionAt", ASCENDING)], name="next_action"),
+        # The outbox relay finds cases with unpublished messages.
+        IndexModel([("outboxPendingSince", ASCENDING)], name="outbox_pending", sparse=True),
     ],
     IDEMPOTENCY_KEYS: [
-        IndexModel([("clientId", ASCENDING), ("key", ASCENDING)], name="client_key_unique", unique=True),
+        # MongoDB deletes a key once expiresAt (a BSON date) has passed.
+        IndexModel([("expiresAt", ASCENDING)], name="expires_ttl", expireAfterSeconds=0),
     ],
 }
+
+
+@dataclass(frozen=True, slots=True)
+class PageCursor:
+    updated_at: int
+    case_id: str
+
+
+class CaseStore:
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self.cases = db[CASES]
+
+    async def insert(self, record: CaseRecord) -> None:
+        await self.cases.insert_one(to_document(record))
+
+    async def get(self, case_id: str) -> CaseRecord | None:
+        document = await self.cases.find_one({"_id": case_id})
+        return from_document(document) if document else None
+
+    async def replace(self, record: CaseRecord, *, expected_version: int) -> bool:
+        """Write `record` (whose version must be expected_version + 1) unless someone else wrote first."""
+        result = await self.cases.replace_one({"_id": record.case_id, "version": expected_version}, to_document(record))
+        return result.matched_count == 1
+
+    async def delete_unpublished(self, case_id: str) -> None:
+        """Undo a create whose command could not be published (it was never shown to anyone)."""
+        await self.cases.delete_one({"_id": case_id, "pendingCreate": True})
+
+    async def mark_relayed(self, case_id: str, msg_ids: Sequence[str], *, created_published: bool) -> None:
+        update: dict[str, Any] = {
+            "$pull": {"outbox": {"msgId": {"$in": list(msg_ids)}}},
+            "$inc": {"version": 1},
+        }
+        if created_published:
+            update["$set"] = {"pendingCreate": False}
+        await self.cases.update_one({"_id": case_id}, update)
+        await self.cases.update_one(
+            {"_id": case_id, "outbox": {"$size": 0}},
+            {"$unset": {"outboxPendingSince": ""}, "$inc": {"version": 1}},
+        )
+
+    async def with_pending_outbox(self, *, older_than: int, limit: int) -> list[CaseRecord]:
+        cursor = self.cases.find({"outboxPendingSince": {"$lte": older_than}}).limit(limit)
+        return [from_document(document) for document in await cursor.to_list(None)]
+
+    async def page(
+        self,
+        *,
+        client_id: str,
+        statuses: Sequence[str],
+        client_reference_id: str | None,
+        updated_after: int | None,
+        after: PageCursor | None,
+        limit: int,
+    ) -> list[CaseRecord]:
+        query: dict[str, Any] = {"clientId": client_id, "pendingCreate": False}
+        if statuses:
+            query["status"] = {"$in": list(statuses)}
+        if client_reference_id is not None:
+            query["clientReferenceId"] = client_reference_id
+        if updated_after is not None:
+            query["updatedAt"] = {"$gt": updated_after}
+        if after is not None:
+            query["$or"] = [
+                {"updatedAt": {"$gt": after.updated_at}},
+                {"updatedAt": after.updated_at, "_id": {"$gt": after.case_id}},
+            ]
+        cursor = self.cases.find(query).sort([("updatedAt", ASCENDING), ("_id", ASCENDING)]).limit(limit)
+        return [from_document(document) for document in await cursor.to_list(None)]
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyClaim:
+    outcome: Literal["new", "replay", "in_flight", "mismatch"]
+    case_id: str | None = None
+
+
+class IdempotencyStore:
+    """`Idempotency-Key` records: claimed before a create runs, completed with its case id, kept 24 h."""
+
+    # A claim still in flight after this long is treated as abandoned (its request crashed), not as in use.
+    STALE_CLAIM: Final = dt.timedelta(minutes=2)
+
+    def __init__(self, db: AsyncDatabase[Document], *, ttl: dt.timedelta) -> None:
+        self.keys = db[IDEMPOTENCY_KEYS]
+        self.ttl = ttl
+
+    @staticmethod
+    def _id(client_id: str, key: str) -> str:
+        return f"{client_id}\x1f{key}"
+
+    async def claim(self, *, client_id: str, key: str, request_hash: str, now: dt.datetime) -> IdempotencyClaim:
+        """`now` is a naive UTC datetime, as the driver returns stored dates."""
+        key_id = self._id(client_id, key)
+        fresh = {
+            "_id": key_id,
+            "clientId": client_id,
+            "requestHash": request_hash,
+            "state": "in_flight",
+            "claimedAt": now,
+            "expiresAt": now + self.ttl,
+        }
+        try:
+            await self.keys.insert_one(fresh)
+        except DuplicateKeyError:
+            pass
+        else:
+            return IdempotencyClaim("new")
+        existing = await self.keys.find_one({"_id": key_id})
+        if existing is None or existing["expiresAt"] <= now:
+            # Expired but not yet swept by the TTL monitor (it runs about once a minute): start over.
+            await self.keys.delete_one({"_id": key_id, "expiresAt": {"$lte": now}})
+            return await self.claim(client_id=client_id, key=key, request_hash=request_hash, now=now)
+        if existing["requestHash"] != request_hash:
+            return IdempotencyClaim("mismatch")
+        if existing["state"] == "done":
+            return IdempotencyClaim("replay", existing["caseId"])
+        if existing["claimedAt"] > now - self.STALE_CLAIM:
+            return IdempotencyClaim("in_flight")
+        taken = await self.keys.find_one_and_update(
+            {"_id": key_id, "state": "in_flight", "claimedAt": existing["claimedAt"]},
+            {"$set": {"claimedAt": now}},
+        )
+        return IdempotencyClaim("new") if taken else IdempotencyClaim("in_flight")
+
+    async def complete(self, *, client_id: str, key: str, case_id: str) -> None:
+        await self.keys.update_one({"_id": self._id(client_id, key)}, {"$set": {"state": "done", "caseId": case_id}})
+
+    async def abandon(self, *, client_id: str, key: str) -> None:
+        """Forget a claim whose create failed, so the client's retry with the same key can succeed."""
+        await self.keys.delete_one({"_id": self._id(client_id, key), "state": "in_flight"})

@@ -7,24 +7,38 @@ ASGI callable is the Litestar app wrapped in `RequestIdGuard`, so every response
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 from faststream.nats import NatsBroker
 from litestar import Litestar
+from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ControllerRouterHandler
 
+from services.gateway.auth import KeyCache
 from services.gateway.context import GatewayContext
 from services.gateway.errors import ErrorResponder
+from services.gateway.guards import add_rate_limit_headers
 from services.gateway.request_id import RequestIdGuard
 from services.gateway.routes import ROUTES
-from shared.messaging import connect_with_retry
+from services.gateway.throttle import RateLimit, Throttle
+from shared.contracts.auth import KEYS_CHANGED, KeysChanged
+from shared.messaging import connect_with_retry, nats_client
 from shared.mongo import create_mongo_client
 from shared.runtime import VERSION
 from shared.settings import GatewaySettings
+
+log = logging.getLogger("caseflow.gateway")
+
+
+def _reconnects(broker: NatsBroker) -> int:
+    client = nats_client(broker)
+    return int(client.stats["reconnects"]) if client else 0
 
 
 def create_litestar(
@@ -37,7 +51,20 @@ def create_litestar(
         settings=settings,
         broker=broker,
         mongo=create_mongo_client(settings, app_name="caseflow-gateway"),
+        key_cache=KeyCache(ttl_seconds=settings.auth_cache_seconds, epoch=lambda: _reconnects(broker)),
+        throttle=Throttle(
+            limits={
+                "create": RateLimit.parse(settings.rate_limit_create),
+                "default": RateLimit.parse(settings.rate_limit_default),
+            }
+        ),
     )
+
+    @broker.subscriber(KEYS_CHANGED)
+    async def evict_changed_keys(change: KeysChanged) -> None:
+        # Every gateway hears this (no queue group): a revoked key stops working everywhere at once.
+        evicted = gateway.key_cache.evict(client_id=change.client_id, key_id=change.key_id)
+        log.info("evicted cached API keys", extra={"evicted": evicted, "key_id": change.key_id})
 
     async def start_broker() -> None:
         await connect_with_retry(broker)
@@ -49,8 +76,10 @@ def create_litestar(
 
     return Litestar(
         route_handlers=[*ROUTES, *extra_route_handlers],
+        state=State({"gateway": gateway}),
         dependencies={"gateway": Provide(lambda: gateway, sync_to_thread=False)},
         exception_handlers=ErrorResponder(retry_after_seconds=settings.retry_after_seconds).handlers(),
+        before_send=[add_rate_limit_headers],
         request_max_body_size=settings.max_body_bytes,
         on_startup=[start_broker],
         on_shutdown=[stop],
@@ -61,6 +90,16 @@ def create_litestar(
             '`{"ok": true, "data": ...}` / `{"ok": false, "error": {"code", "message"}}` envelope.',
             path="/schema",
             render_plugins=[ScalarRenderPlugin(path="/")],
+            components=Components(
+                security_schemes={
+                    "apiKey": SecurityScheme(
+                        type="apiKey",
+                        name="x-api-key",
+                        security_scheme_in="header",
+                        description="Your API key.",
+                    )
+                }
+            ),
         ),
         debug=False,
         logging_config=None,

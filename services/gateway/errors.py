@@ -14,6 +14,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
 from services.gateway.envelope import ErrorEnvelope, error_response
+from services.gateway.guards import RateLimited
 from shared.errors import ErrorCode, ServiceError
 
 log = logging.getLogger("caseflow.gateway")
@@ -43,13 +44,12 @@ class ErrorResponder:
     def service_error(self, _: Request[Any, Any, Any], exc: ServiceError) -> Response[ErrorEnvelope]:
         if exc.code is ErrorCode.INTERNAL_ERROR:
             log.error("service reported an internal error", extra={"error": exc.message})
-        return error_response(
-            exc.code, exc.message, details=exc.details, headers=self._retry_headers(exc.code)
-        )
+        return error_response(exc.code, exc.message, details=exc.details, headers=self._retry_headers(exc.code))
 
-    def validation_error(
-        self, _: Request[Any, Any, Any], exc: ValidationException
-    ) -> Response[ErrorEnvelope]:
+    def rate_limited(self, _: Request[Any, Any, Any], exc: RateLimited) -> Response[ErrorEnvelope]:
+        return error_response(ErrorCode.RATE_LIMITED, headers=exc.decision.headers())
+
+    def validation_error(self, _: Request[Any, Any, Any], exc: ValidationException) -> Response[ErrorEnvelope]:
         return error_response(ErrorCode.INVALID_REQUEST, describe_validation_error(exc))
 
     def http_error(self, request: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorEnvelope]:
@@ -72,6 +72,7 @@ class ErrorResponder:
     def handlers(self) -> ExceptionHandlersMap:
         return {
             ServiceError: self.service_error,
+            RateLimited: self.rate_limited,
             ValidationException: self.validation_error,
             HTTPException: self.http_error,
             Exception: self.unexpected,

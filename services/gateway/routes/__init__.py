@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from litestar.types import ControllerRouterHandler
 
+from services.gateway.routes.cases import CasesController, UsageController
+from services.gateway.routes.docs import api_docs
 from services.gateway.routes.health import healthz, readyz
 
-ROUTES: list[ControllerRouterHandler] = [healthz, readyz]
+ROUTES: list[ControllerRouterHandler] = [healthz, readyz, api_docs, CasesController, UsageController]

@@ -15,7 +15,7 @@ from services.gateway.envelope import DataEnvelope, ErrorEnvelope, ok
 from shared.contracts.health import ComponentState, HealthReport
 from shared.contracts.rpc import Empty
 from shared.errors import ErrorCode, ServiceError
-from shared.messaging import request
+from shared.messaging import nats_client, request
 from shared.mongo import ping
 from shared.subjects import BACKEND_SERVICES, Service, health_subject
 
@@ -49,7 +49,8 @@ async def _service_state(gateway: GatewayContext, service: Service) -> Component
 
 
 async def readiness(gateway: GatewayContext) -> Readiness:
-    connected = gateway.broker.connection is not None and gateway.broker.connection.is_connected
+    client = nats_client(gateway.broker)
+    connected = client is not None and client.is_connected
     timeout = gateway.settings.readiness_timeout_seconds
     mongo_ok, service_states = await asyncio.gather(
         ping(gateway.mongo, timeout_seconds=timeout),

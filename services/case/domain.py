@@ -1,0 +1,210 @@
+"""Pure case rules for the API side: creating a case, accepting input, cancelling, and what clients see.
+
+No I/O here: functions take a record and the time and return a new record (with any owed messages in its
+outbox) or raise a ServiceError with the contract's code. The worker's lifecycle (sending, follow-ups,
+judging replies) builds on the same record in `lifecycle.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from services.case.model import CaseRecord, InputRequestRecord, OutboxMessage
+from shared.contracts.case import (
+    CMD_CREATED,
+    CMD_INPUT_PROVIDED,
+    NOTHING_SCHEDULED,
+    TERMINAL_STATUSES,
+    CaseCreatedCommand,
+    CaseEvent,
+    CaseEventData,
+    CaseView,
+    EventType,
+    InputProvidedCommand,
+    InputRequestView,
+    NewCase,
+    case_event_id,
+    event_subject,
+)
+from shared.errors import ErrorCode, ServiceError
+from shared.subjects import CASE_COMMANDS, CASE_EVENTS
+
+# A created case whose command was never published (crash between insert and publish) is picked up by the
+# outbox relay after this long, so that no accepted case is stuck in CREATED.
+CREATE_GRACE_MS = 30_000
+
+
+def outbox_message(*, subject: str, stream_name: str, msg_id: str, payload: msgspec.Struct) -> OutboxMessage:
+    return OutboxMessage(msg_id=msg_id, subject=subject, stream=stream_name, payload=msgspec.json.encode(payload))
+
+
+def with_outbox(record: CaseRecord, messages: list[OutboxMessage], *, now: int) -> CaseRecord:
+    if not messages:
+        return record
+    return msgspec.structs.replace(
+        record,
+        outbox=[*record.outbox, *messages],
+        outbox_pending_since=record.outbox_pending_since or now,
+    )
+
+
+def new_case(*, case_id: str, client_id: str, body: NewCase, now: int) -> CaseRecord:
+    """A CREATED case with its created command owed; hidden from clients until the command is published."""
+    record = CaseRecord(
+        case_id=case_id,
+        client_id=client_id,
+        status="CREATED",
+        created_at=now,
+        updated_at=now,
+        next_action_at=NOTHING_SCHEDULED,
+        max_attempts=body.max_attempts,
+        follow_up_delay_hours=body.follow_up_delay_hours,
+        channel=body.channel,
+        goal=body.goal,
+        counterparty=body.counterparty,
+        sender_persona=body.sender_persona,
+        client_reference_id=body.client_reference_id,
+        constraints=body.constraints,
+        result_schema=body.result_schema,
+        client_webhook_url=body.client_webhook_url,
+        metadata=body.metadata,
+        pending_create=True,
+    )
+    command = outbox_message(
+        subject=CMD_CREATED,
+        stream_name=CASE_COMMANDS.name,
+        msg_id=f"created:{case_id}",
+        payload=CaseCreatedCommand(case_id=case_id),
+    )
+    return with_outbox(record, [command], now=now)
+
+
+def ensure_owner(record: CaseRecord | None, client_id: str) -> CaseRecord:
+    if record is None or record.pending_create:
+        raise ServiceError(ErrorCode.CASE_NOT_FOUND)
+    if record.client_id != client_id:
+        # Offload answers 403 for another client's case; the message says nothing about the case.
+        raise ServiceError(ErrorCode.FORBIDDEN)
+    return record
+
+
+def resolve_input(record: CaseRecord, *, input_request_id: str, provided_context: str, now: int) -> CaseRecord:
+    """Resolve the pending input request and owe the worker the answer (checks in the contract's order)."""
+    request = record.input_request
+    if record.status != "INPUT_NEEDED" or request is None:
+        raise ServiceError(ErrorCode.CASE_NOT_WAITING_FOR_INPUT)
+    if request.status != "PENDING":
+        raise ServiceError(ErrorCode.INPUT_REQUEST_NOT_PENDING)
+    if request.id != input_request_id:
+        raise ServiceError(ErrorCode.INPUT_REQUEST_MISMATCH)
+    resolved = msgspec.structs.replace(
+        record,
+        input_request=msgspec.structs.replace(request, status="RESOLVED"),
+        updated_at=max(now, record.updated_at + 1),
+    )
+    command = outbox_message(
+        subject=CMD_INPUT_PROVIDED,
+        stream_name=CASE_COMMANDS.name,
+        msg_id=f"input:{record.case_id}:{input_request_id}",
+        payload=InputProvidedCommand(
+            case_id=record.case_id, input_request_id=input_request_id, provided_context=provided_context
+        ),
+    )
+    return with_outbox(resolved, [command], now=now)
+
+
+def case_event(record: CaseRecord, event_type: EventType) -> OutboxMessage:
+    event_id = case_event_id(record.case_id, event_type, record.updated_at)
+    event = CaseEvent(
+        event_id=event_id,
+        event_type=event_type,
+        timestamp=record.updated_at,
+        client_id=record.client_id,
+        webhook_url=record.client_webhook_url,
+        data=event_data(record, event_type),
+    )
+    return outbox_message(
+        subject=event_subject(event_type), stream_name=CASE_EVENTS.name, msg_id=event_id, payload=event
+    )
+
+
+def cancel(record: CaseRecord, *, now: int) -> CaseRecord:
+    if record.status in TERMINAL_STATUSES:
+        raise ServiceError(ErrorCode.CASE_NOT_CANCELLABLE)
+    cancelled = msgspec.structs.replace(
+        record,
+        status="CANCELLED",
+        result_status="cancelled",
+        next_action_at=NOTHING_SCHEDULED,
+        updated_at=max(now, record.updated_at + 1),
+    )
+    return with_outbox(cancelled, [case_event(cancelled, "case.cancelled")], now=now)
+
+
+def _unset_if_none(value: Any) -> Any:
+    return msgspec.UNSET if value is None else value
+
+
+def event_data(record: CaseRecord, event_type: EventType) -> CaseEventData:
+    """The webhook `data` object, field for field as Offload sends it."""
+    request = record.input_request if event_type == "case.input_needed" else None
+    return CaseEventData(
+        case_id=record.case_id,
+        status=record.status,
+        channel=record.channel,
+        attempt_count=record.attempt_count,
+        attachments=record.attachments,
+        client_reference_id=_unset_if_none(record.client_reference_id),
+        result_status=_unset_if_none(record.result_status),
+        result=_unset_if_none(record.result),
+        metadata=_unset_if_none(record.metadata),
+        # case.failed always says why, even when there is no more to say than null.
+        failure_reason=record.failure_reason if event_type == "case.failed" else msgspec.UNSET,
+        input_request=request.question if request else msgspec.UNSET,
+        input_request_id=request.id if request else msgspec.UNSET,
+        input_request_status=request.status if request else msgspec.UNSET,
+        input_requested_at=request.requested_at if request else msgspec.UNSET,
+    )
+
+
+def view(record: CaseRecord) -> CaseView:
+    """What `GET /cases/{id}` shows: never the webhook URL, provider ids or internal scheduling fields."""
+    request = record.input_request
+    return CaseView(
+        case_id=record.case_id,
+        status=record.status,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+        next_action_at=record.next_action_at,
+        attempt_count=record.attempt_count,
+        max_attempts=record.max_attempts,
+        follow_up_delay_hours=record.follow_up_delay_hours,
+        channel=record.channel,
+        counterparty=record.counterparty,
+        attachments=record.attachments,
+        goal=record.goal,
+        sender_persona=record.sender_persona,
+        input_request=(
+            InputRequestView(
+                id=request.id,
+                question=request.question,
+                status=request.status,
+                requested_at=request.requested_at,
+            )
+            if request
+            else None
+        ),
+        client_reference_id=record.client_reference_id,
+        result_status=record.result_status,
+        result=record.result,
+        result_schema=record.result_schema,
+        constraints=record.constraints,
+        metadata=record.metadata,
+        failure_reason=record.failure_reason,
+    )
+
+
+def new_input_request(*, request_id: str, question: str, now: int) -> InputRequestRecord:
+    return InputRequestRecord(id=request_id, question=question, status="PENDING", requested_at=now)

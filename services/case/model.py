@@ -1,0 +1,78 @@
+"""The stored case: one MongoDB document per case, decoded into `CaseRecord`.
+
+Every change to a case replaces the whole document under a version check (optimistic concurrency), and the
+messages a change causes are written into the same document's `outbox` in that same write. A relay
+publishes them to JetStream afterwards, so a crash between "state changed" and "message sent" loses nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from shared.contracts.case import AttachmentMeta, CaseStatus, Counterparty, Goal, SenderPersona
+
+
+class Record(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """Base for stored shapes (camelCase in MongoDB, like the API)."""
+
+
+class InputRequestRecord(Record, frozen=True):
+    id: str
+    question: str
+    status: Literal["PENDING", "RESOLVED"]
+    requested_at: int
+
+
+class OutboxMessage(Record, frozen=True):
+    """A JetStream publish owed by a state change; `msg_id` makes a repeated relay a no-op."""
+
+    msg_id: str
+    subject: str
+    stream: str
+    payload: bytes
+
+
+class CaseRecord(Record, frozen=True):
+    case_id: str = msgspec.field(name="_id")
+    client_id: str
+    status: CaseStatus
+    created_at: int
+    updated_at: int
+    next_action_at: int
+    max_attempts: int
+    follow_up_delay_hours: int
+    channel: str
+    goal: Goal
+    counterparty: Counterparty
+    sender_persona: SenderPersona
+    client_reference_id: str | None = None
+    constraints: list[str] | None = None
+    result_schema: dict[str, Any] | None = None
+    client_webhook_url: str | None = None
+    metadata: dict[str, Any] | None = None
+    attempt_count: int = 0
+    # Follow-ups sent since the counterparty last wrote: the budget `max_attempts` is spent against this.
+    follow_ups_since_reply: int = 0
+    attachments: list[AttachmentMeta] = []
+    result_status: str | None = None
+    result: dict[str, Any] | None = None
+    failure_reason: str | None = None
+    input_request: InputRequestRecord | None = None
+    thread_id: str | None = None
+    # Incremented by every write; writes carry the version they read.
+    version: int = 0
+    # True between the insert and the publish of the created command; such a case is not shown to clients.
+    pending_create: bool = False
+    outbox: list[OutboxMessage] = []
+    outbox_pending_since: int | None = None
+
+
+def to_document(record: CaseRecord) -> dict[str, Any]:
+    document: dict[str, Any] = msgspec.to_builtins(record, builtin_types=(bytes,))
+    return document
+
+
+def from_document(document: dict[str, Any]) -> CaseRecord:
+    return msgspec.convert(document, CaseRecord)
