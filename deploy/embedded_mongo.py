@@ -40,14 +40,10 @@ async def serve(host: str, port: int, sqlite_path: Path | None) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=27017)
-    parser.add_argument(
-        "--sqlite", type=Path, default=None, help="SQLite file for durable data; memory if omitted"
-    )
+    parser.add_argument("--sqlite", type=Path, default=None, help="SQLite file for durable data; memory if omitted")
     args = parser.parse_args()
     try:
         asyncio.run(serve(args.host, args.port, args.sqlite))

@@ -48,13 +48,9 @@ ERROR_SPECS: Final[dict[ErrorCode, ErrorSpec]] = {
     ErrorCode.METHOD_NOT_ALLOWED: ErrorSpec(405, "This route does not accept that method."),
     ErrorCode.CASE_NOT_WAITING_FOR_INPUT: ErrorSpec(409, "The case is not waiting for input."),
     ErrorCode.INPUT_REQUEST_NOT_PENDING: ErrorSpec(409, "The input request is no longer pending."),
-    ErrorCode.INPUT_REQUEST_MISMATCH: ErrorSpec(
-        409, "inputRequestId does not match the active input request."
-    ),
+    ErrorCode.INPUT_REQUEST_MISMATCH: ErrorSpec(409, "inputRequestId does not match the active input request."),
     ErrorCode.CASE_NOT_CANCELLABLE: ErrorSpec(409, "The case has finished and cannot be cancelled."),
-    ErrorCode.IDEMPOTENCY_KEY_IN_USE: ErrorSpec(
-        409, "A request with this Idempotency-Key is still in progress."
-    ),
+    ErrorCode.IDEMPOTENCY_KEY_IN_USE: ErrorSpec(409, "A request with this Idempotency-Key is still in progress."),
     ErrorCode.PAYLOAD_TOO_LARGE: ErrorSpec(413, "The request body is too large."),
     ErrorCode.IDEMPOTENCY_KEY_MISMATCH: ErrorSpec(
         422, "This Idempotency-Key was already used with a different request body."

@@ -50,9 +50,7 @@ async def test_readyz_names_a_stopped_service_and_recovers_when_it_returns(
     assert (await api.get("/readyz")).status_code == 200
 
 
-async def test_every_service_logs_json_lines_with_the_gateway_request_id(
-    stack: Stack, api: httpx.AsyncClient
-) -> None:
+async def test_every_service_logs_json_lines_with_the_gateway_request_id(stack: Stack, api: httpx.AsyncClient) -> None:
     request_id = f"trace-{time.time_ns()}"
     response = await api.get("/readyz", headers={"X-Request-Id": request_id})
     assert response.headers["x-request-id"] == request_id

@@ -133,9 +133,7 @@ async def test_service_not_answering_is_503_with_retry_after(client: httpx.Async
 
 
 async def test_malformed_json_and_wrong_types_are_400_naming_the_field(client: httpx.AsyncClient) -> None:
-    malformed = await client.post(
-        "/test/greet", content=b"{not json", headers={"content-type": "application/json"}
-    )
+    malformed = await client.post("/test/greet", content=b"{not json", headers={"content-type": "application/json"})
     assert_error(malformed, 400, "INVALID_REQUEST")
     wrong_type = await client.post("/test/greet", json={"name": "ada", "times": "twice"})
     error = assert_error(wrong_type, 400, "INVALID_REQUEST")

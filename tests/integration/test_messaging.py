@@ -112,9 +112,7 @@ async def test_failing_twice_then_succeeding_processes_the_message_exactly_once(
     completed: list[str] = []
     done = asyncio.Event()
 
-    @durable_subscriber(
-        service_broker, subject=f"{subject_prefix}.work.jobs", stream=stream, durable="worker"
-    )
+    @durable_subscriber(service_broker, subject=f"{subject_prefix}.work.jobs", stream=stream, durable="worker")
     async def work(job: Job) -> None:
         deliveries.append(job.job_id)
         if len(deliveries) <= 2:
@@ -125,9 +123,7 @@ async def test_failing_twice_then_succeeding_processes_the_message_exactly_once(
     await service_broker.connect()
     await ensure_streams(service_broker, [stream], replicas=1)
     await service_broker.start()
-    await publish_durable(
-        service_broker, f"{subject_prefix}.work.jobs", Job("job-1"), stream=stream, msg_id="job-1"
-    )
+    await publish_durable(service_broker, f"{subject_prefix}.work.jobs", Job("job-1"), stream=stream, msg_id="job-1")
     await asyncio.wait_for(done.wait(), timeout=10)
     # Give a wrongly un-acked message time to come back: it must not.
     await asyncio.sleep(1.0)
@@ -143,9 +139,7 @@ async def test_poison_message_is_parked_after_max_deliveries_and_permanent_failu
 ) -> None:
     attempts: dict[str, int] = {}
 
-    @durable_subscriber(
-        service_broker, subject=f"{subject_prefix}.work.jobs", stream=stream, durable="worker"
-    )
+    @durable_subscriber(service_broker, subject=f"{subject_prefix}.work.jobs", stream=stream, durable="worker")
     async def work(job: Job) -> None:
         attempts[job.job_id] = attempts.get(job.job_id, 0) + 1
         if job.job_id == "permanent":
@@ -158,9 +152,7 @@ async def test_poison_message_is_parked_after_max_deliveries_and_permanent_failu
     parked = await js.subscribe(f"parked.{stream.name}.worker")
     await service_broker.start()
     for job_id in ("poison", "permanent"):
-        await publish_durable(
-            service_broker, f"{subject_prefix}.work.jobs", Job(job_id), stream=stream, msg_id=job_id
-        )
+        await publish_durable(service_broker, f"{subject_prefix}.work.jobs", Job(job_id), stream=stream, msg_id=job_id)
     parked_ids = set()
     for _ in range(2):
         message = await parked.next_msg(timeout=10)
@@ -178,9 +170,7 @@ async def test_publish_with_the_same_msg_id_is_stored_once(
     await service_broker.connect()
     await ensure_streams(service_broker, [stream], replicas=1)
     for _ in range(3):
-        await publish_durable(
-            service_broker, f"{subject_prefix}.work.jobs", Job("same"), stream=stream, msg_id="same"
-        )
+        await publish_durable(service_broker, f"{subject_prefix}.work.jobs", Job("same"), stream=stream, msg_id="same")
     info = await service_broker.connection.jetstream().stream_info(stream.name)
     assert info.state.messages == 1
 

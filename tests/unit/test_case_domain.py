@@ -115,7 +115,7 @@ def test_cancel_stops_an_open_case_and_owes_a_cancelled_event() -> None:
 
 @pytest.mark.parametrize("status", ["COMPLETED", "FAILED", "CANCELLED"])
 def test_a_terminal_case_cannot_be_cancelled(status: str) -> None:
-    record = msgspec.structs.replace(created(), status=status)  # type: ignore[arg-type]
+    record = msgspec.structs.replace(created(), status=status)
     with pytest.raises(ServiceError) as caught:
         domain.cancel(record, now=5_000)
     assert caught.value.code is ErrorCode.CASE_NOT_CANCELLABLE

@@ -38,9 +38,7 @@ def test_service_runs_its_module_from_the_shared_image(compose: dict[str, Any], 
 @pytest.mark.parametrize("service", sorted(SETTINGS_BY_SERVICE))
 def test_service_gets_every_setting_it_requires(compose: dict[str, Any], service: str) -> None:
     environment = compose["services"][service]["environment"]
-    missing = [
-        name for name in deploy_required_variables(SETTINGS_BY_SERVICE[service]) if not environment.get(name)
-    ]
+    missing = [name for name in deploy_required_variables(SETTINGS_BY_SERVICE[service]) if not environment.get(name)]
     assert not missing, f"{service} lacks {missing}"
     assert environment["NATS_URL"] == "nats://nats:4222"
     assert "mongo:27017" in environment["MONGO_URL"]
