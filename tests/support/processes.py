@@ -30,9 +30,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(
-    port: int, *, timeout: float = 20.0, process: subprocess.Popen[bytes] | None = None
-) -> None:
+def wait_for_port(port: int, *, timeout: float = 20.0, process: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
@@ -152,6 +150,37 @@ class EmbeddedMongo(ManagedProcess):
         wait_for_port(self.port, process=self.process)
 
 
+class Simulator(ManagedProcess):
+    """The AgentMail simulator (`python -m simulator.agentmail`) on a free port; state lives in its memory."""
+
+    def __init__(
+        self,
+        *,
+        log_dir: Path,
+        webhook_url: str = "",
+        env: Mapping[str, str] | None = None,
+        port: int | None = None,
+        name: str = "agentmail_simulator",
+    ) -> None:
+        self.port = port or free_port()
+        argv = [sys.executable, "-m", "simulator.agentmail"]
+        settings = {
+            "AGENTMAIL_SIM_HOST": "127.0.0.1",
+            "AGENTMAIL_SIM_PORT": str(self.port),
+            "AGENTMAIL_SIM_WEBHOOK_URL": webhook_url,
+        }
+        super().__init__(name, argv, env={**os.environ, **(env or {}), **settings}, log_dir=log_dir)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        super().start()
+        assert self.process is not None
+        wait_for_port(self.port, process=self.process)
+
+
 SERVICE_MODULES: dict[str, str] = {
     "auth": "services.auth",
     "billing": "services.billing",
@@ -163,19 +192,31 @@ SERVICE_MODULES: dict[str, str] = {
 
 
 class Stack:
-    """NATS, MongoDB and the six services as real processes, wired together through the environment."""
+    """NATS, MongoDB, the AgentMail simulator and the six services as real processes, wired together through
+    the environment: the adapter talks to the simulator, whose webhooks go to the stack's gateway."""
 
     def __init__(self, *, log_dir: Path, nats: NatsServer, mongo_url: str, env: Mapping[str, str]) -> None:
         self.log_dir = log_dir
         self.nats = nats
         self.gateway_port = free_port()
+        self.simulator_port = free_port()
         self.env = {
             **os.environ,
             "NATS_URL": nats.url,
             "MONGO_URL": mongo_url,
             "GATEWAY_PORT": str(self.gateway_port),
+            "AGENTMAIL_BASE_URL": f"http://127.0.0.1:{self.simulator_port}",
+            # Scripted counterparties answer quickly in tests (override through `env`).
+            "AGENTMAIL_SIM_REPLY_DELAY_SECONDS": "0.2",
+            "AGENTMAIL_SIM_EVENT_DELAY_SECONDS": "0.05",
             **env,
         }
+        self.simulator = Simulator(
+            log_dir=log_dir,
+            webhook_url=f"{self.gateway_url}/webhooks/agentmail",
+            env=self.env,
+            port=self.simulator_port,
+        )
         self.services = {
             name: ManagedProcess(name, [sys.executable, "-m", module], env=self.env, log_dir=log_dir)
             for name, module in SERVICE_MODULES.items()
@@ -186,6 +227,7 @@ class Stack:
         return f"http://127.0.0.1:{self.gateway_port}"
 
     def start(self) -> None:
+        self.simulator.start()
         for service in self.services.values():
             service.start()
         self.wait_ready()
@@ -193,16 +235,15 @@ class Stack:
     def stop(self) -> None:
         for service in self.services.values():
             service.stop()
+        self.simulator.stop()
 
     def wait_ready(self, *, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         last = "no answer"
         while time.monotonic() < deadline:
-            for service in self.services.values():
+            for service in [self.simulator, *self.services.values()]:
                 if service.process is not None and service.process.poll() is not None:
-                    raise RuntimeError(
-                        f"{service.name} exited ({service.process.returncode}):\n{service.log_text()}"
-                    )
+                    raise RuntimeError(f"{service.name} exited ({service.process.returncode}):\n{service.log_text()}")
             try:
                 response = httpx.get(f"{self.gateway_url}/readyz", timeout=5.0)
                 if response.status_code == 200:

@@ -1,0 +1,1 @@
+"""Development and test doubles of the external services Caseflow talks to; never deployed to production."""
