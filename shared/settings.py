@@ -93,6 +93,8 @@ class CaseSettings(CommonSettings, frozen=True, kw_only=True):
     # service reads the same variable for its SSRF guard).
     webhook_allow_private: bool = False
     idempotency_ttl_hours: Annotated[float, Meta(gt=0)] = 24.0
+    # How often the scheduler looks for due cases (follow-ups are precise to about this).
+    scheduler_interval_seconds: PositiveSeconds = 1.0
 
 
 class AgentMailSettings(CommonSettings, frozen=True, kw_only=True):
@@ -102,6 +104,13 @@ class AgentMailSettings(CommonSettings, frozen=True, kw_only=True):
     agentmail_webhook_secret: Annotated[str, Meta(pattern=r"^whsec_", extra=SECRET)] = (
         "whsec_ZGV2LW9ubHktYWdlbnRtYWlsLXdlYmhvb2stc2VjcmV0"  # noqa: S105
     )
+    # One HTTP attempt's deadline; a timed-out send is retried under the same Idempotency-Key.
+    agentmail_timeout_seconds: PositiveSeconds = 10.0
+    # Retries after a 429, 409, 5xx or transport failure (never after another 4xx), with exponential backoff
+    # from the base delay; a Retry-After longer than the maximum delay ends the retries at once.
+    agentmail_max_retries: Annotated[int, Meta(ge=0, le=10)] = 3
+    agentmail_retry_base_seconds: PositiveSeconds = 0.5
+    agentmail_retry_max_seconds: PositiveSeconds = 10.0
 
 
 class WebhookSettings(CommonSettings, frozen=True, kw_only=True):
@@ -111,6 +120,15 @@ class WebhookSettings(CommonSettings, frozen=True, kw_only=True):
     )
     webhook_timeout_seconds: PositiveSeconds = 10.0
     webhook_allow_private: bool = False
+    # A replica claims a due delivery for this long; if it dies mid-attempt another replica retries after it.
+    # Must exceed one attempt (secret lookup + DNS + WEBHOOK_TIMEOUT_SECONDS), or a slow attempt is sent twice.
+    webhook_claim_lease_seconds: PositiveSeconds = 60.0
+    # How often a replica looks for due deliveries it was not told about (other replicas' retries, restarts).
+    webhook_poll_seconds: PositiveSeconds = 1.0
+    # Deliveries in flight at once per replica.
+    webhook_concurrency: Annotated[int, Meta(ge=1, le=1000)] = 16
+    # A case event taken from JetStream but not acknowledged (the replica died) is redelivered after this long.
+    webhook_ack_wait_seconds: PositiveSeconds = 30.0
 
 
 def env_var(field_name: str) -> str:

@@ -84,6 +84,16 @@ PARKED: Final = StreamSpec(
 ALL_STREAMS: Final = (CASE_COMMANDS, CASE_EVENTS, AGENTMAIL_EVENTS, PARKED)
 
 
+class Consumer(StrEnum):
+    """Durable JetStream consumer names (shared by every replica of the consuming service)."""
+
+    CASE_CREATED = "case-created"
+    CASE_SEND = "case-send"
+    CASE_INPUT = "case-input"
+    CASE_MESSAGES = "case-agentmail-messages"
+    CASE_DELIVERIES = "case-agentmail-deliveries"
+
+
 def parked_subject(stream: str, consumer: str) -> str:
     return f"parked.{stream}.{consumer}"
 

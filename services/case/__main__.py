@@ -1,16 +1,24 @@
-"""Case service: the case API (create, read, list, input, cancel, attachments), its outbox relay, and the
-worker and scheduler that run each case."""
+"""Case service: the case API (create, read, list, input, cancel, attachments), the worker that runs each
+case (first email, follow-ups, replies, input), its scheduler, and the outbox relay."""
 
 from __future__ import annotations
 
 import datetime as dt
 
-from services.case.handlers import CaseApi, register
+from services.case import handlers, worker
+from services.case.agent.port import Agent
+from services.case.agent.rules import RulesAgent
 from services.case.outbox import OutboxRelay
 from services.case.store import INDEXES, CaseStore, IdempotencyStore
 from shared.runtime import ServiceRuntime
 from shared.settings import CaseSettings, load_settings_or_exit
 from shared.subjects import AGENTMAIL_EVENTS, CASE_COMMANDS, CASE_EVENTS, Service
+
+
+def build_agent(settings: CaseSettings) -> Agent:
+    if settings.agent_backend == "rules":
+        return RulesAgent()
+    raise SystemExit("caseflow case: invalid setting AGENT_BACKEND: the openai backend is not available yet")
 
 
 def main() -> None:
@@ -20,8 +28,8 @@ def main() -> None:
     )
     store = CaseStore(runtime.db)
     relay = OutboxRelay(runtime.broker, store)
-    register(
-        CaseApi(
+    handlers.register(
+        handlers.CaseApi(
             broker=runtime.broker,
             store=store,
             idempotency=IdempotencyStore(runtime.db, ttl=dt.timedelta(hours=settings.idempotency_ttl_hours)),
@@ -29,7 +37,12 @@ def main() -> None:
             settings=settings,
         )
     )
+    case_worker = worker.Worker(
+        broker=runtime.broker, store=store, relay=relay, agent=build_agent(settings), settings=settings
+    )
+    worker.register(case_worker)
     runtime.add_background_loop(relay.relay_forever)
+    runtime.add_background_loop(case_worker.schedule_forever)
     runtime.run()
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from services.case.model import CaseRecord, InputRequestRecord, OutboxMessage
+from services.case.model import CaseRecord, InputRequestRecord, OutboxMessage, address_key
 from shared.contracts.case import (
     CMD_CREATED,
     CMD_INPUT_PROVIDED,
@@ -64,6 +64,7 @@ def new_case(*, case_id: str, client_id: str, body: NewCase, now: int) -> CaseRe
         channel=body.channel,
         goal=body.goal,
         counterparty=body.counterparty,
+        counterparty_key=address_key(body.counterparty.address),
         sender_persona=body.sender_persona,
         client_reference_id=body.client_reference_id,
         constraints=body.constraints,

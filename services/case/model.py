@@ -7,6 +7,7 @@ publishes them to JetStream afterwards, so a crash between "state changed" and "
 
 from __future__ import annotations
 
+from email.utils import parseaddr
 from typing import Any, Literal
 
 import msgspec
@@ -34,6 +35,22 @@ class OutboxMessage(Record, frozen=True):
     payload: bytes
 
 
+EmailKind = Literal["first", "follow_up", "reply"]
+
+
+class SendEmailCommand(Record, frozen=True):
+    """`case.cmd.send`: the worker sends email number `attempt` of the case (idempotent by case and attempt).
+
+    A reply drafted while judging travels in `draft_*`; otherwise the agent writes the email at send time."""
+
+    case_id: str
+    attempt: int
+    kind: EmailKind
+    in_reply_to: str | None = None
+    draft_subject: str | None = None
+    draft_text: str | None = None
+
+
 class CaseRecord(Record, frozen=True):
     case_id: str = msgspec.field(name="_id")
     client_id: str
@@ -47,6 +64,8 @@ class CaseRecord(Record, frozen=True):
     goal: Goal
     counterparty: Counterparty
     sender_persona: SenderPersona
+    # The counterparty's bare, lower-cased address: inbound mail outside the thread is matched on it.
+    counterparty_key: str = ""
     client_reference_id: str | None = None
     constraints: list[str] | None = None
     result_schema: dict[str, Any] | None = None
@@ -61,12 +80,26 @@ class CaseRecord(Record, frozen=True):
     failure_reason: str | None = None
     input_request: InputRequestRecord | None = None
     thread_id: str | None = None
+    # The newest message in the thread (ours or theirs): follow-ups and replies answer it.
+    last_message_id: str | None = None
+    # The newest counterparty message: the agent judges it and replies to it.
+    last_inbound_message_id: str | None = None
+    # An email the worker has been asked to send and has not yet confirmed (attempt number and kind).
+    awaiting_send: int | None = None
+    awaiting_kind: EmailKind | None = None
+    # Recently handled inbound messages and input requests, so a redelivered event changes nothing.
+    handled_message_ids: list[str] = []
+    handled_input_ids: list[str] = []
     # Incremented by every write; writes carry the version they read.
     version: int = 0
     # True between the insert and the publish of the created command; such a case is not shown to clients.
     pending_create: bool = False
     outbox: list[OutboxMessage] = []
     outbox_pending_since: int | None = None
+
+
+def address_key(address: str) -> str:
+    return parseaddr(address)[1].strip().lower()
 
 
 def to_document(record: CaseRecord) -> dict[str, Any]:

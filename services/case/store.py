@@ -15,10 +15,11 @@ from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from services.case.model import CaseRecord, from_document, to_document
+from services.case.model import CaseRecord, address_key, from_document, to_document
 from shared.mongo import Document
 
 CASES: Final = "cases"
+OPEN_STATUSES: Final = ("CREATED", "RUNNING", "INPUT_NEEDED")
 IDEMPOTENCY_KEYS: Final = "idempotency_keys"
 
 INDEXES: Final = {
@@ -28,6 +29,9 @@ INDEXES: Final = {
         IndexModel([("clientId", ASCENDING), ("clientReferenceId", ASCENDING)], name="client_reference"),
         # The scheduler finds due cases through this index.
         IndexModel([("nextActionAt", ASCENDING)], name="next_action"),
+        # Inbound mail is matched to its case by thread, else by the counterparty's address.
+        IndexModel([("threadId", ASCENDING)], name="thread", sparse=True),
+        IndexModel([("counterpartyKey", ASCENDING), ("status", ASCENDING)], name="counterparty_status"),
         # The outbox relay finds cases with unpublished messages.
         IndexModel([("outboxPendingSince", ASCENDING)], name="outbox_pending", sparse=True),
     ],
@@ -76,6 +80,34 @@ class CaseStore:
             {"_id": case_id, "outbox": {"$size": 0}},
             {"$unset": {"outboxPendingSince": ""}, "$inc": {"version": 1}},
         )
+
+    async def case_for_thread(self, thread_id: str) -> str | None:
+        document = await self.cases.find_one({"threadId": thread_id}, {"_id": 1})
+        return str(document["_id"]) if document else None
+
+    async def case_for_message(self, *, thread_id: str, counterparty_address: str) -> str | None:
+        """The case a counterparty message belongs to: its thread's case, else the one open case with that
+        counterparty (none when several are open: guessing would put a reply on the wrong case)."""
+        by_thread = await self.case_for_thread(thread_id)
+        if by_thread is not None:
+            return by_thread
+        open_cases = await (
+            self.cases.find(
+                {"counterpartyKey": address_key(counterparty_address), "status": {"$in": list(OPEN_STATUSES)}},
+                {"_id": 1},
+            )
+            .limit(2)
+            .to_list(None)
+        )
+        return str(open_cases[0]["_id"]) if len(open_cases) == 1 else None
+
+    async def due_case_ids(self, *, now: int, limit: int) -> list[str]:
+        cursor = (
+            self.cases.find({"nextActionAt": {"$lte": now}, "status": {"$in": ["CREATED", "RUNNING"]}}, {"_id": 1})
+            .sort("nextActionAt", ASCENDING)
+            .limit(limit)
+        )
+        return [str(document["_id"]) for document in await cursor.to_list(None)]
 
     async def with_pending_outbox(self, *, older_than: int, limit: int) -> list[CaseRecord]:
         cursor = self.cases.find({"outboxPendingSince": {"$lte": older_than}}).limit(limit)

@@ -7,6 +7,7 @@ answered with the registry's generic INTERNAL_ERROR message.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, Final
 
 from litestar import Request, Response
@@ -79,13 +80,20 @@ class ErrorResponder:
         }
 
 
+_MISSING_FIELD = re.compile(r"^Object missing required field `([^`]+)`")
+
+
 def describe_validation_error(exc: ValidationException) -> str:
-    """`field.path: problem` from Litestar/msgspec validation details."""
+    """`field.path: problem` from Litestar/msgspec validation details (a missing field is named itself)."""
     extra = exc.extra
     if isinstance(extra, list) and extra:
         first = extra[0]
         if isinstance(first, dict):
-            key = str(first.get("key") or "").removeprefix("$.")
+            key = str(first.get("key") or "").removeprefix("$").removeprefix(".")
             problem = str(first.get("message") or "is invalid")
+            missing = _MISSING_FIELD.match(problem)
+            if missing:
+                key = f"{key}.{missing.group(1)}" if key else missing.group(1)
+                problem = "is required"
             return f"{key}: {problem}" if key else problem
     return exc.detail or "The request is invalid."

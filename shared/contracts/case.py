@@ -27,6 +27,8 @@ CHECK_OWNER: Final = "case.rpc.check_owner"
 # Durable commands (stream CASE_COMMANDS); Nats-Msg-Id is the command id.
 CMD_CREATED: Final = "case.cmd.created"
 CMD_INPUT_PROVIDED: Final = "case.cmd.input_provided"
+# The worker's own queue of emails to send (payload private to the case service).
+CMD_SEND: Final = "case.cmd.send"
 
 # Case events (stream CASE_EVENTS): `case.evt.<event type without the "case." prefix>`.
 EventType = Literal["case.completed", "case.failed", "case.input_needed", "case.cancelled"]

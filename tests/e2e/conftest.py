@@ -2,11 +2,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
 
+from shared.mongo import Document
+from tests.support.api import new_client
 from tests.support.processes import NatsServer, Stack
+
+E2E_DB = "caseflow_e2e"
 
 
 @pytest.fixture(scope="session")
@@ -16,7 +23,17 @@ def stack(nats_server: NatsServer, mongo_url: str, log_dir: Path) -> Iterator[St
         log_dir=log_dir,
         nats=nats_server,
         mongo_url=mongo_url,
-        env={"LOG_LEVEL": "DEBUG", "MONGO_DB": "caseflow_e2e", "WEBHOOK_ALLOW_PRIVATE": "true"},
+        env={
+            "LOG_LEVEL": "DEBUG",
+            "MONGO_DB": E2E_DB,
+            "WEBHOOK_ALLOW_PRIVATE": "true",
+            # A small plan for cap tests; throttling is tested on its own gateway.
+            "PLANS": "free:100,pro:10000,unlimited:0,tiny:10,one:1",
+            "RATE_LIMIT_CREATE": "10000/10000",
+            "RATE_LIMIT_DEFAULT": "10000/10000",
+            # Long enough that only an eviction broadcast can make a revoked key fail within a second.
+            "AUTH_CACHE_SECONDS": "3600",
+        },
     )
     running.start()
     yield running
@@ -25,5 +42,18 @@ def stack(nats_server: NatsServer, mongo_url: str, log_dir: Path) -> Iterator[St
 
 @pytest.fixture
 async def api(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=15) as client:
+    async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as client:
         yield client
+
+
+@pytest.fixture
+async def stack_db(stack: Stack) -> AsyncIterator[AsyncDatabase[Document]]:
+    client: AsyncMongoClient[Document] = AsyncMongoClient(stack.env["MONGO_URL"])
+    yield client[E2E_DB]
+    await client.close()
+
+
+@pytest.fixture
+def client(stack: Stack) -> dict[str, Any]:
+    """A fresh API client on the unlimited plan: {clientId, keyId, apiKey, webhookSecret}."""
+    return new_client(stack)

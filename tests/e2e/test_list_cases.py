@@ -1,0 +1,122 @@
+"""GET /cases: filters, and cursor pagination that sees every existing case exactly once while others arrive."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+
+from tests.support.api import case_body, headers
+
+
+async def create_many(api: httpx.AsyncClient, key: dict[str, str], count: int, *, parallel: int = 8) -> list[str]:
+    semaphore = asyncio.Semaphore(parallel)
+
+    async def one(index: int) -> str:
+        async with semaphore:
+            # `reject` counterparties end quickly once a worker runs, so their updatedAt is stable while paging.
+            body = case_body(
+                clientReferenceId=f"bulk-{index}", counterparty={"address": "reject-x@sim.example", "name": "R"}
+            )
+            response = await api.post("/cases", json=body, headers=key)
+            assert response.status_code == 201, response.text
+            case_id: str = response.json()["data"]["caseId"]
+            return case_id
+
+    return await asyncio.gather(*(one(i) for i in range(count)))
+
+
+async def settled(api: httpx.AsyncClient, key: dict[str, str], expected: int) -> None:
+    """Wait until no listed case is still changing (nothing left CREATED or RUNNING)."""
+    for _ in range(300):
+        items: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            params = {"limit": "100", **({"cursor": cursor} if cursor else {})}
+            page = (await api.get("/cases", params=params, headers=key)).json()["data"]
+            items += page["items"]
+            cursor = page["nextCursor"]
+            if cursor is None:
+                break
+        assert len(items) == expected
+        if all(item["status"] not in {"CREATED", "RUNNING"} for item in items):
+            return
+        if all(item["status"] == "CREATED" for item in items):
+            return  # no worker yet: nothing will change
+        await asyncio.sleep(0.2)
+    raise AssertionError("cases kept changing")
+
+
+async def test_paging_230_cases_while_more_arrive_returns_each_existing_case_once_in_order(
+    api: httpx.AsyncClient, client: dict[str, Any]
+) -> None:
+    key = headers(client["apiKey"])
+    existing = set(await create_many(api, key, 230))
+    await settled(api, key, 230)
+
+    seen: list[dict[str, Any]] = []
+    cursor = None
+    arrivals: list[asyncio.Task[list[str]]] = []
+    while True:
+        params = {"limit": "50", **({"cursor": cursor} if cursor else {})}
+        response = await api.get("/cases", params=params, headers=key)
+        assert response.status_code == 200, response.text
+        page = response.json()["data"]
+        assert len(page["items"]) <= 50
+        seen += page["items"]
+        arrivals.append(asyncio.create_task(create_many(api, key, 5)))
+        cursor = page["nextCursor"]
+        if cursor is None:
+            break
+    await asyncio.gather(*arrivals)
+
+    seen_ids = [item["caseId"] for item in seen]
+    assert existing <= set(seen_ids)
+    assert len([case_id for case_id in seen_ids if case_id in existing]) == len(existing)  # each exactly once
+    assert len(seen_ids) == len(set(seen_ids))
+    order = [(item["updatedAt"], item["caseId"]) for item in seen]
+    assert order == sorted(order)
+
+
+async def test_filters_by_status_reference_and_time(api: httpx.AsyncClient, client: dict[str, Any]) -> None:
+    key = headers(client["apiKey"])
+    first = (await api.post("/cases", json=case_body(clientReferenceId="vendor-1"), headers=key)).json()["data"][
+        "caseId"
+    ]
+    second = (await api.post("/cases", json=case_body(clientReferenceId="vendor-2"), headers=key)).json()["data"][
+        "caseId"
+    ]
+    await api.post(f"/cases/{second}/cancel", headers=key)
+
+    by_reference = (await api.get("/cases", params={"clientReferenceId": "vendor-1"}, headers=key)).json()["data"]
+    assert [item["caseId"] for item in by_reference["items"]] == [first]
+    assert by_reference["nextCursor"] is None
+
+    cancelled = (await api.get("/cases", params=[("status", "CANCELLED")], headers=key)).json()["data"]["items"]
+    assert [item["caseId"] for item in cancelled] == [second]
+    both = (
+        await api.get(
+            "/cases", params=[("status", "CANCELLED"), ("status", "CREATED"), ("status", "RUNNING")], headers=key
+        )
+    ).json()
+    assert {item["caseId"] for item in both["data"]["items"]} >= {second}
+
+    latest = max(item["updatedAt"] for item in (await api.get("/cases", headers=key)).json()["data"]["items"])
+    after = (await api.get("/cases", params={"updatedAfter": str(latest)}, headers=key)).json()["data"]["items"]
+    assert after == []
+
+
+async def test_bad_query_parameters_are_400(api: httpx.AsyncClient, client: dict[str, Any]) -> None:
+    key = headers(client["apiKey"])
+    for params in (
+        {"limit": "0"},
+        {"limit": "101"},
+        {"limit": "ten"},
+        {"status": "DONE"},
+        {"updatedAfter": "-1"},
+        {"cursor": "!!"},
+    ):
+        response = await api.get("/cases", params=params, headers=key)
+        assert response.status_code == 400, (params, response.text)
+        assert response.json()["error"]["code"] == "INVALID_REQUEST"

@@ -1,0 +1,91 @@
+"""Helpers for end-to-end API tests: clients and keys through the real admin CLI, case bodies, extra gateways."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from tests.support.processes import ROOT, ManagedProcess, Stack, free_port, wait_for_port
+
+
+def admin(stack: Stack, *args: str) -> dict[str, Any]:
+    """Run `python -m services.auth.admin ...` against the stack; returns its JSON output."""
+    result = subprocess.run(
+        [sys.executable, "-m", "services.auth.admin", *args],
+        env=stack.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, f"admin {args} failed: {result.stderr}"
+    output: dict[str, Any] = json.loads(result.stdout) if result.stdout.strip() else {}
+    return output
+
+
+def new_client(stack: Stack, *, plan: str = "unlimited") -> dict[str, Any]:
+    return admin(stack, "create-client", "--name", f"test-{uuid.uuid4().hex[:8]}", "--plan", plan)
+
+
+def case_body(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "clientReferenceId": f"ref-{uuid.uuid4().hex[:8]}",
+        "channel": "EMAIL",
+        "maxAttempts": 3,
+        "followUpDelayHours": 72,
+        "goal": {
+            "objective": "Collect a signed W-9 from the vendor",
+            "knowledge": {"vendorName": "Northstar Supplies", "reason": "AP onboarding"},
+        },
+        "counterparty": {
+            "address": "silent-maya@sim.example",
+            "name": "Maya Chen",
+            "company": "Northstar Supplies",
+            "timezone": "America/Los_Angeles",
+            "customData": {"vendorId": "vendor_2048"},
+        },
+        "senderPersona": {"name": "Avery", "role": "Accounts Payable", "company": "Example Corp"},
+        "constraints": ["Email only", "Do not mention legal action"],
+        "resultSchema": {
+            "type": "object",
+            "properties": {"signedW9Received": {"type": "boolean"}},
+            "required": ["signedW9Received"],
+        },
+        "metadata": {"vendorId": "vendor_2048"},
+    }
+    body.update(overrides)
+    return body
+
+
+def headers(api_key: str, **extra: str) -> dict[str, str]:
+    return {"x-api-key": api_key, **extra}
+
+
+class ExtraGateway:
+    """Another gateway process on the same NATS and MongoDB (gateways are stateless replicas)."""
+
+    def __init__(self, stack: Stack, overrides: Mapping[str, str], *, name: str) -> None:
+        self.port = free_port()
+        env = {**stack.env, **overrides, "GATEWAY_PORT": str(self.port)}
+        self.process = ManagedProcess(name, [sys.executable, "-m", "services.gateway"], env=env, log_dir=stack.log_dir)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ExtraGateway:
+        self.process.start()
+        assert self.process.process is not None
+        wait_for_port(self.port, process=self.process.process)
+        httpx.get(f"{self.url}/healthz", timeout=10).raise_for_status()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.process.stop()

@@ -1,0 +1,418 @@
+"""The case state machine as a table of (state, event) → expectation. Pure: no I/O, no clock but the given one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import pytest
+
+from services.case import domain
+from services.case.agent.port import Draft, Judgement
+from services.case.lifecycle import (
+    SEND_LEASE_MS,
+    CaseStarted,
+    Clock,
+    DeliveryFailed,
+    EmailSent,
+    Event,
+    FollowUpDue,
+    InboundEmail,
+    InputJudged,
+    ReplyJudged,
+    SendFailed,
+    SendRejected,
+    transition,
+    with_human_context,
+)
+from services.case.model import CaseRecord, InputRequestRecord, SendEmailCommand
+from shared.contracts.case import CMD_SEND, NOTHING_SCHEDULED, AttachmentMeta, CaseEvent, NewCase
+
+HOUR = 1_000  # one scaled follow-up hour, in ms
+T0 = 1_000_000
+SCHEMA = {"type": "object", "properties": {"signed": {"type": "boolean"}}, "required": ["signed"]}
+PDF = AttachmentMeta(
+    attachment_id="att-1",
+    name="w9.pdf",
+    size=10,
+    type="application/pdf",
+    message_id="<in-1@sim.example>",
+    inbox_id="caseflow@sim.example",
+    received_at=T0,
+)
+
+
+def clock(now: int = T0) -> Clock:
+    return Clock(now=now, hour_ms=HOUR)
+
+
+def new(**changes: Any) -> CaseRecord:
+    body = msgspec.convert(
+        {
+            "channel": "EMAIL",
+            "goal": {"objective": "Collect a signed W-9", "knowledge": "Vendor onboarding"},
+            "counterparty": {"address": "ap@vendor.example", "name": "Maya"},
+            "senderPersona": {"name": "Avery"},
+            "maxAttempts": 2,
+            "followUpDelayHours": 72,
+            "resultSchema": SCHEMA,
+            "clientWebhookUrl": "https://hooks.example.com/x",
+        },
+        NewCase,
+    )
+    record = domain.new_case(case_id="c1", client_id="alice", body=body, now=T0 - 10)
+    record = msgspec.structs.replace(record, outbox=[], outbox_pending_since=None, pending_create=False)
+    return msgspec.structs.replace(record, **changes)
+
+
+def running(**changes: Any) -> CaseRecord:
+    base = {
+        "status": "RUNNING",
+        "attempt_count": 1,
+        "thread_id": "th-1",
+        "last_message_id": "<out-1@sim.example>",
+        "next_action_at": T0,
+    }
+    return new(**{**base, **changes})
+
+
+def waiting(**changes: Any) -> CaseRecord:
+    request = InputRequestRecord(id="ir-1", question="PDF ok?", status="PENDING", requested_at=T0 - 5)
+    return running(status="INPUT_NEEDED", input_request=request, next_action_at=NOTHING_SCHEDULED, **changes)
+
+
+def reply(outcome: str, **judgement: Any) -> ReplyJudged:
+    return ReplyJudged(
+        message=InboundEmail(message_id="<in-1@sim.example>", attachments=(PDF,)),
+        judgement=Judgement(outcome=outcome, **judgement),  # type: ignore[arg-type]
+    )
+
+
+def sends(case: CaseRecord) -> list[SendEmailCommand]:
+    return [msgspec.json.decode(m.payload, type=SendEmailCommand) for m in case.outbox if m.subject == CMD_SEND]
+
+
+def events(case: CaseRecord) -> list[CaseEvent]:
+    return [msgspec.json.decode(m.payload, type=CaseEvent) for m in case.outbox if m.subject.startswith("case.evt.")]
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    before: CaseRecord
+    event: Event
+    status: str
+    result_status: str | None = None
+    send: tuple[int, str] | None = None  # (attempt, kind) of the email requested
+    event_type: str | None = None  # the client webhook event owed
+    attempt_count: int | None = None
+
+
+TABLE = [
+    Row("created: start asks for the first email", new(), CaseStarted(), "CREATED", send=(1, "first")),
+    Row(
+        "created: first send confirmed",
+        new(awaiting_send=1, awaiting_kind="first"),
+        EmailSent(attempt=1, kind="first", message_id="<out-1>", thread_id="th-1", sent_at=T0),
+        "RUNNING",
+        attempt_count=1,
+    ),
+    Row(
+        "created: first send rejected",
+        new(awaiting_send=1),
+        SendRejected(attempt=1, reason="blocked"),
+        "FAILED",
+        result_status="REJECTED",
+        event_type="case.failed",
+    ),
+    Row(
+        "created: first send failed for good",
+        new(awaiting_send=1),
+        SendFailed(attempt=1, reason="invalid recipient"),
+        "FAILED",
+        result_status="send_failed",
+        event_type="case.failed",
+    ),
+    Row("running: follow-up due with budget", running(), FollowUpDue(), "RUNNING", send=(2, "follow_up")),
+    Row(
+        "running: follow-up due, budget spent",
+        running(attempt_count=3, follow_ups_since_reply=2),
+        FollowUpDue(),
+        "FAILED",
+        result_status="max_retries",
+        event_type="case.failed",
+    ),
+    Row(
+        "running: a reply resets the budget",
+        running(attempt_count=3, follow_ups_since_reply=0),
+        FollowUpDue(),
+        "RUNNING",
+        send=(4, "follow_up"),
+    ),
+    Row("running: not yet due", running(next_action_at=T0 + 1), FollowUpDue(), "RUNNING"),
+    Row(
+        "running: goal achieved with a valid result",
+        running(),
+        reply("GOAL_ACHIEVED", result={"signed": True}),
+        "COMPLETED",
+        result_status="goal_achieved",
+        event_type="case.completed",
+    ),
+    Row(
+        "running: goal achieved but the result does not validate",
+        running(),
+        reply("GOAL_ACHIEVED", result={"signed": "yes"}),
+        "INPUT_NEEDED",
+        event_type="case.input_needed",
+    ),
+    Row(
+        "running: requires reply",
+        running(),
+        reply("REQUIRES_REPLY", reply=Draft(subject="Re: W-9", text="It is for onboarding.")),
+        "RUNNING",
+        send=(2, "reply"),
+    ),
+    Row(
+        "running: needs input",
+        running(),
+        reply("NEEDS_INPUT", question="Is a PDF fine?"),
+        "INPUT_NEEDED",
+        event_type="case.input_needed",
+    ),
+    Row(
+        "running: refused",
+        running(),
+        reply("REFUSED", reason="Policy forbids it."),
+        "FAILED",
+        result_status="failed_rejected",
+        event_type="case.failed",
+    ),
+    Row("running: wait", running(), reply("WAIT"), "RUNNING"),
+    Row(
+        "running: bounce",
+        running(),
+        DeliveryFailed(kind="bounced", message_id="<out-1>"),
+        "FAILED",
+        result_status="BOUNCED",
+        event_type="case.failed",
+    ),
+    Row(
+        "running: complaint",
+        running(),
+        DeliveryFailed(kind="complained", message_id="<out-1>"),
+        "FAILED",
+        result_status="COMPLAINED",
+        event_type="case.failed",
+    ),
+    Row(
+        "running: rejection event",
+        running(),
+        DeliveryFailed(kind="rejected", message_id="<out-1>"),
+        "FAILED",
+        result_status="REJECTED",
+        event_type="case.failed",
+    ),
+    Row(
+        "input needed: input leads to a reply",
+        waiting(last_inbound_message_id="<in-0>"),
+        InputJudged(
+            input_request_id="ir-1",
+            provided_context="A PDF is fine.",
+            judgement=Judgement(outcome="REQUIRES_REPLY", reply=Draft(subject="Re", text="A PDF is fine.")),
+        ),
+        "RUNNING",
+        send=(2, "reply"),
+    ),
+    Row(
+        "input needed: input completes the goal",
+        waiting(),
+        InputJudged(
+            input_request_id="ir-1",
+            provided_context="It was received by post.",
+            judgement=Judgement(outcome="GOAL_ACHIEVED", result={"signed": True}),
+        ),
+        "COMPLETED",
+        result_status="goal_achieved",
+        event_type="case.completed",
+    ),
+    Row(
+        "input needed: stale input id changes nothing",
+        waiting(),
+        InputJudged(input_request_id="ir-0", provided_context="x", judgement=Judgement(outcome="WAIT")),
+        "INPUT_NEEDED",
+    ),
+    Row("input needed: follow-ups are paused", waiting(), FollowUpDue(), "INPUT_NEEDED"),
+]
+
+
+@pytest.mark.parametrize("row", TABLE, ids=[row.name for row in TABLE])
+def test_transition_table(row: Row) -> None:
+    after = transition(row.before, row.event, clock())
+    assert after.status == row.status
+    assert after.result_status == row.result_status
+    requested = sends(after)
+    assert [(c.attempt, c.kind) for c in requested] == ([row.send] if row.send else [])
+    owed = events(after)
+    assert [e.event_type for e in owed] == ([row.event_type] if row.event_type else [])
+    if row.attempt_count is not None:
+        assert after.attempt_count == row.attempt_count
+    if after.status in {"COMPLETED", "FAILED", "INPUT_NEEDED"}:
+        assert after.next_action_at == NOTHING_SCHEDULED
+    if owed:
+        assert owed[0].timestamp == after.updated_at > row.before.updated_at
+        assert owed[0].event_id == f"evt_c1_{owed[0].event_type.replace('.', '_')}_{after.updated_at}"
+
+
+@pytest.mark.parametrize("status", ["COMPLETED", "FAILED", "CANCELLED"])
+@pytest.mark.parametrize(
+    "event",
+    [
+        CaseStarted(),
+        FollowUpDue(),
+        EmailSent(attempt=9, kind="follow_up", message_id="<late>", thread_id="th-1", sent_at=T0),
+        reply("GOAL_ACHIEVED", result={"signed": True}),
+        DeliveryFailed(kind="bounced", message_id="<out-1>"),
+    ],
+)
+def test_terminal_cases_ignore_late_events(status: str, event: Event) -> None:
+    terminal = running(status=status, next_action_at=NOTHING_SCHEDULED)
+    assert transition(terminal, event, clock()) == terminal
+
+
+@pytest.mark.parametrize(
+    ("before", "event"),
+    [
+        (
+            running(handled_message_ids=["<in-1@sim.example>"]),
+            reply("GOAL_ACHIEVED", result={"signed": True}),
+        ),
+        (
+            running(attempt_count=2),
+            EmailSent(attempt=2, kind="follow_up", message_id="<out-2>", thread_id="th-1", sent_at=T0),
+        ),
+        (running(attempt_count=2), SendRejected(attempt=2, reason="late")),
+        (new(awaiting_send=1, awaiting_kind="first"), CaseStarted()),
+        (
+            waiting(handled_input_ids=["ir-1"]),
+            InputJudged(input_request_id="ir-1", provided_context="again", judgement=Judgement(outcome="WAIT")),
+        ),
+    ],
+)
+def test_duplicate_events_change_nothing(before: CaseRecord, event: Event) -> None:
+    assert transition(before, event, clock()) == before
+
+
+def test_first_email_confirmation_schedules_the_follow_up_one_delay_later() -> None:
+    after = transition(
+        new(awaiting_send=1, awaiting_kind="first"),
+        EmailSent(attempt=1, kind="first", message_id="<out-1>", thread_id="th-9", sent_at=T0),
+        clock(T0 + 5),
+    )
+    assert after.next_action_at == T0 + 72 * HOUR
+    assert (after.thread_id, after.last_message_id, after.awaiting_send) == ("th-9", "<out-1>", None)
+
+
+def test_a_silent_counterparty_gets_max_attempts_plus_one_emails_then_max_retries() -> None:
+    case = transition(new(), CaseStarted(), clock())
+    now = T0
+    emails = 0
+    while case.status != "FAILED":
+        (command,) = sends(case) or [None]  # type: ignore[list-item]
+        if command is not None:
+            emails += 1
+            case = msgspec.structs.replace(case, outbox=[])
+            case = transition(
+                case,
+                EmailSent(
+                    attempt=command.attempt, kind=command.kind, message_id=f"<o{emails}>", thread_id="t", sent_at=now
+                ),
+                clock(now),
+            )
+        now = case.next_action_at
+        case = transition(case, FollowUpDue(), clock(now))
+        assert emails <= 10
+    assert emails == 3  # maxAttempts 2 → first email + 2 follow-ups
+    assert case.result_status == "max_retries"
+    assert case.updated_at == T0 + 3 * 72 * HOUR  # one delay after the last follow-up
+
+
+def test_an_unconfirmed_send_is_requested_again_with_the_same_attempt_after_the_lease() -> None:
+    asked = transition(running(), FollowUpDue(), clock())
+    assert asked.next_action_at == T0 + SEND_LEASE_MS
+    cleared = msgspec.structs.replace(asked, outbox=[])
+    again = transition(cleared, FollowUpDue(), clock(T0 + SEND_LEASE_MS))
+    assert [(c.attempt, c.kind) for c in sends(again)] == [(2, "follow_up")]
+    assert sends(again)[0].in_reply_to == "<out-1@sim.example>"
+
+
+def test_a_reply_records_attachments_once_and_its_message_as_the_one_to_answer() -> None:
+    after = transition(running(), reply("WAIT"), clock())
+    assert after.attachments == [PDF]
+    assert after.last_inbound_message_id == "<in-1@sim.example>"
+    assert after.follow_ups_since_reply == 0
+    assert after.next_action_at == T0  # WAIT keeps the schedule
+
+
+def test_needs_input_creates_a_pending_request_flattened_into_the_event() -> None:
+    after = transition(running(), reply("NEEDS_INPUT", question="Is a PDF fine?"), clock())
+    assert after.input_request is not None
+    assert (after.input_request.question, after.input_request.status) == ("Is a PDF fine?", "PENDING")
+    assert after.input_request.requested_at == after.updated_at
+    data = events(after)[0].data
+    assert (data.input_request, data.input_request_id, data.input_request_status, data.input_requested_at) == (
+        "Is a PDF fine?",
+        after.input_request.id,
+        "PENDING",
+        after.updated_at,
+    )
+    # Recomputing the same transition gives the same request id (so a retried handler is harmless).
+    assert transition(running(), reply("NEEDS_INPUT", question="Is a PDF fine?"), clock()).input_request == (
+        after.input_request
+    )
+
+
+def test_a_result_that_does_not_validate_never_completes() -> None:
+    for result in (None, {}, {"signed": "yes"}, {"other": 1}):
+        after = transition(running(), reply("GOAL_ACHIEVED", result=result), clock())
+        assert after.status == "INPUT_NEEDED"
+        assert after.result is None
+        assert after.input_request is not None
+        assert "resultSchema" in after.input_request.question
+
+
+def test_without_a_schema_any_result_completes() -> None:
+    after = transition(running(result_schema=None), reply("GOAL_ACHIEVED"), clock())
+    assert (after.status, after.result) == ("COMPLETED", {})
+
+
+@pytest.mark.parametrize(
+    ("knowledge", "expected"),
+    [
+        (None, {"additionalHumanContext": ["PDF is fine"]}),
+        ("Vendor onboarding", {"text": "Vendor onboarding", "additionalHumanContext": ["PDF is fine"]}),
+        ({"vendor": "N"}, {"vendor": "N", "additionalHumanContext": ["PDF is fine"]}),
+        (
+            {"additionalHumanContext": ["earlier"]},
+            {"additionalHumanContext": ["earlier", "PDF is fine"]},
+        ),
+    ],
+)
+def test_input_is_appended_to_the_knowledge(knowledge: Any, expected: dict[str, Any]) -> None:
+    case = running()
+    case = msgspec.structs.replace(case, goal=msgspec.structs.replace(case.goal, knowledge=knowledge))
+    assert with_human_context(case, "PDF is fine").goal.knowledge == expected
+
+
+def test_input_marks_the_request_resolved_and_restarts_the_clock_on_wait() -> None:
+    after = transition(
+        waiting(),
+        InputJudged(input_request_id="ir-1", provided_context="Hold on", judgement=Judgement(outcome="WAIT")),
+        clock(),
+    )
+    assert after.status == "RUNNING"
+    assert after.input_request is not None
+    assert after.input_request.status == "RESOLVED"
+    assert after.next_action_at == T0 + 72 * HOUR
+    assert isinstance(after.goal.knowledge, dict)
+    assert after.goal.knowledge["additionalHumanContext"] == ["Hold on"]
