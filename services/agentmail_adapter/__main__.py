@@ -1,8 +1,14 @@
-"""AgentMail adapter: the only code that speaks AgentMail (sends, threads, attachments, inbound webhooks)."""
+"""AgentMail adapter: the only code that speaks AgentMail (sends, threads, attachments, inbound webhooks).
+
+One AgentMail client (one httpx connection pool) per process, shared by every handler.
+"""
 
 from __future__ import annotations
 
-from services.agentmail_adapter.store import INDEXES
+from services.agentmail_adapter.client import AgentMailClient
+from services.agentmail_adapter.handlers import register_handlers
+from services.agentmail_adapter.store import INDEXES, MessageStore
+from services.agentmail_adapter.webhooks import WebhookVerifier
 from shared.runtime import ServiceRuntime
 from shared.settings import AgentMailSettings, load_settings_or_exit
 from shared.subjects import AGENTMAIL_EVENTS, Service
@@ -10,8 +16,13 @@ from shared.subjects import AGENTMAIL_EVENTS, Service
 
 def main() -> None:
     settings = load_settings_or_exit(AgentMailSettings, Service.AGENTMAIL_ADAPTER)
-    runtime = ServiceRuntime(
-        Service.AGENTMAIL_ADAPTER, settings, streams=(AGENTMAIL_EVENTS,), indexes=INDEXES
+    runtime = ServiceRuntime(Service.AGENTMAIL_ADAPTER, settings, streams=(AGENTMAIL_EVENTS,), indexes=INDEXES)
+    register_handlers(
+        runtime.broker,
+        mail=AgentMailClient(settings),
+        store=MessageStore(runtime.db),
+        verifier=WebhookVerifier(settings.agentmail_webhook_secret),
+        settings=settings,
     )
     runtime.run()
 

@@ -1,15 +1,95 @@
-"""The adapter's collections: `messages` (every message sent or received) and `inbound_events` (dedupe)."""
+"""The adapter's collections: `messages` (every message sent or received) and `inbound_events` (dedupe).
+
+`messages` is keyed by AgentMail's message id, so recording the same message twice (a retried send, a
+redelivered webhook) is an idempotent upsert; case transcripts are read from here, never fetched live.
+`inbound_events` holds one document per webhook event *fully handled* (stored and published): it is written
+last, so a crash before it makes the redelivered webhook run again, and JetStream's Nats-Msg-Id dedupe
+absorbs the repeated publish.
+"""
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Literal
 
+import msgspec
 from pymongo import ASCENDING, IndexModel
+from pymongo.asynchronous.database import AsyncDatabase
+
+from shared.mongo import Document
 
 MESSAGES: Final = "messages"
 INBOUND_EVENTS: Final = "inbound_events"
 
 INDEXES: Final = {
-    MESSAGES: [IndexModel([("threadId", ASCENDING), ("timestamp", ASCENDING)], name="thread_time")],
+    MESSAGES: [
+        IndexModel([("threadId", ASCENDING), ("timestamp", ASCENDING)], name="thread_time"),
+        IndexModel([("caseId", ASCENDING), ("attempt", ASCENDING)], name="case_attempt", sparse=True),
+    ],
     INBOUND_EVENTS: [],
 }
+
+
+class StoredAttachment(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    attachment_id: str
+    filename: str
+    size: int
+    content_type: str
+
+
+class StoredMessage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    message_id: str = msgspec.field(name="_id")
+    inbox_id: str
+    thread_id: str
+    direction: Literal["outbound", "inbound"]
+    from_address: str
+    to: list[str]
+    subject: str
+    text: str
+    timestamp: int  # Unix ms: when AgentMail received it, or when we sent it
+    recorded_at: int  # Unix ms
+    attachments: list[StoredAttachment] = []
+    in_reply_to: str | None = None
+    # Outbound: the case and attempt that sent it (the idempotency of SendEmail/ReplyEmail).
+    case_id: str | None = None
+    attempt: int | None = None
+    # Inbound: the webhook event that brought it, and whether it was an auto-reply.
+    event_id: str | None = None
+    auto_submitted: bool = False
+
+
+class HandledEvent(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """An `inbound_events` document, apart from its `_id` (the event id)."""
+
+    event_type: str
+    handled_at: int  # Unix ms
+
+
+class MessageStore:
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self._messages = db[MESSAGES]
+        self._events = db[INBOUND_EVENTS]
+
+    async def record(self, message: StoredMessage) -> None:
+        document = msgspec.to_builtins(message)
+        await self._messages.replace_one({"_id": message.message_id}, document, upsert=True)
+
+    async def find(self, message_id: str) -> StoredMessage | None:
+        document = await self._messages.find_one({"_id": message_id})
+        return msgspec.convert(document, StoredMessage) if document else None
+
+    async def sent_for_attempt(self, case_id: str, attempt: int) -> StoredMessage | None:
+        document = await self._messages.find_one({"caseId": case_id, "attempt": attempt, "direction": "outbound"})
+        return msgspec.convert(document, StoredMessage) if document else None
+
+    async def thread(self, thread_id: str) -> list[StoredMessage]:
+        cursor = self._messages.find({"threadId": thread_id}).sort(
+            [("timestamp", ASCENDING), ("recordedAt", ASCENDING)]
+        )
+        return [msgspec.convert(document, StoredMessage) async for document in cursor]
+
+    async def event_handled(self, event_id: str) -> bool:
+        return await self._events.find_one({"_id": event_id}, projection={"_id": 1}) is not None
+
+    async def mark_event_handled(self, event_id: str, event: HandledEvent) -> None:
+        # $setOnInsert: a concurrent or repeated delivery keeps the first record.
+        await self._events.update_one({"_id": event_id}, {"$setOnInsert": msgspec.to_builtins(event)}, upsert=True)

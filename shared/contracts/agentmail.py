@@ -101,6 +101,10 @@ class Transcript(Contract, frozen=True):
     messages: list[TranscriptMessage]  # oldest first
 
 
+# The headers the gateway forwards with an AgentMail webhook's body (Svix's signature scheme), lower-cased.
+WEBHOOK_SIGNATURE_HEADERS: Final = ("svix-id", "svix-timestamp", "svix-signature")
+
+
 class IngestWebhook(Contract, frozen=True):
     """The gateway forwards AgentMail's webhook untouched: the exact body bytes and the svix-* headers.
     Replies Ok[WebhookAccepted] only after the event is stored and published; a bad or stale signature:

@@ -389,7 +389,7 @@ def _validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Re
         for item in details
         if isinstance(item, dict)
     ]
-    body = wire.ValidationErrorBody(name="ValidationError", errors=errors, message=exc.detail)
+    body = wire.ValidationErrorBody(name="ValidationError", code="validation_error", errors=errors, message=exc.detail)
     return _error(400, body)
 
 

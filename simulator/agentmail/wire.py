@@ -32,8 +32,8 @@ class FieldError(Wire, frozen=True, kw_only=True):
 
 class ValidationErrorBody(Wire, frozen=True, kw_only=True):
     name: str
+    code: str
     errors: list[FieldError]
-    code: str = "validation_error"
     message: str | None = None
 
 
@@ -306,6 +306,7 @@ class ApiError(Exception):
         error = cls(400, "ValidationError", "validation_error", message)
         error.body = ValidationErrorBody(
             name="ValidationError",
+            code="validation_error",
             message=message,
             errors=[FieldError(path=[part for part in path.split(".") if part], message=message)],
         )

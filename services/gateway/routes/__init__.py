@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from litestar.types import ControllerRouterHandler
 
+from services.gateway.routes.agentmail_webhook import agentmail_webhook
 from services.gateway.routes.cases import CasesController, UsageController
 from services.gateway.routes.docs import api_docs
 from services.gateway.routes.health import healthz, readyz
 
-ROUTES: list[ControllerRouterHandler] = [healthz, readyz, api_docs, CasesController, UsageController]
+ROUTES: list[ControllerRouterHandler] = [healthz, readyz, api_docs, CasesController, UsageController, agentmail_webhook]

@@ -1,0 +1,248 @@
+"""The typed async AgentMail client: one `httpx.AsyncClient` per process, msgspec models, bounded retries.
+
+Retry policy (the one decision every caller relies on): a 429, a 409 (an identical send still in flight), a
+5xx, a timeout or a connection failure is retried up to `AGENTMAIL_MAX_RETRIES` times with exponential backoff
+and jitter, waiting exactly `Retry-After` when the answer carries one; a `Retry-After` longer than
+`AGENTMAIL_RETRY_MAX_SECONDS` ends the retries at once rather than retry early. Any other 4xx is final. This is
+safe for sends only because every send and reply carries an `Idempotency-Key`: a retry after a timeout returns
+the original message instead of emailing twice. Retries exhausted: `AgentMailUnavailable`; a final error:
+`AgentMailError`; 403 `message_rejected` on a send: a `MessageRejected` value, not an exception, because it is
+an outcome the case must handle, not a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from email.utils import parsedate_to_datetime
+from typing import Final
+from urllib.parse import quote
+
+import httpx
+import msgspec
+
+from services.agentmail_adapter.models import (
+    AttachmentDownload,
+    CreateInbox,
+    CreateWebhook,
+    ErrorResponse,
+    Inbox,
+    Message,
+    ReplyMessage,
+    SendMessage,
+    SentMessage,
+    Thread,
+    Webhook,
+)
+from shared.settings import AgentMailSettings
+
+log = logging.getLogger("caseflow.agentmail_adapter.client")
+
+MAX_PAGE: Final = 100
+_RETRYABLE_STATUSES: Final = frozenset({409, 429})
+
+
+class AgentMailError(Exception):
+    """AgentMail answered with an error that retrying will not fix (or the answer could not be read)."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
+        super().__init__(f"AgentMail {status or '-'} {code or ''}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class AgentMailUnavailable(AgentMailError):
+    """Transient failures (429, 5xx, timeouts, connection errors) outlasted the retries."""
+
+
+class MessageRejected(msgspec.Struct, frozen=True):
+    """AgentMail refused to send (403 `message_rejected`): a blocked or suppressed recipient."""
+
+    reason: str
+
+
+type SendResult = SentMessage | MessageRejected
+type Sleep = Callable[[float], Awaitable[None]]
+
+
+def path_segment(value: str) -> str:
+    """Percent-encode an id for a URL path: message ids contain `<`, `>` and `@`."""
+    return quote(value, safe="")
+
+
+class AgentMailClient:
+    def __init__(
+        self,
+        settings: AgentMailSettings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=settings.agentmail_base_url.rstrip("/") + "/v0",
+            headers={"Authorization": f"Bearer {settings.agentmail_api_key}"},
+            timeout=httpx.Timeout(settings.agentmail_timeout_seconds),
+            transport=transport,
+        )
+        self._max_retries = settings.agentmail_max_retries
+        self._base_delay = settings.agentmail_retry_base_seconds
+        self._max_delay = settings.agentmail_retry_max_seconds
+        # Injectable so tests can see the waits the policy chose without waiting on a clock.
+        self._sleep = sleep
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # ---- inboxes and webhooks -----------------------------------------------------------------------------
+
+    async def create_inbox(self, request: CreateInbox) -> Inbox:
+        return await self._call("POST", "/inboxes", Inbox, body=request)
+
+    async def get_inbox(self, inbox_id: str) -> Inbox:
+        return await self._call("GET", f"/inboxes/{path_segment(inbox_id)}", Inbox)
+
+    async def create_webhook(self, request: CreateWebhook) -> Webhook:
+        return await self._call("POST", "/webhooks", Webhook, body=request)
+
+    # ---- messages -----------------------------------------------------------------------------------------
+
+    async def send_message(self, inbox_id: str, message: SendMessage, *, idempotency_key: str) -> SendResult:
+        """Start a new thread."""
+        path = f"/inboxes/{path_segment(inbox_id)}/messages/send"
+        return await self._send(path, message, idempotency_key)
+
+    async def reply_to_message(
+        self, inbox_id: str, message_id: str, reply: ReplyMessage, *, idempotency_key: str
+    ) -> SendResult:
+        """Answer `message_id` in its thread."""
+        path = f"/inboxes/{path_segment(inbox_id)}/messages/{path_segment(message_id)}/reply"
+        return await self._send(path, reply, idempotency_key)
+
+    async def _send(self, path: str, body: msgspec.Struct, idempotency_key: str) -> SendResult:
+        try:
+            return await self._call("POST", path, SentMessage, body=body, headers={"Idempotency-Key": idempotency_key})
+        except AgentMailUnavailable:
+            raise
+        except AgentMailError as error:
+            if error.status == 403 and error.code == "message_rejected":
+                return MessageRejected(reason=error.message)
+            raise
+
+    async def get_message(self, inbox_id: str, message_id: str) -> Message:
+        return await self._call(
+            "GET", f"/inboxes/{path_segment(inbox_id)}/messages/{path_segment(message_id)}", Message
+        )
+
+    async def get_attachment(self, inbox_id: str, message_id: str, attachment_id: str) -> AttachmentDownload:
+        path = (
+            f"/inboxes/{path_segment(inbox_id)}/messages/{path_segment(message_id)}"
+            f"/attachments/{path_segment(attachment_id)}"
+        )
+        return await self._call("GET", path, AttachmentDownload)
+
+    # ---- threads ------------------------------------------------------------------------------------------
+
+    async def get_thread(
+        self, inbox_id: str, thread_id: str, *, limit: int | None = None, page_token: str | None = None
+    ) -> Thread:
+        """One GET: without `limit` the whole thread (older API form), with it one page, newest page first."""
+        params: dict[str, str | int] = {}
+        if limit is not None:
+            params["limit"] = limit
+        if page_token is not None:
+            params["page_token"] = page_token
+        path = f"/inboxes/{path_segment(inbox_id)}/threads/{path_segment(thread_id)}"
+        return await self._call("GET", path, Thread, params=params)
+
+    async def get_thread_messages(self, inbox_id: str, thread_id: str, *, page_size: int = MAX_PAGE) -> list[Message]:
+        """Every message of a thread, oldest first, following `next_page_token` until the thread is complete."""
+        pages: list[list[Message]] = []
+        token: str | None = None
+        while True:
+            page = await self.get_thread(inbox_id, thread_id, limit=page_size, page_token=token)
+            pages.append(page.messages)
+            token = page.next_page_token
+            if not token:
+                break
+        # Pages run newest to oldest, each oldest-first inside; a stable sort keeps equal timestamps in order.
+        unique = {message.message_id: message for page in reversed(pages) for message in page}
+        return sorted(unique.values(), key=lambda message: message.timestamp)
+
+    # ---- transport ----------------------------------------------------------------------------------------
+
+    async def _call[T](
+        self,
+        method: str,
+        path: str,
+        reply_type: type[T],
+        *,
+        body: msgspec.Struct | None = None,
+        params: Mapping[str, str | int] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> T:
+        content = msgspec.json.encode(body) if body is not None else None
+        request_headers = {**(headers or {}), **({"Content-Type": "application/json"} if content else {})}
+        for retry in range(self._max_retries + 1):
+            last = retry == self._max_retries
+            try:
+                response = await self._http.request(
+                    method, path, content=content, params=params, headers=request_headers
+                )
+            except httpx.TransportError as exc:
+                if last:
+                    raise AgentMailUnavailable(f"{type(exc).__name__} after {retry + 1} attempts") from exc
+                await self._wait(retry, None, reason=type(exc).__name__, path=path)
+                continue
+            if response.is_success:
+                try:
+                    return msgspec.json.decode(response.content, type=reply_type)
+                except msgspec.DecodeError as exc:
+                    raise AgentMailError(f"unreadable response: {exc}", status=response.status_code) from exc
+            error = _error_of(response)
+            if response.status_code not in _RETRYABLE_STATUSES and response.status_code < 500:
+                raise error
+            retry_after = _retry_after_seconds(response)
+            if last or (retry_after is not None and retry_after > self._max_delay):
+                raise AgentMailUnavailable(error.message, status=error.status, code=error.code)
+            await self._wait(retry, retry_after, reason=str(response.status_code), path=path)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _wait(self, retry: int, retry_after: float | None, *, reason: str, path: str) -> None:
+        if retry_after is not None:
+            delay = retry_after
+        else:
+            # Full jitter over an exponential ceiling keeps many replicas from retrying in lockstep.
+            delay = random.uniform(0, min(self._max_delay, self._base_delay * 2**retry))  # noqa: S311
+        log.warning(
+            "AgentMail call failed; retrying",
+            extra={"path": path, "reason": reason, "retry": retry + 1, "delay_seconds": round(delay, 3)},
+        )
+        await self._sleep(delay)
+
+
+def _error_of(response: httpx.Response) -> AgentMailError:
+    try:
+        body = msgspec.json.decode(response.content, type=ErrorResponse)
+    except msgspec.DecodeError:
+        body = ErrorResponse()
+    message = body.message or body.name or response.reason_phrase or "error"
+    return AgentMailError(message, status=response.status_code, code=body.code)
+
+
+def _retry_after_seconds(response: httpx.Response) -> float | None:
+    """`Retry-After` as seconds (a number or an HTTP date), or None when absent or unreadable."""
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,305 @@
+"""The adapter's NATS requests: send, reply, attachment link, transcript, and webhook ingestion.
+
+Each handler decodes the request, calls AgentMail through the client and records what happened in the message
+store. Two orders matter. A send is recorded only after AgentMail accepted it, and is idempotent twice over: a
+repeated (case, attempt) is answered from the store, and before that AgentMail's Idempotency-Key (derived from
+the same pair) makes a retried HTTP call return the original message. A webhook is verified, then its message
+stored, then its event published (Nats-Msg-Id = event id), then marked handled, and only then answered: a crash
+anywhere before the mark makes AgentMail's redelivery do the work again, and the repeated publish is dropped
+by JetStream's duplicate window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Final
+
+from faststream.nats import NatsBroker
+
+from services.agentmail_adapter.client import AgentMailClient, AgentMailError, AgentMailUnavailable, MessageRejected
+from services.agentmail_adapter.models import Message, ReplyMessage, SendMessage
+from services.agentmail_adapter.store import HandledEvent, MessageStore, StoredAttachment, StoredMessage
+from services.agentmail_adapter.webhooks import (
+    MESSAGE_RECEIVED_TYPE,
+    WebhookVerifier,
+    bare_address,
+    body_text,
+    delivery_event,
+    message_received,
+)
+from shared.contracts.agentmail import (
+    ATTACHMENT_LINK,
+    DELIVERY_EVENT,
+    INGEST_WEBHOOK,
+    MESSAGE_RECEIVED,
+    REPLY,
+    SEND,
+    TRANSCRIPT,
+    AttachmentInfo,
+    AttachmentLink,
+    GetAttachmentLink,
+    GetTranscript,
+    IngestWebhook,
+    MessageReceived,
+    Rejected,
+    ReplyEmail,
+    SendEmail,
+    SendOutcome,
+    Sent,
+    Transcript,
+    TranscriptMessage,
+    WebhookAccepted,
+)
+from shared.contracts.rpc import Ok
+from shared.errors import ErrorCode, ServiceError
+from shared.logs import case_id_var
+from shared.messaging import publish_durable
+from shared.settings import AgentMailSettings
+from shared.subjects import AGENTMAIL_EVENTS, Service, queue_group
+
+log = logging.getLogger("caseflow.agentmail_adapter")
+
+QUEUE: Final = queue_group(Service.AGENTMAIL_ADAPTER)
+# AgentMail accepts 1-256 characters from this set in an Idempotency-Key.
+_KEY_CHARACTERS: Final = re.compile(r"^[A-Za-z0-9\-._~]{1,256}$")
+
+
+def idempotency_key(case_id: str, attempt: int) -> str:
+    """AgentMail's Idempotency-Key for the `attempt`-th email of a case: the same pair always gives the same key."""
+    key = f"{case_id}.{attempt}"
+    if _KEY_CHARACTERS.match(key):
+        return key
+    return "sha256-" + hashlib.sha256(f"{case_id}\x00{attempt}".encode()).hexdigest()
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@contextmanager
+def provider_errors(*, transient: ErrorCode = ErrorCode.SERVICE_UNAVAILABLE) -> Iterator[None]:
+    """AgentMail failures as registry errors: `transient` once retries are exhausted, INTERNAL_ERROR otherwise."""
+    try:
+        yield
+    except AgentMailUnavailable as exc:
+        log.warning("AgentMail unavailable", extra={"error": str(exc)})
+        raise ServiceError(transient, "AgentMail is unavailable; retry later.") from exc
+    except AgentMailError as exc:
+        log.error("AgentMail refused the call", extra={"error": str(exc)})
+        raise ServiceError(ErrorCode.INTERNAL_ERROR) from exc
+
+
+@contextmanager
+def case_logging(case_id: str) -> Iterator[None]:
+    token = case_id_var.set(case_id)
+    try:
+        yield
+    finally:
+        case_id_var.reset(token)
+
+
+def register_handlers(
+    broker: NatsBroker,
+    *,
+    mail: AgentMailClient,
+    store: MessageStore,
+    verifier: WebhookVerifier,
+    settings: AgentMailSettings,
+) -> None:
+    inbox_id = settings.agentmail_inbox_id
+
+    @broker.subscriber(SEND, queue=QUEUE)
+    async def send_email(request: SendEmail) -> Ok[SendOutcome]:
+        with case_logging(request.case_id):
+            recorded = await store.sent_for_attempt(request.case_id, request.attempt)
+            if recorded is not None:
+                return Ok(_sent(recorded))
+            message = SendMessage(to=request.to, subject=request.subject, text=request.text, html=request.html)
+            with provider_errors():
+                result = await mail.send_message(
+                    inbox_id, message, idempotency_key=idempotency_key(request.case_id, request.attempt)
+                )
+            if isinstance(result, MessageRejected):
+                log.info("AgentMail rejected the first email", extra={"reason": result.reason})
+                return Ok(Rejected(reason=result.reason))
+            stored = _outbound(
+                request.case_id,
+                request.attempt,
+                inbox_id=inbox_id,
+                message_id=result.message_id,
+                thread_id=result.thread_id,
+                to=request.to,
+                subject=request.subject,
+                text=request.text,
+                in_reply_to=None,
+            )
+            await store.record(stored)
+            return Ok(_sent(stored))
+
+    @broker.subscriber(REPLY, queue=QUEUE)
+    async def reply_email(request: ReplyEmail) -> Ok[SendOutcome]:
+        with case_logging(request.case_id):
+            recorded = await store.sent_for_attempt(request.case_id, request.attempt)
+            if recorded is not None:
+                return Ok(_sent(recorded))
+            original = await store.find(request.in_reply_to_message_id)
+            reply_inbox = original.inbox_id if original is not None else inbox_id
+            reply = ReplyMessage(text=request.text, html=request.html, to=request.to)
+            with provider_errors():
+                result = await mail.reply_to_message(
+                    reply_inbox,
+                    request.in_reply_to_message_id,
+                    reply,
+                    idempotency_key=idempotency_key(request.case_id, request.attempt),
+                )
+            if isinstance(result, MessageRejected):
+                log.info("AgentMail rejected the reply", extra={"reason": result.reason})
+                return Ok(Rejected(reason=result.reason))
+            stored = _outbound(
+                request.case_id,
+                request.attempt,
+                inbox_id=reply_inbox,
+                message_id=result.message_id,
+                thread_id=result.thread_id,
+                to=request.to or _reply_recipients(original),
+                subject=_reply_subject(original.subject if original is not None else ""),
+                text=request.text,
+                in_reply_to=request.in_reply_to_message_id,
+            )
+            await store.record(stored)
+            return Ok(_sent(stored))
+
+    @broker.subscriber(ATTACHMENT_LINK, queue=QUEUE)
+    async def attachment_link(request: GetAttachmentLink) -> Ok[AttachmentLink]:
+        stored = await store.find(request.message_id)
+        message_inbox = stored.inbox_id if stored is not None else inbox_id
+        with provider_errors(transient=ErrorCode.INTERNAL_ERROR):
+            download = await mail.get_attachment(message_inbox, request.message_id, request.attachment_id)
+        return Ok(AttachmentLink(download_url=download.download_url, expires_at=download.expires_at))
+
+    @broker.subscriber(TRANSCRIPT, queue=QUEUE)
+    async def transcript(request: GetTranscript) -> Ok[Transcript]:
+        messages = await store.thread(request.thread_id)
+        return Ok(Transcript(thread_id=request.thread_id, messages=[_transcript_message(m) for m in messages]))
+
+    @broker.subscriber(INGEST_WEBHOOK, queue=QUEUE)
+    async def ingest_webhook(request: IngestWebhook) -> Ok[WebhookAccepted]:
+        event = verifier.verify(request.body, request.headers)
+        if await store.event_handled(event.event_id):
+            return Ok(WebhookAccepted(event_id=event.event_id, duplicate=True))
+        if event.event_type == MESSAGE_RECEIVED_TYPE and event.message is not None:
+            await accept_message(event.event_id, event.message)
+        elif (delivery := delivery_event(event)) is not None:
+            await publish_durable(broker, DELIVERY_EVENT, delivery, stream=AGENTMAIL_EVENTS, msg_id=event.event_id)
+        else:
+            log.info("AgentMail event ignored", extra={"event_type": event.event_type, "event_id": event.event_id})
+        await store.mark_event_handled(event.event_id, HandledEvent(event_type=event.event_type, handled_at=now_ms()))
+        return Ok(WebhookAccepted(event_id=event.event_id, duplicate=False))
+
+    async def accept_message(event_id: str, message: Message) -> None:
+        if bare_address(message.from_).lower() == message.inbox_id.lower():
+            # Our own mail coming back (a loop) is never a counterparty's reply.
+            log.info("AgentMail event from our own inbox ignored", extra={"event_id": event_id})
+            return
+        text = body_text(message)
+        if text is None:
+            # Large bodies are left out of webhooks: read the message itself.
+            with provider_errors():
+                message = await mail.get_message(message.inbox_id, message.message_id)
+            text = body_text(message) or ""
+        received = message_received(event_id, message, text)
+        await store.record(_inbound(received))
+        await publish_durable(broker, MESSAGE_RECEIVED, received, stream=AGENTMAIL_EVENTS, msg_id=event_id)
+
+
+# ---- records ----------------------------------------------------------------------------------------------
+
+
+def _outbound(
+    case_id: str,
+    attempt: int,
+    *,
+    inbox_id: str,
+    message_id: str,
+    thread_id: str,
+    to: list[str],
+    subject: str,
+    text: str,
+    in_reply_to: str | None,
+) -> StoredMessage:
+    now = now_ms()
+    return StoredMessage(
+        message_id=message_id,
+        inbox_id=inbox_id,
+        thread_id=thread_id,
+        direction="outbound",
+        from_address=inbox_id,
+        to=[bare_address(address) for address in to],
+        subject=subject,
+        text=text,
+        timestamp=now,
+        recorded_at=now,
+        in_reply_to=in_reply_to,
+        case_id=case_id,
+        attempt=attempt,
+    )
+
+
+def _inbound(received: MessageReceived) -> StoredMessage:
+    return StoredMessage(
+        message_id=received.message_id,
+        inbox_id=received.inbox_id,
+        thread_id=received.thread_id,
+        direction="inbound",
+        from_address=received.from_address,
+        to=received.to,
+        subject=received.subject,
+        text=received.text,
+        timestamp=received.received_at,
+        recorded_at=now_ms(),
+        attachments=[
+            StoredAttachment(
+                attachment_id=a.attachment_id, filename=a.filename, size=a.size, content_type=a.content_type
+            )
+            for a in received.attachments
+        ],
+        in_reply_to=received.in_reply_to,
+        event_id=received.event_id,
+        auto_submitted=received.auto_submitted,
+    )
+
+
+def _sent(stored: StoredMessage) -> Sent:
+    return Sent(message_id=stored.message_id, thread_id=stored.thread_id, sent_at=stored.timestamp)
+
+
+def _reply_recipients(original: StoredMessage | None) -> list[str]:
+    """Whom AgentMail answers when `to` is not given: the sender of an inbound email, the recipients of ours."""
+    if original is None:
+        return []
+    return original.to if original.direction == "outbound" else [original.from_address]
+
+
+def _reply_subject(subject: str) -> str:
+    return subject if subject.lower().startswith("re:") else f"Re: {subject}".strip()
+
+
+def _transcript_message(stored: StoredMessage) -> TranscriptMessage:
+    return TranscriptMessage(
+        direction=stored.direction,
+        message_id=stored.message_id,
+        from_address=stored.from_address,
+        to=stored.to,
+        subject=stored.subject,
+        text=stored.text,
+        at=stored.timestamp,
+        attachments=[
+            AttachmentInfo(attachment_id=a.attachment_id, filename=a.filename, size=a.size, content_type=a.content_type)
+            for a in stored.attachments
+        ],
+    )
