@@ -9,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test lint format up down lock clean
+.PHONY: help install run test demo lint format up down lock clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ run: $(STAMP)  ## start NATS, embedded MongoDB and every service, supervised (Ct
 
 test: $(STAMP)  ## run the whole test suite (starts its own NATS and MongoDB)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)  ## against a running `make run`: one case per scripted counterparty, followed live
+	$(BIN)/python -m deploy.demo
 
 lint: $(STAMP)  ## ruff and mypy
 	$(BIN)/ruff check .
