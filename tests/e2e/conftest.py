@@ -33,6 +33,8 @@ def stack(nats_server: NatsServer, mongo_url: str, log_dir: Path) -> Iterator[St
             "RATE_LIMIT_DEFAULT": "10000/10000",
             # Long enough that only an eviction broadcast can make a revoked key fail within a second.
             "AUTH_CACHE_SECONDS": "3600",
+            # One follow-up "hour" lasts half a second: a 72-hour delay is 36 s, a 1-hour delay 0.5 s.
+            "FOLLOW_UP_HOUR_SECONDS": "0.5",
         },
     )
     running.start()

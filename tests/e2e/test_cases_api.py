@@ -37,9 +37,17 @@ async def create_case(api: httpx.AsyncClient, client: Client, **overrides: Any) 
 
 
 async def wait_input_needed(stack_db: AsyncDatabase[Document], case_id: str, request_id: str) -> None:
-    """Put a case into INPUT_NEEDED with a pending request, as the worker would (a test fixture write)."""
+    """Put a case into INPUT_NEEDED with a pending request, as the worker would (a test fixture write),
+    once the worker has sent its first email and the case is quiet (its next follow-up is 36 s away)."""
+    for _ in range(200):
+        stored = await stack_db.cases.find_one({"_id": case_id})
+        if stored is not None and stored["status"] == "RUNNING" and stored.get("awaitingSend") is None:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the first email was never sent")
     result = await stack_db.cases.update_one(
-        {"_id": case_id},
+        {"_id": case_id, "status": "RUNNING"},
         {
             "$set": {
                 "status": "INPUT_NEEDED",
