@@ -1,8 +1,13 @@
-"""Auth service: clients, API keys (keyed hashes only) and webhook signing secrets."""
+"""Auth service: clients, API keys (keyed hashes only) and webhook signing secrets.
+
+It answers VERIFY_KEY and WEBHOOK_SECRET; clients and keys are changed by the admin CLI
+(`python -m services.auth.admin`), which also broadcasts KEYS_CHANGED to the gateways.
+"""
 
 from __future__ import annotations
 
-from services.auth.store import INDEXES
+from services.auth.handlers import register_auth_handlers
+from services.auth.store import INDEXES, AuthStore
 from shared.runtime import ServiceRuntime
 from shared.settings import AuthSettings, load_settings_or_exit
 from shared.subjects import Service
@@ -11,6 +16,7 @@ from shared.subjects import Service
 def main() -> None:
     settings = load_settings_or_exit(AuthSettings, Service.AUTH)
     runtime = ServiceRuntime(Service.AUTH, settings, indexes=INDEXES)
+    register_auth_handlers(runtime.broker, AuthStore(runtime.db), key_hash_secret=settings.key_hash_secret)
     runtime.run()
 
 

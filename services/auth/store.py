@@ -1,10 +1,21 @@
-"""The auth service's collections: `clients` and `api_keys` (keys stored only as a keyed hash)."""
+"""The auth service's collections: `clients` and `api_keys` (keys stored only as a keyed hash).
+
+Documents are keyed by their public ids (`_id` is the clientId or keyId), so those are unique for free; a
+key is found by its hash through a unique index. Status changes are conditional updates (the allowed
+previous statuses are in the filter), so two operators racing cannot bring a revoked key back.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Final
 
-from pymongo import ASCENDING, IndexModel
+import msgspec
+from pymongo import ASCENDING, IndexModel, ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+
+from services.auth.domain import KeyStatus
+from shared.mongo import Document
 
 CLIENTS: Final = "clients"
 API_KEYS: Final = "api_keys"
@@ -17,3 +28,95 @@ INDEXES: Final = {
         IndexModel([("clientId", ASCENDING)], name="clientId"),
     ],
 }
+
+
+class Client(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """A `clients` document. The webhook secret is stored readable: the webhook service signs with it."""
+
+    client_id: str = msgspec.field(name="_id")
+    name: str
+    plan: str
+    webhook_secret: str
+    created_at: int  # Unix ms
+    updated_at: int
+
+
+class ApiKey(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """An `api_keys` document: the key itself is never stored, only its keyed hash."""
+
+    key_id: str = msgspec.field(name="_id")
+    client_id: str
+    key_hash: str
+    status: KeyStatus
+    created_at: int
+    updated_at: int
+
+
+def _document(record: msgspec.Struct) -> Document:
+    document: Document = msgspec.to_builtins(record)
+    return document
+
+
+def _client(document: Document | None) -> Client | None:
+    return None if document is None else msgspec.convert(document, Client)
+
+
+def _api_key(document: Document | None) -> ApiKey | None:
+    return None if document is None else msgspec.convert(document, ApiKey)
+
+
+class AuthStore:
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self._clients = db[CLIENTS]
+        self._keys = db[API_KEYS]
+
+    async def insert_client(self, client: Client) -> None:
+        await self._clients.insert_one(_document(client))
+
+    async def insert_api_key(self, key: ApiKey) -> None:
+        await self._keys.insert_one(_document(key))
+
+    async def find_client(self, client_id: str) -> Client | None:
+        return _client(await self._clients.find_one({"_id": client_id}))
+
+    async def find_api_key(self, key_id: str) -> ApiKey | None:
+        return _api_key(await self._keys.find_one({"_id": key_id}))
+
+    async def find_api_key_by_hash(self, key_hash: str) -> ApiKey | None:
+        return _api_key(await self._keys.find_one({"keyHash": key_hash}))
+
+    async def change_key_status(
+        self, key_id: str, *, to: KeyStatus, allowed_from: Collection[KeyStatus], now: int
+    ) -> ApiKey | None:
+        """Set the status if the key's current one is in `allowed_from`; None when the key is missing or not."""
+        return _api_key(
+            await self._keys.find_one_and_update(
+                {"_id": key_id, "status": {"$in": [str(status) for status in allowed_from]}},
+                {"$set": {"status": str(to), "updatedAt": now}},
+                return_document=ReturnDocument.AFTER,
+            )
+        )
+
+    async def set_plan(self, client_id: str, plan: str, *, now: int) -> Client | None:
+        return await self._set_client_fields(client_id, {"plan": plan}, now=now)
+
+    async def set_webhook_secret(self, client_id: str, secret: str, *, now: int) -> Client | None:
+        return await self._set_client_fields(client_id, {"webhookSecret": secret}, now=now)
+
+    async def _set_client_fields(self, client_id: str, fields: Document, *, now: int) -> Client | None:
+        """None when there is no such client."""
+        return _client(
+            await self._clients.find_one_and_update(
+                {"_id": client_id},
+                {"$set": {**fields, "updatedAt": now}},
+                return_document=ReturnDocument.AFTER,
+            )
+        )
+
+    async def list_clients(self) -> list[Client]:
+        documents = await self._clients.find().sort([("createdAt", ASCENDING), ("_id", ASCENDING)]).to_list()
+        return [msgspec.convert(document, Client) for document in documents]
+
+    async def list_api_keys(self) -> list[ApiKey]:
+        documents = await self._keys.find().sort([("createdAt", ASCENDING), ("_id", ASCENDING)]).to_list()
+        return [msgspec.convert(document, ApiKey) for document in documents]

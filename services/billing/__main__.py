@@ -1,8 +1,16 @@
-"""Billing service: plan caps from configuration and atomic per-month usage counters."""
+"""Billing service: plan caps from configuration (PLANS) and atomic per-client, per-UTC-month usage counters.
+
+It answers RESERVE, RELEASE and USAGE; the case service reserves a unit before storing a case and releases it
+when the create fails.
+"""
 
 from __future__ import annotations
 
-from services.billing.store import INDEXES
+import sys
+
+from services.billing.domain import parse_plans
+from services.billing.handlers import register_billing_handlers
+from services.billing.store import INDEXES, UsageStore
 from shared.runtime import ServiceRuntime
 from shared.settings import BillingSettings, load_settings_or_exit
 from shared.subjects import Service
@@ -10,7 +18,14 @@ from shared.subjects import Service
 
 def main() -> None:
     settings = load_settings_or_exit(BillingSettings, Service.BILLING)
+    try:
+        plans = parse_plans(settings.plans)
+    except ValueError as exc:
+        # The settings pattern checks the shape; this catches what it cannot, such as a plan listed twice.
+        print(f"caseflow billing: invalid setting PLANS: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     runtime = ServiceRuntime(Service.BILLING, settings, indexes=INDEXES)
+    register_billing_handlers(runtime.broker, UsageStore(runtime.db), plans=plans)
     runtime.run()
 
 
