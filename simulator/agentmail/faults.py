@@ -56,7 +56,8 @@ class ArmedFault(msgspec.Struct):
 class Call(msgspec.Struct, frozen=True):
     operation: str
     method: str
-    path: str
+    path: str  # percent-decoded
+    raw_path: str  # as the client sent it
     status: int
     idempotency_key: str | None = None
     faulted: bool = False
@@ -140,6 +141,7 @@ class FaultMiddleware:
                 operation=operation,
                 method=scope["method"],
                 path=scope["path"],
+                raw_path=scope.get("raw_path", b"").decode("latin-1"),
                 status=status,
                 idempotency_key=key.decode() if key is not None else None,
                 faulted=faulted,

@@ -92,6 +92,9 @@ class SimulatorControl:
     async def arm_fault(self, operation: str, **spec: Any) -> None:
         await self._json(await self.control.post("/faults", json={"operation": operation, **spec}))
 
+    async def clear_faults(self) -> None:
+        (await self.control.delete("/faults")).raise_for_status()
+
     async def calls(self, operation: str) -> list[Json]:
         return list(await self._json(await self.control.get("/calls", params={"operation": operation})))
 

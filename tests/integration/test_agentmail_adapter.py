@@ -1,0 +1,467 @@
+"""The AgentMail adapter's NATS requests and webhook ingestion, against real NATS, MongoDB and the simulator.
+
+The adapter's handlers run in-process on a broker of their own (a fresh database per test); the gateway runs
+in-process under uvicorn; the simulator is a process whose webhooks go to that gateway. This module has its own
+nats-server so that no other adapter (the e2e stack's) answers its requests or publishes to its stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+import msgspec
+import pytest
+import uvicorn
+from fast_depends.msgspec import MsgSpecSerializer
+from faststream.nats import NatsBroker
+from nats.js.errors import NotFoundError
+from pymongo.asynchronous.database import AsyncDatabase
+from svix.webhooks import Webhook
+
+from services.agentmail_adapter.client import AgentMailClient
+from services.agentmail_adapter.handlers import register_handlers
+from services.agentmail_adapter.store import INBOUND_EVENTS, INDEXES, MESSAGES, MessageStore, StoredMessage
+from services.agentmail_adapter.webhooks import WebhookVerifier
+from services.gateway.app import create_app
+from shared.contracts.agentmail import (
+    ATTACHMENT_LINK,
+    DELIVERY_EVENT,
+    MESSAGE_RECEIVED,
+    REPLY,
+    SEND,
+    TRANSCRIPT,
+    AttachmentLink,
+    DeliveryEvent,
+    GetAttachmentLink,
+    GetTranscript,
+    MessageReceived,
+    Rejected,
+    ReplyEmail,
+    SendEmail,
+    SendOutcome,
+    Sent,
+    Transcript,
+)
+from shared.errors import ErrorCode, ServiceError
+from shared.messaging import create_broker, ensure_streams, request
+from shared.mongo import Document, ensure_indexes
+from shared.settings import AgentMailSettings, GatewaySettings, load_settings
+from shared.subjects import AGENTMAIL_EVENTS, Service
+from tests.support.processes import NatsServer, Simulator, free_port
+from tests.support.simulator import INBOX, WEBHOOK_SECRET, SimulatorControl, eventually, running_simulator
+
+GATEWAY_PORT = free_port()
+GATEWAY_URL = f"http://127.0.0.1:{GATEWAY_PORT}"
+
+
+@pytest.fixture(scope="module")
+def nats(log_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    server = NatsServer(log_dir=log_dir, store_dir=tmp_path_factory.mktemp("agentmail_jetstream"))
+    server.log_path = log_dir / "nats_agentmail_adapter.log"
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def simulator(log_dir: Path) -> Iterator[Simulator]:
+    with running_simulator(log_dir, webhook_url=f"{GATEWAY_URL}/webhooks/agentmail") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+async def gateway(nats: NatsServer, mongo_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    settings = load_settings(
+        GatewaySettings, {"NATS_URL": nats.url, "MONGO_URL": mongo_url, "GATEWAY_PORT": str(GATEWAY_PORT)}
+    )
+    app = create_app(settings, create_broker(settings, Service.GATEWAY))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=GATEWAY_PORT, log_config=None, lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 (uvicorn exposes a flag, not an event)
+        await asyncio.sleep(0.02)
+    async with httpx.AsyncClient(base_url=GATEWAY_URL, timeout=15) as client:
+        yield client
+    server.should_exit = True
+    await task
+
+
+@pytest.fixture
+async def sim(simulator: Simulator) -> AsyncIterator[SimulatorControl]:
+    control = SimulatorControl(simulator.url)
+    await control.reset()
+    yield control
+    await control.aclose()
+
+
+@pytest.fixture
+async def adapter(
+    nats: NatsServer, simulator: Simulator, mongo_url: str, mongo_db: AsyncDatabase[Document]
+) -> AsyncIterator[MessageStore]:
+    """The adapter's handlers on their own broker, as `python -m services.agentmail_adapter` wires them."""
+    settings = load_settings(
+        AgentMailSettings,
+        {
+            "NATS_URL": nats.url,
+            "MONGO_URL": mongo_url,
+            "AGENTMAIL_BASE_URL": simulator.url,
+            "AGENTMAIL_MAX_RETRIES": "1",
+            "AGENTMAIL_RETRY_BASE_SECONDS": "0.01",
+        },
+    )
+    broker = create_broker(settings, Service.AGENTMAIL_ADAPTER)
+    mail = AgentMailClient(settings)
+    store = MessageStore(mongo_db)
+    register_handlers(
+        broker, mail=mail, store=store, verifier=WebhookVerifier(settings.agentmail_webhook_secret), settings=settings
+    )
+    await ensure_indexes(mongo_db, INDEXES)
+    await broker.connect()
+    await ensure_streams(broker, [AGENTMAIL_EVENTS], replicas=1)
+    await broker.start()
+    yield store
+    await broker.stop()
+    await mail.aclose()
+
+
+@pytest.fixture
+async def client(nats: NatsServer) -> AsyncIterator[NatsBroker]:
+    broker = NatsBroker(nats.url, serializer=MsgSpecSerializer())
+    await broker.connect()
+    yield broker
+    await broker.stop()
+
+
+async def ask[T](client: NatsBroker, subject: str, payload: msgspec.Struct, reply_type: type[T]) -> T:
+    return await request(client, subject, payload, reply_type, timeout=15)
+
+
+async def send_or_reply(client: NatsBroker, subject: str, payload: SendEmail | ReplyEmail) -> SendOutcome:
+    """SEND or REPLY; their reply type is a union, which `request`'s `type[T]` parameter cannot spell."""
+    return await ask(client, subject, payload, cast("type[Sent | Rejected]", SendOutcome))
+
+
+async def published[T](client: NatsBroker, subject: str, event_type: type[T]) -> list[T]:
+    """Every message on `subject` in this module's AGENTMAIL_EVENTS stream, decoded."""
+    js = client.connection.jetstream()
+    try:
+        state = (await js.stream_info(AGENTMAIL_EVENTS.name)).state
+    except NotFoundError:
+        return []
+    found = []
+    for sequence in range(state.first_seq, state.last_seq + 1):
+        message = await js.get_msg(AGENTMAIL_EVENTS.name, sequence)
+        if message.subject == subject:
+            assert message.data is not None
+            found.append(msgspec.json.decode(message.data, type=event_type))
+    return found
+
+
+async def events_for(client: NatsBroker, event_id: str) -> list[MessageReceived]:
+    return [e for e in await published(client, MESSAGE_RECEIVED, MessageReceived) if e.event_id == event_id]
+
+
+def first_email(case_id: str, to: str = "someone@example.com", attempt: int = 1) -> SendEmail:
+    return SendEmail(case_id=case_id, attempt=attempt, to=[to], subject="Signed W-9", text="Could you send your W-9?")
+
+
+def signed(body: bytes, *, at: datetime | None = None, secret: str = WEBHOOK_SECRET) -> dict[str, str]:
+    msg_id = f"msg_{uuid.uuid4().hex}"
+    moment = at or datetime.now(UTC)
+    return {
+        "svix-id": msg_id,
+        "svix-timestamp": str(int(moment.timestamp())),
+        "svix-signature": Webhook(secret).sign(msg_id, moment, body.decode()),
+        "content-type": "application/json",
+    }
+
+
+def received_webhook(**message: Any) -> tuple[str, bytes]:
+    """A `message.received` body as AgentMail sends it; `message` overrides fields of the message."""
+    event_id = uuid.uuid4().hex
+    thread_id = str(uuid.uuid4())
+    body = {
+        "type": "event",
+        "event_type": "message.received",
+        "event_id": event_id,
+        "message": {
+            "inbox_id": INBOX,
+            "thread_id": thread_id,
+            "message_id": f"<{uuid.uuid4()}@mail.example.com>",
+            "labels": ["received", "unread"],
+            "timestamp": "2026-09-01T10:00:00.250Z",
+            "from": "Jane Lead <jane@example.com>",
+            "from_": "Jane Lead <jane@example.com>",
+            "to": [INBOX],
+            "subject": "Re: Signed W-9",
+            "text": "Sure.\n\n> quoted",
+            "extracted_text": "Sure.",
+            "size": 10,
+            "updated_at": "2026-09-01T10:00:00.250Z",
+            "created_at": "2026-09-01T10:00:00.250Z",
+            "organization_id": "an undeclared field",
+            **message,
+        },
+        "thread": {"inbox_id": INBOX, "thread_id": thread_id, "message_count": 1},
+    }
+    return event_id, json.dumps(body).encode()
+
+
+# ---- requests ---------------------------------------------------------------------------------------------
+
+
+async def test_send_email__sends_once_records_it_and_a_repeat_is_answered_from_the_store(
+    adapter: MessageStore, client: NatsBroker, sim: SimulatorControl
+) -> None:
+    sent = await send_or_reply(client, SEND, first_email("case-a"))
+    assert isinstance(sent, Sent)
+    again = await send_or_reply(client, SEND, first_email("case-a"))
+    assert again == sent
+    [email] = await sim.outbox()
+    assert email["message_id"] == sent.message_id
+    assert [c["idempotency_key"] for c in await sim.calls("send")] == ["case-a.1"]
+    stored = await adapter.find(sent.message_id)
+    assert stored is not None
+    assert (stored.direction, stored.thread_id, stored.case_id, stored.attempt) == (
+        "outbound",
+        sent.thread_id,
+        "case-a",
+        1,
+    )
+    assert (stored.from_address, stored.to, stored.subject) == (INBOX, ["someone@example.com"], "Signed W-9")
+
+
+async def test_send_email__a_rejected_recipient_is_an_ok_rejection(adapter: MessageStore, client: NatsBroker) -> None:
+    outcome = await send_or_reply(client, SEND, first_email("case-r", to="reject@sim.example"))
+    assert isinstance(outcome, Rejected)
+    assert "reject@sim.example" in outcome.reason
+
+
+async def test_send_email__agentmail_down_after_retries_is_service_unavailable(
+    adapter: MessageStore, client: NatsBroker, sim: SimulatorControl
+) -> None:
+    await sim.arm_fault("send", count=5, status=503)
+    with pytest.raises(ServiceError) as error:
+        await send_or_reply(client, SEND, first_email("case-d"))
+    assert error.value.code is ErrorCode.SERVICE_UNAVAILABLE
+    assert len(await sim.calls("send")) == 2  # AGENTMAIL_MAX_RETRIES=1
+    await sim.clear_faults()
+    await sim.arm_fault("send", status=400)
+    with pytest.raises(ServiceError) as refused:
+        await send_or_reply(client, SEND, first_email("case-d"))
+    assert refused.value.code is ErrorCode.INTERNAL_ERROR
+
+
+async def test_reply_email__stays_in_the_thread_and_the_transcript_lists_the_thread_in_order(
+    adapter: MessageStore, client: NatsBroker, sim: SimulatorControl, gateway: httpx.AsyncClient
+) -> None:
+    first = await send_or_reply(client, SEND, first_email("case-t"))
+    assert isinstance(first, Sent)
+    follow_up = ReplyEmail(case_id="case-t", attempt=2, in_reply_to_message_id=first.message_id, text="Any news?")
+    second = await send_or_reply(client, REPLY, follow_up)
+    assert isinstance(second, Sent)
+    assert second.thread_id == first.thread_id
+    assert await send_or_reply(client, REPLY, follow_up) == second
+    assert len(await sim.outbox()) == 2
+
+    injected = await sim.inject(
+        from_="Someone <someone@example.com>", text="Here it is.", in_reply_to=second.message_id
+    )
+
+    async def three() -> Transcript | None:
+        transcript = await ask(client, TRANSCRIPT, GetTranscript(thread_id=first.thread_id), Transcript)
+        return transcript if len(transcript.messages) == 3 else None
+
+    transcript = await eventually(three, what="the inbound reply in the transcript")
+    assert [(m.direction, m.message_id) for m in transcript.messages] == [
+        ("outbound", first.message_id),
+        ("outbound", second.message_id),
+        ("inbound", injected["message"]["message_id"]),
+    ]
+    assert [m.to for m in transcript.messages] == [["someone@example.com"], ["someone@example.com"], [INBOX]]
+    assert [m.subject for m in transcript.messages] == ["Signed W-9", "Re: Signed W-9", "Re: Signed W-9"]
+    assert transcript.messages[2].text == "Here it is."
+    assert transcript.messages[2].from_address == "someone@example.com"
+    empty = await ask(client, TRANSCRIPT, GetTranscript(thread_id=str(uuid.uuid4())), Transcript)
+    assert empty.messages == []
+
+
+async def test_attachment_link__a_fresh_download_link_and_any_failure_is_internal_error(
+    adapter: MessageStore, client: NatsBroker, sim: SimulatorControl
+) -> None:
+    injected = (await sim.inject(from_="a@example.com", text="Attached", attachments=[{"filename": "w9.pdf"}]))[
+        "message"
+    ]
+    wanted = GetAttachmentLink(
+        message_id=injected["message_id"], attachment_id=injected["attachments"][0]["attachment_id"]
+    )
+    link = await ask(client, ATTACHMENT_LINK, wanted, AttachmentLink)
+    async with httpx.AsyncClient() as anonymous:
+        assert (await anonymous.get(link.download_url)).content.startswith(b"%PDF-")
+    await sim.arm_fault("get_attachment", count=5, status=500)
+    with pytest.raises(ServiceError) as failed:
+        await ask(client, ATTACHMENT_LINK, wanted, AttachmentLink)
+    assert failed.value.code is ErrorCode.INTERNAL_ERROR
+    unknown = GetAttachmentLink(message_id=injected["message_id"], attachment_id=str(uuid.uuid4()))
+    with pytest.raises(ServiceError) as missing:
+        await ask(client, ATTACHMENT_LINK, unknown, AttachmentLink)
+    assert missing.value.code is ErrorCode.INTERNAL_ERROR
+
+
+# ---- webhooks through the gateway -------------------------------------------------------------------------
+
+
+async def test_a_scripted_reply_arrives_through_the_gateway_as_one_message_received_event(
+    adapter: MessageStore, client: NatsBroker, sim: SimulatorControl, gateway: httpx.AsyncClient
+) -> None:
+    sent = await send_or_reply(client, SEND, first_email("case-g", to="agree.jane@sim.example"))
+    assert isinstance(sent, Sent)
+
+    async def reply_event() -> list[MessageReceived]:
+        events = await published(client, MESSAGE_RECEIVED, MessageReceived)
+        return [e for e in events if e.thread_id == sent.thread_id]
+
+    [event] = await eventually(reply_event, what="MessageReceived for the scripted reply")
+    assert event.from_address == "agree.jane@sim.example"
+    assert event.in_reply_to == sent.message_id
+    assert "attached" in event.text
+    assert ">" not in event.text  # extracted_text: the reply without the quoted email
+    assert not event.auto_submitted
+    assert [(a.filename, a.content_type) for a in event.attachments] == [("signed-document.pdf", "application/pdf")]
+    stored = await adapter.find(event.message_id)
+    assert stored is not None
+    assert (stored.direction, stored.event_id, stored.text) == ("inbound", event.event_id, event.text)
+    [delivery] = await sim.deliveries(event.event_id)
+    assert [attempt["status"] for attempt in delivery["attempts"]] == [200]
+
+
+async def test_delivery_webhooks_become_delivery_events(
+    adapter: MessageStore, client: NatsBroker, sim: SimulatorControl, gateway: httpx.AsyncClient
+) -> None:
+    bounced = await send_or_reply(client, SEND, first_email("case-b", to="bounce@sim.example"))
+    delivered = await send_or_reply(client, SEND, first_email("case-ok"))
+    assert isinstance(bounced, Sent)
+    assert isinstance(delivered, Sent)
+
+    async def kinds() -> dict[str, DeliveryEvent] | None:
+        events = await published(client, DELIVERY_EVENT, DeliveryEvent)
+        mine = {e.message_id: e for e in events if e.message_id in (bounced.message_id, delivered.message_id)}
+        return mine if len(mine) == 2 else None
+
+    events = await eventually(kinds, what="two delivery events")
+    assert (events[bounced.message_id].kind, events[bounced.message_id].detail) == ("bounced", "Permanent/General")
+    assert events[delivered.message_id].kind == "delivered"
+    assert events[delivered.message_id].thread_id == delivered.thread_id
+    assert events[delivered.message_id].inbox_id == INBOX
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param(lambda body: {}, id="missing"),
+        pytest.param(lambda body: signed(body, secret="whsec_" + "d3Jvbmctc2VjcmV0LXdyb25nLXNlY3JldA=="), id="wrong"),
+        pytest.param(lambda body: signed(body, at=datetime.now(UTC) - timedelta(minutes=6)), id="stale"),
+        pytest.param(lambda body: {**signed(body), "svix-signature": "not-a-signature"}, id="malformed"),
+    ],
+)
+async def test_a_missing_wrong_stale_or_malformed_signature_is_400_and_publishes_nothing(
+    adapter: MessageStore, client: NatsBroker, gateway: httpx.AsyncClient, headers: Any
+) -> None:
+    event_id, body = received_webhook()
+    response = await gateway.post("/webhooks/agentmail", content=body, headers=headers(body))
+    assert response.status_code == 400
+    assert response.json()["ok"] is False
+    assert response.json()["error"]["code"] == "INVALID_REQUEST"
+    assert await events_for(client, event_id) == []
+    assert await adapter.find(json.loads(body)["message"]["message_id"]) is None
+
+
+async def test_the_same_webhook_three_times_is_one_event_and_one_stored_message(
+    adapter: MessageStore, client: NatsBroker, gateway: httpx.AsyncClient, mongo_db: AsyncDatabase[Document]
+) -> None:
+    event_id, body = received_webhook()
+    headers = signed(body)
+    answers = [(await gateway.post("/webhooks/agentmail", content=body, headers=headers)).json() for _ in range(3)]
+    assert [answer["data"] for answer in answers] == [
+        {"eventId": event_id, "duplicate": False},
+        {"eventId": event_id, "duplicate": True},
+        {"eventId": event_id, "duplicate": True},
+    ]
+    [event] = await events_for(client, event_id)
+    assert (event.text, event.from_address, event.subject) == ("Sure.", "jane@example.com", "Re: Signed W-9")
+    assert event.received_at == 1788256800250
+    assert await mongo_db[MESSAGES].count_documents({"eventId": event_id}) == 1
+
+
+async def test_a_crash_after_storing_or_after_publishing_still_ends_with_exactly_one_event(
+    adapter: MessageStore, client: NatsBroker, gateway: httpx.AsyncClient, mongo_db: AsyncDatabase[Document]
+) -> None:
+    # Crashed after storing the message, before publishing: the redelivery publishes.
+    event_id, body = received_webhook()
+    message = json.loads(body)["message"]
+    await adapter.record(
+        StoredMessage(
+            message_id=message["message_id"],
+            inbox_id=INBOX,
+            thread_id=message["thread_id"],
+            direction="inbound",
+            from_address="jane@example.com",
+            to=[INBOX],
+            subject="Re: Signed W-9",
+            text="Sure.",
+            timestamp=1,
+            recorded_at=1,
+            event_id=event_id,
+        )
+    )
+    first = await gateway.post("/webhooks/agentmail", content=body, headers=signed(body))
+    assert first.json()["data"]["duplicate"] is False
+    assert len(await events_for(client, event_id)) == 1
+
+    # Crashed after publishing, before marking the event handled: the redelivery does not publish twice.
+    await mongo_db[INBOUND_EVENTS].delete_one({"_id": event_id})
+    again = await gateway.post("/webhooks/agentmail", content=body, headers=signed(body))
+    assert again.json()["data"]["duplicate"] is False
+    assert len(await events_for(client, event_id)) == 1
+    assert await mongo_db[INBOUND_EVENTS].count_documents({"_id": event_id}) == 1
+
+
+async def test_a_webhook_without_the_body_makes_the_adapter_fetch_the_message(
+    adapter: MessageStore, client: NatsBroker, sim: SimulatorControl, gateway: httpx.AsyncClient
+) -> None:
+    injected = await sim.inject(from_="big@example.com", text="A very long answer.", body_in_webhook=False)
+    [event] = await eventually(lambda: events_for(client, injected["event_id"]), what="MessageReceived")
+    assert event.text == "A very long answer."
+    assert len(await sim.calls("get_message")) == 1
+
+
+async def test_auto_replies_are_flagged_and_html_only_mail_is_read_as_text(
+    adapter: MessageStore, client: NatsBroker, gateway: httpx.AsyncClient
+) -> None:
+    auto_id, auto = received_webhook(headers={"Auto-Submitted": "auto-replied"})
+    html_id, html = received_webhook(
+        text=None, extracted_text=None, html="<div><p>Signed &amp; attached.</p><style>p{}</style><p>Jane</p></div>"
+    )
+    for body in (auto, html):
+        assert (await gateway.post("/webhooks/agentmail", content=body, headers=signed(body))).status_code == 200
+    [auto_event] = await events_for(client, auto_id)
+    [html_event] = await events_for(client, html_id)
+    assert auto_event.auto_submitted
+    assert html_event.text == "Signed & attached.\nJane"
+
+
+async def test_other_event_types_are_acknowledged_and_not_published(
+    adapter: MessageStore, client: NatsBroker, gateway: httpx.AsyncClient
+) -> None:
+    body = json.dumps(
+        {"type": "event", "event_type": "domain.verified", "event_id": "evt-domain", "domain": {}}
+    ).encode()
+    response = await gateway.post("/webhooks/agentmail", content=body, headers=signed(body))
+    assert response.json() == {"ok": True, "data": {"eventId": "evt-domain", "duplicate": False}}
+    assert await events_for(client, "evt-domain") == []
