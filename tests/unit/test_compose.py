@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import yaml
 
 from shared.settings import SETTINGS_BY_SERVICE, deploy_required_variables
+from simulator.agentmail.settings import PREFIX, SimulatorSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,3 +65,19 @@ def test_gateway_listens_on_all_interfaces_and_is_published(compose: dict[str, A
     gateway = compose["services"]["gateway"]
     assert gateway["environment"]["GATEWAY_HOST"] == "0.0.0.0"
     assert any(str(port).endswith(":8000") for port in gateway["ports"])
+
+
+def test_agentmail_simulator_runs_from_the_shared_image_and_agrees_with_the_adapter(compose: dict[str, Any]) -> None:
+    simulator = compose["services"]["agentmail-simulator"]
+    assert simulator["command"] == ["python", "-m", "simulator.agentmail"]
+    assert simulator["build"]["dockerfile"] == "deploy/Dockerfile"
+    assert (ROOT / "simulator" / "agentmail" / "__main__.py").is_file()
+    environment = simulator["environment"]
+    assert environment["AGENTMAIL_SIM_WEBHOOK_URL"] == "http://gateway:8000/webhooks/agentmail"
+    assert environment["AGENTMAIL_SIM_HOST"] == "0.0.0.0"
+    known = {PREFIX + field.name.upper() for field in msgspec.structs.fields(SimulatorSettings)}
+    assert set(environment) <= known, set(environment) - known
+    adapter = compose["services"]["agentmail_adapter"]["environment"]
+    assert adapter["AGENTMAIL_BASE_URL"].endswith(f"//agentmail-simulator:{environment['AGENTMAIL_SIM_PORT']}}}")
+    for setting in ("API_KEY", "INBOX_ID", "WEBHOOK_SECRET"):
+        assert environment[f"AGENTMAIL_SIM_{setting}"] == adapter[f"AGENTMAIL_{setting}"]
