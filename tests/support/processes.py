@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import IO
 
@@ -130,6 +130,17 @@ class NatsServer(ManagedProcess):
         super().start()
         assert self.process is not None
         wait_for_port(self.port, process=self.process)
+
+
+@contextlib.contextmanager
+def private_nats_server(work_dir: Path) -> Iterator[NatsServer]:
+    """A NATS server of one's own, for tests that answer subjects which the session's e2e stack answers too."""
+    server = NatsServer(log_dir=work_dir, store_dir=work_dir / "jetstream")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 class EmbeddedMongo(ManagedProcess):
