@@ -18,6 +18,7 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "NOT_FOUND"
     CASE_NOT_FOUND = "CASE_NOT_FOUND"
     ATTACHMENT_NOT_FOUND = "ATTACHMENT_NOT_FOUND"
+    WEBHOOK_EVENT_NOT_FOUND = "WEBHOOK_EVENT_NOT_FOUND"
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
     CASE_NOT_WAITING_FOR_INPUT = "CASE_NOT_WAITING_FOR_INPUT"
     INPUT_REQUEST_NOT_PENDING = "INPUT_REQUEST_NOT_PENDING"
@@ -45,6 +46,7 @@ ERROR_SPECS: Final[dict[ErrorCode, ErrorSpec]] = {
     ErrorCode.NOT_FOUND: ErrorSpec(404, "No such route."),
     ErrorCode.CASE_NOT_FOUND: ErrorSpec(404, "Case not found."),
     ErrorCode.ATTACHMENT_NOT_FOUND: ErrorSpec(404, "Attachment not found on this case."),
+    ErrorCode.WEBHOOK_EVENT_NOT_FOUND: ErrorSpec(404, "No webhook event with that id on this case."),
     ErrorCode.METHOD_NOT_ALLOWED: ErrorSpec(405, "This route does not accept that method."),
     ErrorCode.CASE_NOT_WAITING_FOR_INPUT: ErrorSpec(409, "The case is not waiting for input."),
     ErrorCode.INPUT_REQUEST_NOT_PENDING: ErrorSpec(409, "The input request is no longer pending."),

@@ -1,8 +1,16 @@
-"""Webhook service: signed, retried, recorded deliveries of case events to client endpoints."""
+"""Webhook service: signed, retried, recorded deliveries of case events to client endpoints.
+
+Case events are stored as deliveries by the durable consumer (handlers.py) and sent by the dispatcher loop
+(dispatcher.py); the gateway reads the delivery log and asks for redeliveries over request/reply.
+"""
 
 from __future__ import annotations
 
-from services.webhook.store import INDEXES
+from services.webhook.dispatcher import Dispatcher
+from services.webhook.handlers import WebhookApi, register
+from services.webhook.sender import WebhookSender
+from services.webhook.signing import SigningSecrets
+from services.webhook.store import INDEXES, DeliveryStore
 from shared.runtime import ServiceRuntime
 from shared.settings import WebhookSettings, load_settings_or_exit
 from shared.subjects import CASE_EVENTS, Service
@@ -11,6 +19,20 @@ from shared.subjects import CASE_EVENTS, Service
 def main() -> None:
     settings = load_settings_or_exit(WebhookSettings, Service.WEBHOOK)
     runtime = ServiceRuntime(Service.WEBHOOK, settings, streams=(CASE_EVENTS,), indexes=INDEXES)
+    store = DeliveryStore(runtime.db)
+    dispatcher = Dispatcher(
+        store=store,
+        secrets=SigningSecrets(runtime.broker, timeout_seconds=settings.rpc_timeout_seconds),
+        sender=WebhookSender(
+            timeout_seconds=settings.webhook_timeout_seconds, allow_private=settings.webhook_allow_private
+        ),
+        schedule=settings.webhook_retry_schedule_seconds,
+        lease_seconds=settings.webhook_claim_lease_seconds,
+        poll_seconds=settings.webhook_poll_seconds,
+        concurrency=settings.webhook_concurrency,
+    )
+    register(WebhookApi(broker=runtime.broker, store=store, dispatcher=dispatcher, settings=settings))
+    runtime.add_background_loop(dispatcher.deliver_forever)
     runtime.run()
 
 

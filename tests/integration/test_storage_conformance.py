@@ -76,9 +76,7 @@ async def test_concurrent_capped_increments_never_exceed_the_cap(mongo_db: Async
     await mongo_db.usage.insert_one({"_id": "m", "used": 0})
 
     async def reserve() -> bool:
-        doc = await mongo_db.usage.find_one_and_update(
-            {"_id": "m", "used": {"$lt": 30}}, {"$inc": {"used": 1}}
-        )
+        doc = await mongo_db.usage.find_one_and_update({"_id": "m", "used": {"$lt": 30}}, {"$inc": {"used": 1}})
         return doc is not None
 
     results = await asyncio.gather(*(reserve() for _ in range(100)))
@@ -88,9 +86,7 @@ async def test_concurrent_capped_increments_never_exceed_the_cap(mongo_db: Async
 
 async def test_push_of_a_sub_document_stores_a_document(mongo_db: AsyncDatabase[Document]) -> None:
     await mongo_db.deliveries.insert_one({"_id": "d", "attempts": []})
-    await mongo_db.deliveries.update_one(
-        {"_id": "d"}, {"$push": {"attempts": {"status": 500, "meta": {"ms": 3}}}}
-    )
+    await mongo_db.deliveries.update_one({"_id": "d"}, {"$push": {"attempts": {"status": 500, "meta": {"ms": 3}}}})
     doc = await mongo_db.deliveries.find_one({"_id": "d"})
     assert doc is not None
     assert doc["attempts"] == [{"status": 500, "meta": {"ms": 3}}]
@@ -158,3 +154,48 @@ async def test_unset_delete_and_nested_set(mongo_db: AsyncDatabase[Document]) ->
     }
     assert (await mongo_db.cases.delete_one({"_id": "x"})).deleted_count == 1
     assert await mongo_db.cases.find_one({"_id": "x"}) is None
+
+
+async def test_concurrent_claims_of_due_documents_take_each_once_in_due_order(
+    mongo_db: AsyncDatabase[Document],
+) -> None:
+    # The webhook dispatcher's claim: conditional find_one_and_update with a sort, racing other replicas.
+    await mongo_db.deliveries.insert_many(
+        [{"_id": f"d{i}", "state": "pending", "nextAttemptAt": 100 + i, "claim": None} for i in range(20)]
+        + [{"_id": "later", "state": "pending", "nextAttemptAt": 10_000}, {"_id": "done", "state": "delivered"}]
+    )
+
+    async def claim(token: int) -> str | None:
+        doc = await mongo_db.deliveries.find_one_and_update(
+            {"state": "pending", "nextAttemptAt": {"$lte": 1_000}},
+            {"$set": {"nextAttemptAt": 61_000, "claim": f"c{token}"}},
+            sort=[("nextAttemptAt", ASCENDING)],
+            return_document=ReturnDocument.AFTER,
+        )
+        return None if doc is None else str(doc["_id"])
+
+    first = await claim(0)
+    assert first == "d0"
+    claimed = [c for c in await asyncio.gather(*(claim(i) for i in range(1, 40))) if c is not None]
+    assert sorted(claimed) == sorted(f"d{i}" for i in range(1, 20))
+
+
+async def test_push_with_set_and_null_under_a_claim_filter(mongo_db: AsyncDatabase[Document]) -> None:
+    await mongo_db.deliveries.insert_one({"_id": "d", "claim": "c1", "attempts": [], "nextAttemptAt": 5})
+    stale = await mongo_db.deliveries.update_one(
+        {"_id": "d", "claim": "c0"}, {"$push": {"attempts": {"status": 200}}, "$set": {"claim": None}}
+    )
+    assert stale.matched_count == 0
+    current = await mongo_db.deliveries.update_one(
+        {"_id": "d", "claim": "c1"},
+        {"$push": {"attempts": {"status": 500, "error": None}}, "$set": {"claim": None, "nextAttemptAt": None}},
+    )
+    assert current.matched_count == 1
+    assert await mongo_db.deliveries.find_one({"_id": "d"}) == {
+        "_id": "d",
+        "claim": None,
+        "attempts": [{"status": 500, "error": None}],
+        "nextAttemptAt": None,
+    }
+    # Not relied on: mongoeco matches null with {"$lte": <number>} where MongoDB does not, so the claim query
+    # also filters on state (a pending delivery always has a numeric nextAttemptAt).

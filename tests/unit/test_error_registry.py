@@ -13,6 +13,7 @@ CONTRACT = {
     "NOT_FOUND": 404,
     "CASE_NOT_FOUND": 404,
     "ATTACHMENT_NOT_FOUND": 404,
+    "WEBHOOK_EVENT_NOT_FOUND": 404,  # ours: redeliver names an event the case's delivery log does not have
     "METHOD_NOT_ALLOWED": 405,
     "CASE_NOT_WAITING_FOR_INPUT": 409,
     "INPUT_REQUEST_NOT_PENDING": 409,

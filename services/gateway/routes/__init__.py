@@ -8,5 +8,14 @@ from services.gateway.routes.agentmail_webhook import agentmail_webhook
 from services.gateway.routes.cases import CasesController, UsageController
 from services.gateway.routes.docs import api_docs
 from services.gateway.routes.health import healthz, readyz
+from services.gateway.routes.webhook_deliveries import WebhookDeliveriesController
 
-ROUTES: list[ControllerRouterHandler] = [healthz, readyz, api_docs, CasesController, UsageController, agentmail_webhook]
+ROUTES: list[ControllerRouterHandler] = [
+    healthz,
+    readyz,
+    api_docs,
+    CasesController,
+    UsageController,
+    agentmail_webhook,
+    WebhookDeliveriesController,
+]
