@@ -21,7 +21,6 @@ import pytest
 import uvicorn
 from fast_depends.msgspec import MsgSpecSerializer
 from faststream.nats import NatsBroker
-from nats.js.errors import NotFoundError
 from pymongo.asynchronous.database import AsyncDatabase
 from svix.webhooks import Webhook
 
@@ -55,7 +54,14 @@ from shared.mongo import Document, ensure_indexes
 from shared.settings import AgentMailSettings, GatewaySettings, load_settings
 from shared.subjects import AGENTMAIL_EVENTS, Service
 from tests.support.processes import NatsServer, Simulator, free_port
-from tests.support.simulator import INBOX, WEBHOOK_SECRET, SimulatorControl, eventually, running_simulator
+from tests.support.simulator import (
+    INBOX,
+    WEBHOOK_SECRET,
+    SimulatorControl,
+    eventually,
+    published,
+    running_simulator,
+)
 
 GATEWAY_PORT = free_port()
 GATEWAY_URL = f"http://127.0.0.1:{GATEWAY_PORT}"
@@ -145,22 +151,6 @@ async def ask[T](client: NatsBroker, subject: str, payload: msgspec.Struct, repl
 async def send_or_reply(client: NatsBroker, subject: str, payload: SendEmail | ReplyEmail) -> SendOutcome:
     """SEND or REPLY; their reply type is a union, which `request`'s `type[T]` parameter cannot spell."""
     return await ask(client, subject, payload, cast("type[Sent | Rejected]", SendOutcome))
-
-
-async def published[T](client: NatsBroker, subject: str, event_type: type[T]) -> list[T]:
-    """Every message on `subject` in this module's AGENTMAIL_EVENTS stream, decoded."""
-    js = client.connection.jetstream()
-    try:
-        state = (await js.stream_info(AGENTMAIL_EVENTS.name)).state
-    except NotFoundError:
-        return []
-    found = []
-    for sequence in range(state.first_seq, state.last_seq + 1):
-        message = await js.get_msg(AGENTMAIL_EVENTS.name, sequence)
-        if message.subject == subject:
-            assert message.data is not None
-            found.append(msgspec.json.decode(message.data, type=event_type))
-    return found
 
 
 async def events_for(client: NatsBroker, event_id: str) -> list[MessageReceived]:

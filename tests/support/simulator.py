@@ -13,9 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import uvicorn
+from faststream.nats import NatsBroker
 from litestar import Litestar, Request, Response, post
+from nats.js.errors import NotFoundError
 
+from shared.subjects import AGENTMAIL_EVENTS
 from tests.support.processes import Simulator, free_port
 
 API_KEY = "am_dev_simulator_key"
@@ -35,6 +39,27 @@ async def eventually[T](check: Callable[[], Awaitable[T | None]], *, timeout: fl
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or check.__name__}")
         await asyncio.sleep(0.05)
+
+
+async def published[T](client: NatsBroker, subject: str, event_type: type[T]) -> list[T]:
+    """Every message on `subject` in the AGENTMAIL_EVENTS stream, decoded (fine for the small streams of tests)."""
+    js = client.connection.jetstream()
+    try:
+        state = (await js.stream_info(AGENTMAIL_EVENTS.name)).state
+    except NotFoundError:
+        return []
+    found: list[T] = []
+    if state.messages == 0:
+        return found
+    for sequence in range(state.first_seq, state.last_seq + 1):
+        try:
+            message = await js.get_msg(AGENTMAIL_EVENTS.name, sequence)
+        except NotFoundError:  # deleted or aged out
+            continue
+        if message.subject == subject:
+            assert message.data is not None
+            found.append(msgspec.json.decode(message.data, type=event_type))
+    return found
 
 
 @contextmanager
