@@ -199,3 +199,50 @@ async def test_push_with_set_and_null_under_a_claim_filter(mongo_db: AsyncDataba
     }
     # Not relied on: mongoeco matches null with {"$lte": <number>} where MongoDB does not, so the claim query
     # also filters on state (a pending delivery always has a numeric nextAttemptAt).
+
+
+async def test_capped_idempotent_upsert_inserts_once_then_refuses_with_a_duplicate_key_error(
+    mongo_db: AsyncDatabase[Document],
+) -> None:
+    # Billing's reservation: one conditional update with upsert, `$ne` on an array, `$push` with `$each` and
+    # `$slice`. The insert copies only the filter's equality fields; when the document exists but the filter
+    # fails (cap reached, id recorded), the upsert's insert hits the unique index.
+    await mongo_db.usage.create_indexes(
+        [IndexModel([("clientId", ASCENDING), ("month", ASCENDING)], unique=True, name="client_month_unique")]
+    )
+
+    def reserve(reservation_id: str) -> tuple[Document, Document]:
+        condition = {"clientId": "c", "month": "m", "used": {"$lt": 3}, "reservations": {"$ne": reservation_id}}
+        update = {
+            "$inc": {"used": 1},
+            "$push": {"reservations": {"$each": [reservation_id], "$slice": -2}},
+            "$setOnInsert": {"createdAt": 1},
+        }
+        return condition, update
+
+    first = await mongo_db.usage.find_one_and_update(
+        *reserve("r1"), upsert=True, return_document=ReturnDocument.AFTER, projection={"_id": 0}
+    )
+    assert first == {"clientId": "c", "month": "m", "used": 1, "reservations": ["r1"], "createdAt": 1}
+    with pytest.raises(DuplicateKeyError):
+        await mongo_db.usage.find_one_and_update(*reserve("r1"), upsert=True)
+    assert await mongo_db.usage.find_one_and_update(*reserve("r1")) is None
+    for reservation_id in ("r2", "r3"):
+        await mongo_db.usage.find_one_and_update(*reserve(reservation_id), upsert=True)
+    with pytest.raises(DuplicateKeyError):
+        await mongo_db.usage.find_one_and_update(*reserve("r4"), upsert=True)
+    # `$slice: -2` keeps the two most recent ids.
+    assert await mongo_db.usage.find_one({}, {"_id": 0, "used": 1, "reservations": 1}) == {
+        "used": 3,
+        "reservations": ["r2", "r3"],
+    }
+
+
+async def test_pull_and_decrement_apply_only_when_the_array_holds_the_value(
+    mongo_db: AsyncDatabase[Document],
+) -> None:
+    await mongo_db.usage.insert_one({"_id": "u", "used": 2, "reservations": ["r1", "r2"]})
+    release = {"$inc": {"used": -1}, "$pull": {"reservations": "r1"}}
+    assert (await mongo_db.usage.update_one({"_id": "u", "reservations": "r1"}, release)).modified_count == 1
+    assert (await mongo_db.usage.update_one({"_id": "u", "reservations": "r1"}, release)).modified_count == 0
+    assert await mongo_db.usage.find_one({"_id": "u"}) == {"_id": "u", "used": 1, "reservations": ["r2"]}
