@@ -15,14 +15,21 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Final
 
 from faststream.nats import NatsBroker
 
-from services.agentmail_adapter.client import AgentMailClient, AgentMailError, AgentMailUnavailable, MessageRejected
-from services.agentmail_adapter.models import Message, ReplyMessage, SendMessage
+from services.agentmail_adapter.client import (
+    AgentMailClient,
+    AgentMailError,
+    AgentMailUnavailable,
+    MessageRejected,
+    SendResult,
+)
+from services.agentmail_adapter.models import Message, ReplyMessage, SendMessage, SentMessage
 from services.agentmail_adapter.store import HandledEvent, MessageStore, StoredAttachment, StoredMessage
 from services.agentmail_adapter.webhooks import (
     MESSAGE_RECEIVED_TYPE,
@@ -113,66 +120,54 @@ def register_handlers(
 ) -> None:
     inbox_id = settings.agentmail_inbox_id
 
-    @broker.subscriber(SEND, queue=QUEUE)
-    async def send_email(request: SendEmail) -> Ok[SendOutcome]:
-        with case_logging(request.case_id):
-            recorded = await store.sent_for_attempt(request.case_id, request.attempt)
+    async def send_once(email: Outgoing, send: Callable[[str], Awaitable[SendResult]]) -> Ok[SendOutcome]:
+        """At most one email per (case, attempt): answered from the store, else sent under the key derived from
+        the pair and recorded once AgentMail accepted it."""
+        with case_logging(email.case_id):
+            recorded = await store.sent_for_attempt(email.case_id, email.attempt)
             if recorded is not None:
                 return Ok(_sent(recorded))
-            message = SendMessage(to=request.to, subject=request.subject, text=request.text, html=request.html)
             with provider_errors():
-                result = await mail.send_message(
-                    inbox_id, message, idempotency_key=idempotency_key(request.case_id, request.attempt)
-                )
+                result = await send(idempotency_key(email.case_id, email.attempt))
             if isinstance(result, MessageRejected):
-                log.info("AgentMail rejected the first email", extra={"reason": result.reason})
+                log.info("AgentMail rejected the email", extra={"reason": result.reason, "attempt": email.attempt})
                 return Ok(Rejected(reason=result.reason))
-            stored = _outbound(
-                request.case_id,
-                request.attempt,
-                inbox_id=inbox_id,
-                message_id=result.message_id,
-                thread_id=result.thread_id,
-                to=request.to,
-                subject=request.subject,
-                text=request.text,
-                in_reply_to=None,
-            )
+            stored = email.sent_as(result)
             await store.record(stored)
             return Ok(_sent(stored))
 
+    @broker.subscriber(SEND, queue=QUEUE)
+    async def send_email(request: SendEmail) -> Ok[SendOutcome]:
+        message = SendMessage(to=request.to, subject=request.subject, text=request.text, html=request.html)
+        email = Outgoing(
+            case_id=request.case_id,
+            attempt=request.attempt,
+            inbox_id=inbox_id,
+            to=request.to,
+            subject=request.subject,
+            text=request.text,
+            in_reply_to=None,
+        )
+        return await send_once(email, lambda key: mail.send_message(inbox_id, message, idempotency_key=key))
+
     @broker.subscriber(REPLY, queue=QUEUE)
     async def reply_email(request: ReplyEmail) -> Ok[SendOutcome]:
-        with case_logging(request.case_id):
-            recorded = await store.sent_for_attempt(request.case_id, request.attempt)
-            if recorded is not None:
-                return Ok(_sent(recorded))
-            original = await store.find(request.in_reply_to_message_id)
-            reply_inbox = original.inbox_id if original is not None else inbox_id
-            reply = ReplyMessage(text=request.text, html=request.html, to=request.to)
-            with provider_errors():
-                result = await mail.reply_to_message(
-                    reply_inbox,
-                    request.in_reply_to_message_id,
-                    reply,
-                    idempotency_key=idempotency_key(request.case_id, request.attempt),
-                )
-            if isinstance(result, MessageRejected):
-                log.info("AgentMail rejected the reply", extra={"reason": result.reason})
-                return Ok(Rejected(reason=result.reason))
-            stored = _outbound(
-                request.case_id,
-                request.attempt,
-                inbox_id=reply_inbox,
-                message_id=result.message_id,
-                thread_id=result.thread_id,
-                to=request.to or _reply_recipients(original),
-                subject=_reply_subject(original.subject if original is not None else ""),
-                text=request.text,
-                in_reply_to=request.in_reply_to_message_id,
-            )
-            await store.record(stored)
-            return Ok(_sent(stored))
+        answered = request.in_reply_to_message_id
+        original = await store.find(answered)
+        reply_inbox = original.inbox_id if original is not None else inbox_id
+        reply = ReplyMessage(text=request.text, html=request.html, to=request.to)
+        email = Outgoing(
+            case_id=request.case_id,
+            attempt=request.attempt,
+            inbox_id=reply_inbox,
+            to=request.to or _reply_recipients(original),
+            subject=_reply_subject(original.subject if original is not None else ""),
+            text=request.text,
+            in_reply_to=answered,
+        )
+        return await send_once(
+            email, lambda key: mail.reply_to_message(reply_inbox, answered, reply, idempotency_key=key)
+        )
 
     @broker.subscriber(ATTACHMENT_LINK, queue=QUEUE)
     async def attachment_link(request: GetAttachmentLink) -> Ok[AttachmentLink]:
@@ -220,34 +215,35 @@ def register_handlers(
 # ---- records ----------------------------------------------------------------------------------------------
 
 
-def _outbound(
-    case_id: str,
-    attempt: int,
-    *,
-    inbox_id: str,
-    message_id: str,
-    thread_id: str,
-    to: list[str],
-    subject: str,
-    text: str,
-    in_reply_to: str | None,
-) -> StoredMessage:
-    now = now_ms()
-    return StoredMessage(
-        message_id=message_id,
-        inbox_id=inbox_id,
-        thread_id=thread_id,
-        direction="outbound",
-        from_address=inbox_id,
-        to=[bare_address(address) for address in to],
-        subject=subject,
-        text=text,
-        timestamp=now,
-        recorded_at=now,
-        in_reply_to=in_reply_to,
-        case_id=case_id,
-        attempt=attempt,
-    )
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """An email we are about to send, with what the store records about it once AgentMail accepts it."""
+
+    case_id: str
+    attempt: int
+    inbox_id: str
+    to: list[str]
+    subject: str
+    text: str
+    in_reply_to: str | None
+
+    def sent_as(self, result: SentMessage) -> StoredMessage:
+        now = now_ms()
+        return StoredMessage(
+            message_id=result.message_id,
+            inbox_id=self.inbox_id,
+            thread_id=result.thread_id,
+            direction="outbound",
+            from_address=self.inbox_id,
+            to=[bare_address(address) for address in self.to],
+            subject=self.subject,
+            text=self.text,
+            timestamp=now,
+            recorded_at=now,
+            in_reply_to=self.in_reply_to,
+            case_id=self.case_id,
+            attempt=self.attempt,
+        )
 
 
 def _inbound(received: MessageReceived) -> StoredMessage:

@@ -205,17 +205,12 @@ class Mailbox:
         self._check_recipients(to + cc + bcc)
         return self._store_outbound(
             inbox,
+            request,
             thread_id=str(uuid.uuid4()),
             to=to,
             cc=cc,
             bcc=bcc,
-            reply_to=as_list(request.reply_to),
             subject=request.subject,
-            text=request.text,
-            html=request.html,
-            labels=request.labels,
-            attachments=request.attachments,
-            headers=request.headers,
             in_reply_to=None,
         )
 
@@ -237,17 +232,12 @@ class Mailbox:
         subject = original.subject or ""
         return self._store_outbound(
             inbox,
+            request,
             thread_id=original.thread_id,
             to=to,
             cc=cc,
             bcc=bcc,
-            reply_to=as_list(request.reply_to),
             subject=subject if subject.lower().startswith("re:") else f"Re: {subject}".strip(),
-            text=request.text,
-            html=request.html,
-            labels=request.labels,
-            attachments=request.attachments,
-            headers=request.headers,
             in_reply_to=original,
         )
 
@@ -270,40 +260,37 @@ class Mailbox:
     def _store_outbound(
         self,
         inbox: wire.Inbox,
+        request: wire.OutgoingMessage,
         *,
         thread_id: str,
         to: list[str],
         cc: list[str],
         bcc: list[str],
-        reply_to: list[str],
         subject: str | None,
-        text: str | None,
-        html: str | None,
-        labels: list[str] | None,
-        attachments: list[wire.SendAttachment] | None,
-        headers: dict[str, str] | None,
         in_reply_to: wire.Message | None,
     ) -> wire.Message:
-        files = [_decode_attachment(index, attachment) for index, attachment in enumerate(attachments or [])]
+        files = [_decode_attachment(index, attachment) for index, attachment in enumerate(request.attachments or [])]
         sender = f"{inbox.display_name} <{inbox.inbox_id}>" if inbox.display_name else inbox.inbox_id
+        text = request.text
         full_text = text
         if in_reply_to is not None and text is not None:
+            # AgentMail quotes the answered email under a reply's text; extracted_text keeps only the new words.
             full_text = f"{text}\n\n{_quote(in_reply_to)}"
         message = self._store(
             inbox_id=inbox.inbox_id,
             thread_id=thread_id,
-            labels=["sent", *(labels or [])],
+            labels=["sent", *(request.labels or [])],
             sender=sender,
             to=to,
             cc=cc,
             bcc=bcc,
-            reply_to=reply_to,
+            reply_to=as_list(request.reply_to),
             subject=subject,
             text=full_text,
             extracted_text=text,
-            html=html,
+            html=request.html,
             files=files,
-            headers=headers,
+            headers=request.headers,
             in_reply_to=in_reply_to,
         )
         self.outbox.append(message.message_id)

@@ -102,32 +102,27 @@ class SendAttachment(Wire, frozen=True, kw_only=True):
     url: str | None = None
 
 
-class SendMessageRequest(Wire, frozen=True, kw_only=True):
+class OutgoingMessage(Wire, frozen=True, kw_only=True):
+    """What a send and a reply have in common."""
+
     to: Addresses | None = None
     cc: Addresses | None = None
     bcc: Addresses | None = None
     reply_to: Addresses | None = None
+    text: str | None = None
+    html: str | None = None
+    labels: list[str] | None = None
+    attachments: list[SendAttachment] | None = None
+    headers: dict[str, str] | None = None
+    track_opens: bool | None = None
+
+
+class SendMessageRequest(OutgoingMessage, frozen=True, kw_only=True):
     subject: str | None = None
-    text: str | None = None
-    html: str | None = None
-    labels: list[str] | None = None
-    attachments: list[SendAttachment] | None = None
-    headers: dict[str, str] | None = None
-    track_opens: bool | None = None
 
 
-class ReplyToMessageRequest(Wire, frozen=True, kw_only=True):
-    to: Addresses | None = None
-    cc: Addresses | None = None
-    bcc: Addresses | None = None
-    reply_to: Addresses | None = None
+class ReplyToMessageRequest(OutgoingMessage, frozen=True, kw_only=True):
     reply_all: bool | None = None
-    text: str | None = None
-    html: str | None = None
-    labels: list[str] | None = None
-    attachments: list[SendAttachment] | None = None
-    headers: dict[str, str] | None = None
-    track_opens: bool | None = None
 
 
 class SendMessageResponse(Wire, frozen=True, kw_only=True):
