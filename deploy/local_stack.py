@@ -1,7 +1,8 @@
 """`make run`: the whole stack on one machine with embedded defaults, supervised by supervisord.
 
     python -m deploy.local_stack          prepare .data/, check ports, then exec supervisord (foreground)
-    python -m deploy.local_stack announce wait until the gateway is ready and print how to use it
+    python -m deploy.local_stack announce wait until the gateway is ready, print how to use it and the
+                                          development client's API key (created once, see DEV_CLIENT)
 
 supervisord (deploy/supervisord.conf) starts NATS with JetStream, the embedded MongoDB (SQLite file), and
 the services, restarts any that crash, and on Ctrl-C or SIGTERM stops them all. Data lives under `.data/`
@@ -11,6 +12,7 @@ make run`); only what the local stack itself decides (ports, URLs of the embedde
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import sys
@@ -18,9 +20,19 @@ import time
 from pathlib import Path
 
 import httpx
+import msgspec
+from pymongo.errors import PyMongoError
+
+from services.auth.accounts import Accounts, NewClient
+from services.auth.store import AuthStore
+from shared.mongo import create_mongo_client
+from shared.settings import AuthSettings, load_settings_or_exit
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("CASEFLOW_DATA", ROOT / ".data"))
+# Local development only: the development client's key is kept here in plain text so that every start can
+# print it (and `make demo` can use it). A real deployment issues keys with the admin CLI and never saves them.
+DEV_CLIENT = DATA / "dev-client.json"
 
 
 def _port_in_use(port: int) -> bool:
@@ -51,9 +63,7 @@ def run() -> None:
         if _port_in_use(int(env[name]))
     ]
     if busy:
-        sys.exit(
-            f"make run: port already in use ({', '.join(busy)}); stop the other process or set another port."
-        )
+        sys.exit(f"make run: port already in use ({', '.join(busy)}); stop the other process or set another port.")
     for sub in ("nats", "mongo", "logs"):
         (DATA / sub).mkdir(parents=True, exist_ok=True)
     supervisord = str(Path(sys.executable).parent / "supervisord")
@@ -78,16 +88,58 @@ def announce(timeout_seconds: float = 120.0) -> None:
     else:
         print(f"caseflow: the stack did not become ready in {timeout_seconds:.0f}s ({last})", flush=True)
         sys.exit(1)
+    try:
+        dev_client = ensure_dev_client(DEV_CLIENT)
+        credentials = [
+            f"  API key:  {dev_client.api_key}  (client local-dev, plan unlimited; header x-api-key)",
+            f"  Webhook secret: {dev_client.webhook_secret}",
+        ]
+    except PyMongoError as exc:
+        credentials = [f"  API key:  unavailable (could not create the development client: {type(exc).__name__})"]
     banner = [
         "",
         "  Caseflow is ready.",
         f"  Gateway:  {url}",
         f"  API docs: {url}/schema",
+        *credentials,
         f"  Data:     {DATA}",
         "  Stop with Ctrl-C.",
         "",
     ]
     print("\n".join(banner), flush=True)
+
+
+def ensure_dev_client(path: Path) -> NewClient:
+    """The development client saved at `path`, created through the admin code on the first start.
+
+    It is created again when the saved key no longer works (the database was wiped, KEY_HASH_SECRET changed,
+    or someone revoked it), so the banner never prints a dead key.
+    """
+    saved = None
+    if path.exists():
+        try:
+            saved = msgspec.json.decode(path.read_bytes(), type=NewClient)
+        except msgspec.DecodeError:
+            saved = None  # an unreadable file is replaced like a missing one
+    current = asyncio.run(_usable_or_new_dev_client(saved))
+    if current is not saved:
+        draft = path.with_suffix(".tmp")
+        draft.write_bytes(msgspec.json.format(msgspec.json.encode(current), indent=2) + b"\n")
+        draft.chmod(0o600)
+        draft.replace(path)
+    return current
+
+
+async def _usable_or_new_dev_client(saved: NewClient | None) -> NewClient:
+    settings = load_settings_or_exit(AuthSettings, "make run")
+    mongo = create_mongo_client(settings, app_name="caseflow-local-stack")
+    try:
+        accounts = Accounts(AuthStore(mongo[settings.mongo_db]), key_hash_secret=settings.key_hash_secret)
+        if saved is not None and await accounts.is_usable_key(saved.api_key):
+            return saved
+        return await accounts.create_client(name="local-dev", plan="unlimited")
+    finally:
+        await mongo.close()
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ own `make run`. Leftover processes are found through their environment (CASEFLOW
 
 from __future__ import annotations
 
+import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import threading
@@ -85,9 +87,25 @@ class MakeRun:
                 return
         raise TimeoutError(f"{text!r} not printed; output so far:\n{''.join(self.output[-60:])}")
 
+    def printed_api_key(self) -> str:
+        """The development API key from the banner (printed on every start)."""
+        self.wait_for_output("API key:")
+        found = re.search(r"API key:\s+(cf_live_[A-Za-z0-9_-]+)", self.output[-1])
+        assert found, self.output[-1]
+        return found.group(1)
+
     def wait_exit(self, timeout: float = 60.0) -> int:
         assert self.process is not None
         return self.process.wait(timeout)
+
+
+def assert_key_works(gateway: str, api_key: str) -> None:
+    """The key authenticates at the gateway, as the local-dev client on the unlimited plan."""
+    response = httpx.get(f"{gateway}/usage", headers={"x-api-key": api_key}, timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.json()["data"]["limit"] is None
+    refused = httpx.get(f"{gateway}/usage", headers={"x-api-key": api_key + "x"}, timeout=10)
+    assert refused.status_code == 401
 
 
 @pytest.fixture
@@ -103,6 +121,9 @@ def test_make_run_starts_everything_stops_cleanly_and_keeps_data(data_dir: Path)
     gateway = f"http://127.0.0.1:{first.gateway_port}"
     first.wait_for_output(f"Gateway:  {gateway}")
     assert httpx.get(f"{gateway}/readyz", timeout=10).status_code == 200
+    dev_key = first.printed_api_key()
+    assert_key_works(gateway, dev_key)
+    assert json.loads((data_dir / "dev-client.json").read_text())["apiKey"] == dev_key
     case_pids = [
         pid
         for pid in processes_with_env("CASEFLOW_DATA", str(data_dir))
@@ -125,6 +146,9 @@ def test_make_run_starts_everything_stops_cleanly_and_keeps_data(data_dir: Path)
     second.env.update({"GATEWAY_PORT": str(first.gateway_port), "LOCAL_MONGO_PORT": str(first.mongo_port)})
     second.start()
     second.wait_for_output("Caseflow is ready.")
+    # The development client is created once: the next start prints the same, still working key.
+    assert second.printed_api_key() == dev_key
+    assert_key_works(gateway, dev_key)
     with MongoClient[dict[str, object]](mongo_url, serverSelectionTimeoutMS=5000) as client:
         assert client["caseflow"]["make_run_probe"].find_one({"_id": "kept"}) is not None
 
