@@ -12,7 +12,7 @@ import logging
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -99,7 +99,9 @@ class Simulation:
         recipients = [*message.to, *(message.cc or []), *(message.bcc or [])]
         self._emit(
             wire.MessageSentEvent(
-                event_type="message.sent", event_id=_event_id(), send=self._detail(message, recipients)
+                event_type="message.sent",
+                event_id=_event_id(),
+                send=_detail(wire.DeliveryDetail, message, recipients=[bare_address(a) for a in recipients]),
             ),
             message.inbox_id,
         )
@@ -210,17 +212,17 @@ class Simulation:
         match kind:
             case "delivered":
                 event = wire.MessageDeliveredEvent(
-                    event_type="message.delivered", event_id=event_id, delivery=self._detail(message, recipients)
+                    event_type="message.delivered",
+                    event_id=event_id,
+                    delivery=_detail(wire.DeliveryDetail, message, recipients=[bare_address(a) for a in recipients]),
                 )
             case "bounced":
                 event = wire.MessageBouncedEvent(
                     event_type="message.bounced",
                     event_id=event_id,
-                    bounce=wire.BounceDetail(
-                        inbox_id=message.inbox_id,
-                        thread_id=message.thread_id,
-                        message_id=message.message_id,
-                        timestamp=message.timestamp,
+                    bounce=_detail(
+                        wire.BounceDetail,
+                        message,
                         type="Permanent",
                         sub_type="General",
                         recipients=[
@@ -232,11 +234,9 @@ class Simulation:
                 event = wire.MessageComplainedEvent(
                     event_type="message.complained",
                     event_id=event_id,
-                    complaint=wire.ComplaintDetail(
-                        inbox_id=message.inbox_id,
-                        thread_id=message.thread_id,
-                        message_id=message.message_id,
-                        timestamp=message.timestamp,
+                    complaint=_detail(
+                        wire.ComplaintDetail,
+                        message,
                         type="abuse",
                         sub_type="",
                         recipients=[bare_address(a) for a in recipients],
@@ -246,11 +246,9 @@ class Simulation:
                 event = wire.MessageRejectedEvent(
                     event_type="message.rejected",
                     event_id=event_id,
-                    reject=wire.RejectDetail(
-                        inbox_id=message.inbox_id,
-                        thread_id=message.thread_id,
-                        message_id=message.message_id,
-                        timestamp=message.timestamp,
+                    reject=_detail(
+                        wire.RejectDetail,
+                        message,
                         reason=reason or "Recipient is on the suppression list",
                     ),
                 )
@@ -309,15 +307,16 @@ class Simulation:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    @staticmethod
-    def _detail(message: wire.Message, recipients: list[str]) -> wire.DeliveryDetail:
-        return wire.DeliveryDetail(
-            inbox_id=message.inbox_id,
-            thread_id=message.thread_id,
-            message_id=message.message_id,
-            timestamp=message.timestamp,
-            recipients=[bare_address(address) for address in recipients],
-        )
+
+def _detail[D: wire.MessageRef](kind: type[D], message: wire.Message, **fields: Any) -> D:
+    """An event detail of type `kind` about `message`: its ids plus `fields`."""
+    return kind(
+        inbox_id=message.inbox_id,
+        thread_id=message.thread_id,
+        message_id=message.message_id,
+        timestamp=message.timestamp,
+        **fields,
+    )
 
 
 def _event_id() -> str:

@@ -139,15 +139,9 @@ class Attachment(Wire, frozen=True, kw_only=True):
     content_id: str | None = None
 
 
-class AttachmentResponse(Wire, frozen=True, kw_only=True):
-    attachment_id: str
-    size: int
+class AttachmentResponse(Attachment, frozen=True, kw_only=True):
     download_url: str
     expires_at: str
-    filename: str | None = None
-    content_type: str | None = None
-    content_disposition: str | None = None
-    content_id: str | None = None
 
 
 class Message(Wire, frozen=True, kw_only=True):
@@ -205,11 +199,16 @@ class Thread(ThreadItem, frozen=True, kw_only=True):
 # ---- webhook events ---------------------------------------------------------------------------------------
 
 
-class DeliveryDetail(Wire, frozen=True, kw_only=True):
+class MessageRef(Wire, frozen=True, kw_only=True):
+    """The ids every delivery-event detail carries."""
+
     inbox_id: str
     thread_id: str
     message_id: str
     timestamp: str
+
+
+class DeliveryDetail(MessageRef, frozen=True, kw_only=True):
     recipients: list[str]
 
 
@@ -218,31 +217,19 @@ class BouncedRecipient(Wire, frozen=True, kw_only=True):
     status: str
 
 
-class BounceDetail(Wire, frozen=True, kw_only=True):
-    inbox_id: str
-    thread_id: str
-    message_id: str
-    timestamp: str
+class BounceDetail(MessageRef, frozen=True, kw_only=True):
     type: str
     sub_type: str
     recipients: list[BouncedRecipient]
 
 
-class ComplaintDetail(Wire, frozen=True, kw_only=True):
-    inbox_id: str
-    thread_id: str
-    message_id: str
-    timestamp: str
+class ComplaintDetail(MessageRef, frozen=True, kw_only=True):
     type: str
     sub_type: str
     recipients: list[str]
 
 
-class RejectDetail(Wire, frozen=True, kw_only=True):
-    inbox_id: str
-    thread_id: str
-    message_id: str
-    timestamp: str
+class RejectDetail(MessageRef, frozen=True, kw_only=True):
     reason: str
 
 
