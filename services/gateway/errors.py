@@ -81,6 +81,16 @@ class ErrorResponder:
 
 
 _MISSING_FIELD = re.compile(r"^Object missing required field `([^`]+)`")
+# Litestar names invalid parameters by their Python name; clients know them by their wire name.
+_WIRE_NAMES: Final = {
+    "idempotency_key": "Idempotency-Key",
+    "client_reference_id": "clientReferenceId",
+    "updated_after": "updatedAfter",
+    "include_transcript": "includeTranscript",
+    "case_id": "caseId",
+    "attachment_id": "attachmentId",
+    "event_id": "eventId",
+}
 
 
 def describe_validation_error(exc: ValidationException) -> str:
@@ -90,6 +100,7 @@ def describe_validation_error(exc: ValidationException) -> str:
         first = extra[0]
         if isinstance(first, dict):
             key = str(first.get("key") or "").removeprefix("$").removeprefix(".")
+            key = _WIRE_NAMES.get(key, key)
             problem = str(first.get("message") or "is invalid")
             missing = _MISSING_FIELD.match(problem)
             if missing:

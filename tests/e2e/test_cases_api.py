@@ -125,7 +125,7 @@ async def test_defaults_apply_and_unknown_fields_are_ignored(api: httpx.AsyncCli
         ({"resultSchema": []}, "resultSchema"),
         ({"constraints": ["x"] * 51}, "constraints"),
         ({"clientReferenceId": "r" * 257}, "clientReferenceId"),
-        ({"clientWebhookUrl": "https://10.0.0.1/hook"}, "clientWebhookUrl"),
+        ({"clientWebhookUrl": "ftp://hooks.example.com/hook"}, "clientWebhookUrl"),
         ({"counterparty": {"address": "a@b.example", "name": "M", "customData": {"n": 1}}}, "counterparty.customData"),
     ],
 )

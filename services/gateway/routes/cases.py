@@ -12,6 +12,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
 
+from services.gateway.bodies import strict_json_body
 from services.gateway.context import GatewayContext
 from services.gateway.envelope import DataEnvelope, ok
 from services.gateway.guards import require_api_key
@@ -55,6 +56,7 @@ class CasesController(Controller):
         summary="Create a case",
         description="Creates a case in CREATED and queues it; outreach happens asynchronously.",
         opt={"throttle": "create"},
+        before_request=strict_json_body(contract.NewCase),
         responses=error_responses(
             *AUTHENTICATED,
             ErrorCode.IDEMPOTENCY_KEY_IN_USE,
@@ -143,6 +145,7 @@ class CasesController(Controller):
         operation_id="provideInput",
         summary="Answer a case waiting for input",
         description="202 means the answer is queued durably, not yet processed.",
+        before_request=strict_json_body(contract.InputBody),
         responses=error_responses(
             *CASE_ERRORS,
             ErrorCode.CASE_NOT_WAITING_FOR_INPUT,
