@@ -55,16 +55,17 @@ class Run:
 
 
 @pytest.fixture(scope="module")
-def admin_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """Overrides the session's server for this module: the e2e stack's gateways listen there too."""
     with private_nats_server(Path(tmp_path_factory.mktemp("admin-nats"))) as server:
         yield server
 
 
 @pytest.fixture
-def admin_env(admin_nats: NatsServer, mongo_url: str, mongo_db: AsyncDatabase[Document]) -> dict[str, str]:
+def admin_env(nats_server: NatsServer, mongo_url: str, mongo_db: AsyncDatabase[Document]) -> dict[str, str]:
     return {
         **os.environ,
-        "NATS_URL": admin_nats.url,
+        "NATS_URL": nats_server.url,
         "MONGO_URL": mongo_url,
         "MONGO_DB": mongo_db.name,
         "KEY_HASH_SECRET": SECRET,
@@ -88,10 +89,10 @@ async def admin(env: dict[str, str], *args: str) -> Run:
 
 
 @pytest.fixture
-async def gateway_ears(admin_nats: NatsServer) -> AsyncIterator[asyncio.Queue[KeysChanged]]:
+async def gateway_ears(nats_server: NatsServer) -> AsyncIterator[asyncio.Queue[KeysChanged]]:
     """KEYS_CHANGED as a gateway hears it: a FastStream subscriber without a queue group."""
     heard: asyncio.Queue[KeysChanged] = asyncio.Queue()
-    broker = create_broker(load_settings(GatewaySettings, {"NATS_URL": admin_nats.url}), Service.GATEWAY)
+    broker = create_broker(load_settings(GatewaySettings, {"NATS_URL": nats_server.url}), Service.GATEWAY)
 
     @broker.subscriber(KEYS_CHANGED)
     async def evict(change: KeysChanged) -> None:

@@ -15,7 +15,6 @@ from typing import Any
 
 import msgspec
 import pytest
-from fast_depends.msgspec import MsgSpecSerializer
 from faststream.nats import NatsBroker
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -54,7 +53,8 @@ class SettableClock:
 
 
 @pytest.fixture(scope="module")
-def billing_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """Overrides the session's server for this module (and so `raw_broker` connects here)."""
     with private_nats_server(Path(tmp_path_factory.mktemp("billing-nats"))) as server:
         yield server
 
@@ -66,19 +66,16 @@ def clock() -> SettableClock:
 
 @pytest.fixture
 async def billing(
-    billing_nats: NatsServer, mongo_db: AsyncDatabase[Document], clock: SettableClock
+    nats_server: NatsServer, raw_broker: NatsBroker, mongo_db: AsyncDatabase[Document], clock: SettableClock
 ) -> AsyncIterator[NatsBroker]:
     """REPLICAS billing services on the test database; yields a client broker to ask them."""
-    settings = load_settings(BillingSettings, {"NATS_URL": billing_nats.url, "PLANS": PLANS})
+    settings = load_settings(BillingSettings, {"NATS_URL": nats_server.url, "PLANS": PLANS})
     await ensure_indexes(mongo_db, INDEXES)
     replicas = [create_broker(settings, Service.BILLING) for _ in range(REPLICAS)]
     for replica in replicas:
         register_billing_handlers(replica, UsageStore(mongo_db), plans=parse_plans(settings.plans), clock=clock)
         await replica.start()
-    asker = NatsBroker(billing_nats.url, serializer=MsgSpecSerializer())
-    await asker.connect()
-    yield asker
-    await asker.stop()
+    yield raw_broker
     for replica in replicas:
         await replica.stop()
 
