@@ -13,7 +13,8 @@ KEYS_CHANGED: Final = "auth.evt.keys_changed"
 
 
 class VerifyKey(Contract, frozen=True):
-    """Replies Ok[KeyIdentity], or Err UNAUTHORIZED (no key with that hash) / FORBIDDEN (key inactive)."""
+    """Replies Ok[KeyIdentity], or Err UNAUTHORIZED (no key with that hash, or the key is revoked, or its client
+    no longer exists) / FORBIDDEN (key deactivated)."""
 
     api_key: str
 
@@ -25,6 +26,8 @@ class KeyIdentity(Contract, frozen=True):
 
 
 class GetWebhookSecret(Contract, frozen=True):
+    """Replies Ok[WebhookSecret], or Err UNAUTHORIZED when no such client exists (nothing may be signed for it)."""
+
     client_id: str
 
 

@@ -16,7 +16,8 @@ USAGE: Final = "billing.rpc.usage"
 
 
 class ReserveUnit(Contract, frozen=True):
-    """Replies Ok[Reservation] or Err USAGE_LIMIT_REACHED when the plan's monthly cap is reached."""
+    """Replies Ok[Reservation] or Err USAGE_LIMIT_REACHED when the plan's monthly cap is reached; Err FORBIDDEN
+    when `plan` is not configured in billing's PLANS (never metered against another plan's cap)."""
 
     client_id: str
     plan: str
@@ -39,6 +40,8 @@ class Released(Contract, frozen=True):
 
 
 class GetUsage(Contract, frozen=True):
+    """Replies Ok[Usage] for the current UTC month; Err FORBIDDEN when `plan` is not configured."""
+
     client_id: str
     plan: str
 
