@@ -14,7 +14,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import uvicorn
@@ -118,7 +117,7 @@ class Receiver:
         wait_for_port(self.port)
         return self
 
-    def __exit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:
+    def __exit__(self, *_: object) -> None:
         if self._server is not None and self._thread is not None:
             self._server.should_exit = True
             self._thread.join(10)
@@ -166,4 +165,4 @@ class Receivers:
 
     def close(self) -> None:
         for receiver in self.opened:
-            receiver.__exit__(None, None, None)
+            receiver.__exit__()

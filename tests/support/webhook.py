@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -284,7 +283,3 @@ class WebhookRig:
 
     def webhook_service(self, *, mongo_db: str, **env: str) -> WebhookService:
         return WebhookService(self, name=f"webhook-{uuid.uuid4().hex[:6]}", env={"MONGO_DB": mongo_db, **env})
-
-
-def deadline_after(seconds: float) -> float:
-    return time.monotonic() + seconds
