@@ -30,6 +30,7 @@ def main() -> None:
         lease_seconds=settings.webhook_claim_lease_seconds,
         poll_seconds=settings.webhook_poll_seconds,
         concurrency=settings.webhook_concurrency,
+        drain_seconds=settings.shutdown_grace_seconds,
     )
     register(WebhookApi(broker=runtime.broker, store=store, dispatcher=dispatcher, settings=settings))
     runtime.add_background_loop(dispatcher.deliver_forever)

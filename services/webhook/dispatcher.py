@@ -44,6 +44,7 @@ class Dispatcher:
         lease_seconds: float,
         poll_seconds: float,
         concurrency: int,
+        drain_seconds: float,
     ) -> None:
         self.store = store
         self.secrets = secrets
@@ -51,6 +52,7 @@ class Dispatcher:
         self.schedule = tuple(schedule)
         self.lease_ms = int(lease_seconds * 1000)
         self.poll_seconds = poll_seconds
+        self.drain_seconds = drain_seconds
         self._slots = asyncio.Semaphore(concurrency)
         self._wake = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -80,9 +82,15 @@ class Dispatcher:
                 self._in_flight.add(task)
                 task.add_done_callback(self._in_flight.discard)
         finally:
-            # Attempts cut short by shutdown keep their claim; another replica retries them after the lease.
-            for task in list(self._in_flight):
-                task.cancel()
+            await self._drain()
+
+    async def _drain(self) -> None:
+        """On shutdown, let attempts in flight finish and be recorded (a deploy should not resend them)."""
+        if self._in_flight:
+            await asyncio.wait(list(self._in_flight), timeout=self.drain_seconds)
+        # Whatever is still running keeps its claim; another replica retries it after the lease.
+        for task in list(self._in_flight):
+            task.cancel()
 
     async def _idle(self) -> None:
         with contextlib.suppress(TimeoutError):

@@ -11,13 +11,12 @@ that cannot happen.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 
 from faststream.nats import NatsBroker
 
 from services.webhook import domain
-from services.webhook.dispatcher import Dispatcher
+from services.webhook.dispatcher import Dispatcher, now_ms
 from services.webhook.store import DeliveryRecord, DeliveryStore
 from shared.contracts import case, webhook
 from shared.contracts.rpc import Ok
@@ -28,10 +27,6 @@ from shared.settings import WebhookSettings
 from shared.subjects import CASE_EVENTS, Service, queue_group
 
 log = logging.getLogger("caseflow.webhook")
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def new_delivery(event: case.CaseEvent, *, url: str, schedule: list[float], now: int) -> DeliveryRecord:

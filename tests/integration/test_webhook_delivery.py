@@ -303,6 +303,19 @@ async def test_an_attempt_cut_short_by_a_killed_replica_is_retried_after_its_lea
     assert [r.headers["webhook-id"] for r in receiver.received] == [event.event_id] * 2
 
 
+async def test_a_graceful_stop_lets_the_attempt_in_flight_finish_and_be_recorded(hooks: Harness) -> None:
+    service = await hooks.start_service(WEBHOOK_TIMEOUT_SECONDS="10")
+    receiver = hooks.receivers.open(Reply(200, delay_seconds=1.5))
+    event = hooks.event(receiver.url())
+    await hooks.publish([event])
+    await receiver.wait_for(1)
+    assert await asyncio.to_thread(service.stop) == 0
+
+    stored = await hooks.delivery(event.event_id)
+    assert stored is not None
+    assert (stored["state"], statuses(stored)) == ("delivered", [200])
+
+
 async def test_two_replicas_never_send_the_same_attempt_twice(hooks: Harness) -> None:
     await hooks.start_service()
     await hooks.start_service()

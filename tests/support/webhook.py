@@ -245,8 +245,9 @@ class WebhookService:
     def kill(self) -> None:
         self.process.kill()
 
-    def stop(self) -> None:
-        self.process.stop()
+    def stop(self) -> int:
+        """SIGTERM; returns the exit code."""
+        return self.process.stop()
 
 
 class WebhookRig:
