@@ -129,8 +129,19 @@ class Accounts:
         await self._store.insert_api_key(key)
         return IssuedKey(key_id=key.key_id, api_key=api_key)
 
-    async def set_key_status(self, key_id: str, status: KeyStatus) -> KeyState:
-        """Activate, deactivate or revoke; repeating a command is harmless, but a revoked key stays revoked."""
+    async def deactivate_key(self, key_id: str) -> KeyState:
+        """Requests with the key are refused (403) until it is activated again."""
+        return await self._set_key_status(key_id, KeyStatus.INACTIVE)
+
+    async def activate_key(self, key_id: str) -> KeyState:
+        return await self._set_key_status(key_id, KeyStatus.ACTIVE)
+
+    async def revoke_key(self, key_id: str) -> KeyState:
+        """For good: the key is unknown from now on (401) and can never be activated again."""
+        return await self._set_key_status(key_id, KeyStatus.REVOKED)
+
+    async def _set_key_status(self, key_id: str, status: KeyStatus) -> KeyState:
+        # Repeating a command is harmless (the key keeps its status), but a revoked key stays revoked.
         before = await self._store.find_api_key(key_id)
         if before is None:
             raise AccountError(f"no API key with id {key_id}")

@@ -20,7 +20,6 @@ import nats.errors
 from pymongo.errors import PyMongoError
 
 from services.auth.accounts import AccountError, Accounts, ClientPlan, KeyState, Output
-from services.auth.domain import KeyStatus
 from services.auth.store import INDEXES, AuthStore
 from shared.contracts.auth import KEYS_CHANGED, KeysChanged
 from shared.mongo import create_mongo_client, ensure_indexes
@@ -40,13 +39,6 @@ def _non_blank(text: str) -> str:
     return stripped
 
 
-def _key_status_command(status: KeyStatus) -> Command:
-    async def command(accounts: Accounts, args: argparse.Namespace) -> Output:
-        return await accounts.set_key_status(args.key_id, status)
-
-    return command
-
-
 COMMANDS: dict[str, tuple[str, Command]] = {
     "create-client": (
         "create a client with its first API key; prints {clientId, keyId, apiKey, webhookSecret}",
@@ -58,12 +50,15 @@ COMMANDS: dict[str, tuple[str, Command]] = {
     ),
     "deactivate-key": (
         "switch a key off (requests get 403 FORBIDDEN) until activate-key",
-        _key_status_command(KeyStatus.INACTIVE),
+        lambda accounts, args: accounts.deactivate_key(args.key_id),
     ),
-    "activate-key": ("switch a deactivated key back on", _key_status_command(KeyStatus.ACTIVE)),
+    "activate-key": (
+        "switch a deactivated key back on",
+        lambda accounts, args: accounts.activate_key(args.key_id),
+    ),
     "revoke-key": (
         "revoke a key for good (requests get 401 UNAUTHORIZED); it cannot be activated again",
-        _key_status_command(KeyStatus.REVOKED),
+        lambda accounts, args: accounts.revoke_key(args.key_id),
     ),
     "set-plan": (
         "change a client's plan (billing owns the plans' caps)",

@@ -20,7 +20,6 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from services.auth import admin as admin_cli
 from services.auth.accounts import Accounts
-from services.auth.domain import KeyStatus
 from services.auth.store import AuthStore
 from shared.contracts.auth import KEYS_CHANGED, KeysChanged
 from shared.messaging import create_broker
@@ -166,9 +165,9 @@ async def test_repeating_a_key_command_is_harmless_but_a_revoked_key_stays_revok
     accounts = accounts_on(mongo_db)
     created = await accounts.create_client(name="acme", plan="free")
     key_id = created.key_id
-    await accounts.set_key_status(key_id, KeyStatus.INACTIVE)
+    await accounts.deactivate_key(key_id)
     assert (await admin(admin_env, "deactivate-key", key_id)).json()["changed"] is False
-    await accounts.set_key_status(key_id, KeyStatus.REVOKED)
+    await accounts.revoke_key(key_id)
     again = (await admin(admin_env, "revoke-key", key_id)).json()
     assert (again["status"], again["changed"]) == ("revoked", False)
     runs = await asyncio.gather(admin(admin_env, "activate-key", key_id), admin(admin_env, "deactivate-key", key_id))
@@ -200,7 +199,7 @@ async def test_list_clients_shows_plans_and_key_states_but_no_secrets(
     first = await accounts.create_client(name="first", plan="free")
     second = await accounts.create_client(name="second", plan="pro")
     extra = await accounts.issue_key(second.client_id)
-    await accounts.set_key_status(second.key_id, KeyStatus.REVOKED)
+    await accounts.revoke_key(second.key_id)
     listing = await admin(admin_env, "list-clients")
     clients = {client["clientId"]: client for client in listing.json()}
     assert set(clients) == {first.client_id, second.client_id}

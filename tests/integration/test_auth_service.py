@@ -15,7 +15,6 @@ from faststream.nats import NatsBroker
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.auth.accounts import AccountError, Accounts
-from services.auth.domain import KeyStatus
 from services.auth.handlers import register_auth_handlers
 from services.auth.store import API_KEYS, CLIENTS, INDEXES, AuthStore
 from shared.contracts.auth import (
@@ -94,19 +93,19 @@ async def test_a_deactivated_key_is_forbidden_and_works_again_once_activated(
     accounts: Accounts, raw_broker: NatsBroker
 ) -> None:
     client = await accounts.create_client(name="acme", plan="free")
-    await accounts.set_key_status(client.key_id, KeyStatus.INACTIVE)
+    await accounts.deactivate_key(client.key_id)
     assert await refusal(raw_broker, client.api_key) is ErrorCode.FORBIDDEN
-    await accounts.set_key_status(client.key_id, KeyStatus.ACTIVE)
+    await accounts.activate_key(client.key_id)
     assert (await verify(raw_broker, client.api_key)).key_id == client.key_id
 
 
 async def test_a_revoked_key_is_unauthorized_for_good(accounts: Accounts, raw_broker: NatsBroker) -> None:
     client = await accounts.create_client(name="acme", plan="free")
     second = await accounts.issue_key(client.client_id)
-    await accounts.set_key_status(client.key_id, KeyStatus.REVOKED)
+    await accounts.revoke_key(client.key_id)
     assert await refusal(raw_broker, client.api_key) is ErrorCode.UNAUTHORIZED
     with pytest.raises(AccountError, match="revoked"):
-        await accounts.set_key_status(client.key_id, KeyStatus.ACTIVE)
+        await accounts.activate_key(client.key_id)
     assert await refusal(raw_broker, client.api_key) is ErrorCode.UNAUTHORIZED
     # The client's other key is untouched.
     assert (await verify(raw_broker, second.api_key)).key_id == second.key_id
