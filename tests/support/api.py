@@ -68,6 +68,23 @@ def headers(api_key: str, **extra: str) -> dict[str, str]:
     return {"x-api-key": api_key, **extra}
 
 
+class ExtraReplica:
+    """Another replica of a backend service on the same NATS and MongoDB (e.g. a second case service)."""
+
+    def __init__(self, stack: Stack, service: str, *, name: str, overrides: Mapping[str, str] | None = None) -> None:
+        env = {**stack.env, **(overrides or {})}
+        self.process = ManagedProcess(
+            name, [sys.executable, "-m", f"services.{service}"], env=env, log_dir=stack.log_dir
+        )
+
+    def __enter__(self) -> ExtraReplica:
+        self.process.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.process.stop()
+
+
 class ExtraGateway:
     """Another gateway process on the same NATS and MongoDB (gateways are stateless replicas)."""
 
