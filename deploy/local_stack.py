@@ -45,6 +45,9 @@ def local_environment(environ: dict[str, str]) -> dict[str, str]:
     env.setdefault("LOCAL_NATS_PORT", "4222")
     env.setdefault("LOCAL_MONGO_PORT", "27017")
     env.setdefault("GATEWAY_PORT", "8000")
+    # The AgentMail simulator stands in for AgentMail; the adapter is pointed at it unless told otherwise.
+    env.setdefault("AGENTMAIL_SIM_PORT", "8025")
+    env.setdefault("AGENTMAIL_BASE_URL", f"http://127.0.0.1:{env['AGENTMAIL_SIM_PORT']}")
     env.setdefault("NATS_URL", f"nats://127.0.0.1:{env['LOCAL_NATS_PORT']}")
     env.setdefault("MONGO_URL", f"mongodb://127.0.0.1:{env['LOCAL_MONGO_PORT']}/?directConnection=true")
     # Local client endpoints are on this machine; production keeps the SSRF guard on.
@@ -59,7 +62,7 @@ def run() -> None:
     env = local_environment(dict(os.environ))
     busy = [
         f"{name}={env[name]}"
-        for name in ("LOCAL_NATS_PORT", "LOCAL_MONGO_PORT", "GATEWAY_PORT")
+        for name in ("LOCAL_NATS_PORT", "LOCAL_MONGO_PORT", "GATEWAY_PORT", "AGENTMAIL_SIM_PORT")
         if _port_in_use(int(env[name]))
     ]
     if busy:

@@ -54,6 +54,7 @@ class ServiceRuntime:
         self._streams = tuple(streams)
         self._indexes = dict(indexes or {})
         self._loops: list[BackgroundLoop] = []
+        self._closers: list[Callable[[], Awaitable[None]]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._register_health()
 
@@ -75,6 +76,10 @@ class ServiceRuntime:
     def add_background_loop(self, loop: BackgroundLoop) -> None:
         """Run `loop` after start-up until shutdown; it is restarted if it crashes."""
         self._loops.append(loop)
+
+    def add_shutdown_hook(self, close: Callable[[], Awaitable[None]]) -> None:
+        """Run `close` once in-flight messages are done (e.g. close an HTTP client the handlers use)."""
+        self._closers.append(close)
 
     async def _startup(self) -> None:
         await connect_with_retry(self.broker)
@@ -106,6 +111,11 @@ class ServiceRuntime:
                 await task
 
     async def _close(self) -> None:
+        for close in self._closers:
+            try:
+                await close()
+            except Exception:
+                self.log.exception("shutdown hook failed")
         await self.mongo.close()
         self.log.info("service stopped")
 

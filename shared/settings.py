@@ -93,6 +93,9 @@ class CaseSettings(CommonSettings, frozen=True, kw_only=True):
     # service reads the same variable for its SSRF guard).
     webhook_allow_private: bool = False
     idempotency_ttl_hours: Annotated[float, Meta(gt=0)] = 24.0
+    # Deadline for the adapter to send one email, retries included (longer than RPC_TIMEOUT_SECONDS: a send
+    # may wait out AgentMail's Retry-After; asking again after a timeout is safe, sends are idempotent).
+    send_timeout_seconds: PositiveSeconds = 45.0
     # How often the scheduler looks for due cases (follow-ups are precise to about this).
     scheduler_interval_seconds: PositiveSeconds = 1.0
 

@@ -17,13 +17,16 @@ from shared.subjects import AGENTMAIL_EVENTS, Service
 def main() -> None:
     settings = load_settings_or_exit(AgentMailSettings, Service.AGENTMAIL_ADAPTER)
     runtime = ServiceRuntime(Service.AGENTMAIL_ADAPTER, settings, streams=(AGENTMAIL_EVENTS,), indexes=INDEXES)
+    mail = AgentMailClient(settings)
     register_handlers(
         runtime.broker,
-        mail=AgentMailClient(settings),
+        mail=mail,
         store=MessageStore(runtime.db),
         verifier=WebhookVerifier(settings.agentmail_webhook_secret),
         settings=settings,
     )
+    # Closed after in-flight sends have finished, never under them.
+    runtime.add_shutdown_hook(mail.aclose)
     runtime.run()
 
 

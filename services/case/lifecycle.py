@@ -12,15 +12,15 @@ a judged reply arrives here as `ReplyJudged`, already carrying the agent's judge
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import msgspec
 from jsonschema import Draft202012Validator
 
-from services.case.agent.port import Judgement
+from services.case.agent.port import Judgement, TokenUsage
 from services.case.domain import case_event, outbox_message, with_outbox
-from services.case.model import CaseRecord, EmailKind, InputRequestRecord, SendEmailCommand
+from services.case.model import CaseRecord, EmailKind, InputRequestRecord, SendEmailCommand, TokenUsageRecord
 from shared.contracts.case import CMD_SEND, NOTHING_SCHEDULED, TERMINAL_STATUSES, AttachmentMeta, Goal
 from shared.subjects import CASE_COMMANDS
 
@@ -46,6 +46,8 @@ class EmailSent:
     message_id: str
     thread_id: str
     sent_at: int
+    # Tokens the agent spent writing it.
+    usage: TokenUsage = field(default_factory=TokenUsage)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +116,31 @@ def transition(case: CaseRecord, event: Event, clock: Clock) -> CaseRecord:
     """The case after `event`; unchanged when the event is a repeat, late, or not applicable."""
     if case.status in TERMINAL_STATUSES:
         return case
+    changed = _transition(case, event, clock)
+    spent = _usage_of(event)
+    if changed is case or spent == TokenUsage():
+        return changed
+    total = changed.token_usage
+    return msgspec.structs.replace(
+        changed,
+        token_usage=TokenUsageRecord(
+            prompt_tokens=total.prompt_tokens + spent.prompt_tokens,
+            completion_tokens=total.completion_tokens + spent.completion_tokens,
+        ),
+    )
+
+
+def _usage_of(event: Event) -> TokenUsage:
+    match event:
+        case EmailSent():
+            return event.usage
+        case ReplyJudged() | InputJudged():
+            return event.judgement.usage
+        case _:
+            return TokenUsage()
+
+
+def _transition(case: CaseRecord, event: Event, clock: Clock) -> CaseRecord:
     match event:
         case CaseStarted():
             return _started(case, clock)

@@ -26,6 +26,13 @@ class InputRequestRecord(Record, frozen=True):
     requested_at: int
 
 
+class TokenUsageRecord(Record, frozen=True):
+    """Model tokens spent on a case (writing and judging), for cost reporting and the per-case budget."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
 class OutboxMessage(Record, frozen=True):
     """A JetStream publish owed by a state change; `msg_id` makes a repeated relay a no-op."""
 
@@ -90,6 +97,7 @@ class CaseRecord(Record, frozen=True):
     # Recently handled inbound messages and input requests, so a redelivered event changes nothing.
     handled_message_ids: list[str] = []
     handled_input_ids: list[str] = []
+    token_usage: TokenUsageRecord = TokenUsageRecord()
     # Incremented by every write; writes carry the version they read.
     version: int = 0
     # True between the insert and the publish of the created command; such a case is not shown to clients.

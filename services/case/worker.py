@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import msgspec
 from faststream.nats import NatsBroker
 
-from services.case.agent.port import Agent, ComposeRequest, JudgeRequest
+from services.case.agent.port import Agent, ComposeRequest, JudgeRequest, TokenUsage
 from services.case.lifecycle import (
     CaseStarted,
     Clock,
@@ -77,8 +77,11 @@ class Worker:
     def clock(self) -> Clock:
         return Clock(now=now_ms(), hour_ms=int(self.settings.follow_up_hour_seconds * 1000))
 
-    async def _rpc[T](self, subject: str, payload: msgspec.Struct, reply_type: type[T]) -> T:
-        return await request(self.broker, subject, payload, reply_type, timeout=self.settings.rpc_timeout_seconds)
+    async def _rpc[T](
+        self, subject: str, payload: msgspec.Struct, reply_type: type[T], *, timeout: float | None = None
+    ) -> T:
+        deadline = timeout or self.settings.rpc_timeout_seconds
+        return await request(self.broker, subject, payload, reply_type, timeout=deadline)
 
     async def apply(self, case_id: str, event_for: EventFor) -> CaseRecord | None:
         """Load, build the event (I/O allowed), transition, store under a version check, relay."""
@@ -134,6 +137,7 @@ class Worker:
         await self.apply(command.case_id, sent)
 
     async def _send(self, case: CaseRecord, command: SendEmailCommand) -> Event | None:
+        usage = TokenUsage()
         if command.draft_text is not None:
             subject, text = command.draft_subject or f"Re: {case.goal.objective}", command.draft_text
         else:
@@ -142,7 +146,7 @@ class Worker:
                     case=case, kind=command.kind, attempt=command.attempt, transcript=await self.transcript(case)
                 )
             )
-            subject, text = draft.subject, draft.text
+            subject, text, usage = draft.subject, draft.text, draft.usage
         latest = await self.store.get(case.case_id)
         if latest is None or latest.status in TERMINAL_STATUSES:
             return None  # cancelled while the email was being written: send nothing
@@ -160,6 +164,7 @@ class Worker:
                         text=text,
                     ),
                     agentmail.SendOutcome,  # type: ignore[arg-type]
+                    timeout=self.settings.send_timeout_seconds,
                 )
             else:
                 outcome = await self._rpc(
@@ -172,6 +177,7 @@ class Worker:
                         to=[case.counterparty.address],
                     ),
                     agentmail.SendOutcome,  # type: ignore[arg-type]
+                    timeout=self.settings.send_timeout_seconds,
                 )
         except ServiceError as exc:
             if exc.code is ErrorCode.INVALID_REQUEST:
@@ -185,6 +191,7 @@ class Worker:
             message_id=outcome.message_id,
             thread_id=outcome.thread_id,
             sent_at=outcome.sent_at,
+            usage=usage,
         )
 
     async def on_input(self, command: InputProvidedCommand) -> None:
@@ -310,7 +317,15 @@ def register(worker: Worker) -> None:
     async def case_created(command: CaseCreatedCommand) -> None:
         await worker.on_created(command)
 
-    @durable_subscriber(broker, subject=CMD_SEND, stream=CASE_COMMANDS, durable=Consumer.CASE_SEND, max_workers=8)
+    # Writing (an LLM may take a while) and sending (retries honour Retry-After) outlast the default ack wait.
+    @durable_subscriber(
+        broker,
+        subject=CMD_SEND,
+        stream=CASE_COMMANDS,
+        durable=Consumer.CASE_SEND,
+        max_workers=8,
+        ack_wait_seconds=180,
+    )
     async def send_email(command: SendEmailCommand) -> None:
         await worker.on_send(command)
 

@@ -416,3 +416,20 @@ def test_input_marks_the_request_resolved_and_restarts_the_clock_on_wait() -> No
     assert after.next_action_at == T0 + 72 * HOUR
     assert isinstance(after.goal.knowledge, dict)
     assert after.goal.knowledge["additionalHumanContext"] == ["Hold on"]
+
+
+def test_model_tokens_are_added_up_on_the_case_and_not_twice_for_a_repeat() -> None:
+    from services.case.agent.port import TokenUsage
+
+    judged = ReplyJudged(
+        message=InboundEmail(message_id="<in-7>"),
+        judgement=Judgement(outcome="WAIT", usage=TokenUsage(prompt_tokens=100, completion_tokens=20)),
+    )
+    once = transition(running(), judged, clock())
+    assert (once.token_usage.prompt_tokens, once.token_usage.completion_tokens) == (100, 20)
+    assert transition(once, judged, clock()) == once
+    sent = EmailSent(
+        attempt=2, kind="follow_up", message_id="<o2>", thread_id="th-1", sent_at=T0, usage=TokenUsage(50, 10)
+    )
+    twice = transition(once, sent, clock())
+    assert (twice.token_usage.prompt_tokens, twice.token_usage.completion_tokens) == (150, 30)

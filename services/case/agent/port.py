@@ -17,15 +17,20 @@ Outcome = Literal["GOAL_ACHIEVED", "REQUIRES_REPLY", "NEEDS_INPUT", "REFUSED", "
 
 
 @dataclass(frozen=True, slots=True)
-class Draft:
-    subject: str
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
 class TokenUsage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+
+    def __add__(self, other: TokenUsage) -> TokenUsage:
+        return TokenUsage(self.prompt_tokens + other.prompt_tokens, self.completion_tokens + other.completion_tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    subject: str
+    text: str
+    # What writing it cost (zero for the rules agent).
+    usage: TokenUsage = field(default_factory=TokenUsage)
 
 
 @dataclass(frozen=True, slots=True)
