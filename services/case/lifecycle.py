@@ -93,6 +93,14 @@ class InputJudged:
 
 
 @dataclass(frozen=True, slots=True)
+class AgentStuck:
+    """The agent could not write or judge; the client is asked to decide."""
+
+    question: str
+    source: str  # what the agent was doing (makes the input request id deterministic)
+
+
+@dataclass(frozen=True, slots=True)
 class DeliveryFailed:
     kind: Literal["bounced", "complained", "rejected"]
     message_id: str
@@ -100,7 +108,15 @@ class DeliveryFailed:
 
 
 type Event = (
-    CaseStarted | EmailSent | SendRejected | SendFailed | FollowUpDue | ReplyJudged | InputJudged | DeliveryFailed
+    CaseStarted
+    | EmailSent
+    | SendRejected
+    | SendFailed
+    | FollowUpDue
+    | ReplyJudged
+    | InputJudged
+    | DeliveryFailed
+    | AgentStuck
 )
 
 DELIVERY_RESULT_STATUS = {"bounced": "BOUNCED", "complained": "COMPLAINED", "rejected": "REJECTED"}
@@ -162,6 +178,10 @@ def _transition(case: CaseRecord, event: Event, clock: Clock) -> CaseRecord:
             return _input_judged(case, event, clock)
         case DeliveryFailed():
             return _fail(case, DELIVERY_RESULT_STATUS[event.kind], event.detail or None, clock)
+        case AgentStuck():
+            if case.status == "INPUT_NEEDED":
+                return case
+            return _need_input(case, event.question, clock, source=event.source)
 
 
 # ---- transitions -----------------------------------------------------------------------------------------

@@ -21,8 +21,16 @@ from dataclasses import dataclass
 import msgspec
 from faststream.nats import NatsBroker
 
-from services.case.agent.port import Agent, ComposeRequest, JudgeRequest, TokenUsage
+from services.case.agent.port import (
+    Agent,
+    AgentCannotProceed,
+    ComposeRequest,
+    Judgement,
+    JudgeRequest,
+    TokenUsage,
+)
 from services.case.lifecycle import (
+    AgentStuck,
     CaseStarted,
     Clock,
     DeliveryFailed,
@@ -141,11 +149,14 @@ class Worker:
         if command.draft_text is not None:
             subject, text = command.draft_subject or f"Re: {case.goal.objective}", command.draft_text
         else:
-            draft = await self.agent.compose(
-                ComposeRequest(
-                    case=case, kind=command.kind, attempt=command.attempt, transcript=await self.transcript(case)
+            try:
+                draft = await self.agent.compose(
+                    ComposeRequest(
+                        case=case, kind=command.kind, attempt=command.attempt, transcript=await self.transcript(case)
+                    )
                 )
-            )
+            except AgentCannotProceed as stuck:
+                return AgentStuck(question=stuck.question, source=f"compose:{command.attempt}")
             subject, text, usage = draft.subject, draft.text, draft.usage
         latest = await self.store.get(case.case_id)
         if latest is None or latest.status in TERMINAL_STATUSES:
@@ -205,9 +216,12 @@ class Worker:
             ):
                 return None
             informed = with_human_context(case, command.provided_context)
-            judgement = await self.agent.judge(
-                JudgeRequest(case=informed, transcript=await self.transcript(case), trigger="input")
-            )
+            try:
+                judgement = await self.agent.judge(
+                    JudgeRequest(case=informed, transcript=await self.transcript(case), trigger="input")
+                )
+            except AgentCannotProceed as stuck:
+                judgement = Judgement(outcome="NEEDS_INPUT", question=stuck.question, reason="agent cannot proceed")
             return InputJudged(
                 input_request_id=command.input_request_id,
                 provided_context=command.provided_context,
@@ -237,7 +251,10 @@ class Worker:
             transcript = await self.transcript(case)
             if all(entry.message_id != message.message_id for entry in transcript):
                 transcript = [*transcript, as_transcript_message(message)]
-            judgement = await self.agent.judge(JudgeRequest(case=case, transcript=transcript, trigger="reply"))
+            try:
+                judgement = await self.agent.judge(JudgeRequest(case=case, transcript=transcript, trigger="reply"))
+            except AgentCannotProceed as stuck:
+                judgement = Judgement(outcome="NEEDS_INPUT", question=stuck.question, reason="agent cannot proceed")
             return ReplyJudged(
                 message=InboundEmail(
                     message_id=message.message_id,

@@ -12,6 +12,7 @@ from services.case import domain
 from services.case.agent.port import Draft, Judgement
 from services.case.lifecycle import (
     SEND_LEASE_MS,
+    AgentStuck,
     CaseStarted,
     Clock,
     DeliveryFailed,
@@ -243,6 +244,13 @@ TABLE = [
         "INPUT_NEEDED",
     ),
     Row("input needed: follow-ups are paused", waiting(), FollowUpDue(), "INPUT_NEEDED"),
+    Row(
+        "running: the agent cannot proceed",
+        running(awaiting_send=2, awaiting_kind="follow_up"),
+        AgentStuck(question="The model token budget for this case is spent.", source="compose:2"),
+        "INPUT_NEEDED",
+        event_type="case.input_needed",
+    ),
 ]
 
 

@@ -63,6 +63,15 @@ class JudgeRequest:
     trigger: Literal["reply", "input"]
 
 
+class AgentCannotProceed(Exception):
+    """The agent cannot write or judge this case (e.g. its token budget is spent, or the model keeps giving
+    unusable output): the case pauses in INPUT_NEEDED with `question` for the client."""
+
+    def __init__(self, question: str) -> None:
+        self.question = question
+        super().__init__(question)
+
+
 class Agent(Protocol):
     async def compose(self, request: ComposeRequest) -> Draft: ...
 
