@@ -29,9 +29,10 @@ from faststream.nats import JStream, NatsBroker, PullSub
 from nats.aio.client import Client as NatsClient
 from nats.js.api import ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 from shared.contracts.rpc import Err, Ok
-from shared.errors import ErrorCode, ServiceError
+from shared.errors import ERROR_SPECS, ErrorCode, ServiceError
 from shared.logs import request_id_var
 from shared.settings import CommonSettings
 from shared.subjects import MSG_ID_HEADER, PARKED, REQUEST_ID_HEADER, Service, StreamSpec, parked_subject
@@ -41,6 +42,12 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
 log = logging.getLogger("caseflow.messaging")
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """MongoDB is not reachable right now (a restart, a failover, an operation timeout): the caller may retry,
+    so the reply is SERVICE_UNAVAILABLE (503), not INTERNAL_ERROR."""
+    return isinstance(exc, ConnectionFailure) or (isinstance(exc, PyMongoError) and exc.timeout)
 
 
 class PermanentFailure(Exception):
@@ -80,6 +87,12 @@ class ServiceMiddleware(BaseMiddleware):
                 await self._retry_or_park(raw, exc)
             if isinstance(exc, ServiceError):
                 return Err.of(exc)
+            if database_unavailable(exc):
+                log.warning("MongoDB unavailable while handling a request", extra={"subject": raw.subject})
+                return Err(
+                    code=ErrorCode.SERVICE_UNAVAILABLE,
+                    message=ERROR_SPECS[ErrorCode.SERVICE_UNAVAILABLE].default_message,
+                )
             log.exception("handler failed", extra={"subject": raw.subject})
             if raw.reply:
                 return Err(code=ErrorCode.INTERNAL_ERROR, message="An internal error occurred.")
@@ -184,6 +197,11 @@ async def request[T](
     timeout: float,
 ) -> T:
     """Ask a service and return its data; its Err replies are raised as ServiceError."""
+    client = nats_client(broker)
+    if client is None or not client.is_connected:
+        # While NATS is away, answer at once instead of waiting out the timeout in nats-py's reconnect buffer.
+        log.warning("request while NATS is disconnected", extra={"subject": subject})
+        raise ServiceError(ErrorCode.SERVICE_UNAVAILABLE)
     headers = {}
     request_id = request_id_var.get()
     if request_id:

@@ -63,6 +63,7 @@ class GatewaySettings(CommonSettings, frozen=True, kw_only=True):
     gateway_host: str = "127.0.0.1"
     gateway_port: Port = 8000
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 1024 * 1024
+    max_header_bytes: Annotated[int, Meta(ge=1024)] = 16 * 1024
     readiness_timeout_seconds: PositiveSeconds = 2.0
     retry_after_seconds: Annotated[int, Meta(ge=1)] = 2
     # Throttling per API key and route as "requests per second/burst" (token bucket, per gateway process).
@@ -89,6 +90,20 @@ class CaseSettings(CommonSettings, frozen=True, kw_only=True):
     openai_base_url: str = "http://127.0.0.1:11434/v1"
     openai_api_key: Annotated[str, Meta(extra={"secret": True})] = ""
     openai_model: str = "gpt-4o-mini"
+    # One HTTP attempt's deadline (local models on a CPU can take tens of seconds to answer).
+    openai_timeout_seconds: PositiveSeconds = 60.0
+    # Retries after a 429, 5xx, timeout or connection failure, with exponential backoff from the base delay;
+    # `Retry-After` is waited exactly, and one longer than the maximum delay ends the retries at once.
+    openai_max_retries: Annotated[int, Meta(ge=0, le=10)] = 3
+    openai_retry_base_seconds: PositiveSeconds = 1.0
+    openai_retry_max_seconds: PositiveSeconds = 30.0
+    # Completions asked for one email or one judgement before the agent gives up on unusable output
+    # (unparseable JSON, a result that fails resultSchema) and asks the client instead.
+    openai_max_output_attempts: Annotated[int, Meta(ge=1, le=10)] = 3
+    # Cap on the tokens of one completion (`max_tokens`).
+    openai_max_output_tokens: Annotated[int, Meta(ge=64)] = 1500
+    # Tokens (prompt and completion) one case may spend; past it the agent asks the client instead of the model.
+    openai_token_budget_per_case: Annotated[int, Meta(ge=1000)] = 200_000
     # Local deployments: allow http and private/loopback client webhook URLs at case creation (the webhook
     # service reads the same variable for its SSRF guard).
     webhook_allow_private: bool = False

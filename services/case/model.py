@@ -8,7 +8,7 @@ publishes them to JetStream afterwards, so a crash between "state changed" and "
 from __future__ import annotations
 
 from email.utils import parseaddr
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import msgspec
 
@@ -110,10 +110,39 @@ def address_key(address: str) -> str:
     return parseaddr(address)[1].strip().lower()
 
 
+# Client-supplied free-form JSON is stored as JSON text, never as BSON sub-documents: its keys may start with
+# `$` or contain `.` (JSON Schema's "$ref", "a.b"), its numbers may exceed 64 bits and its nesting may exceed
+# MongoDB's depth limit, none of which a client should be able to turn into a storage error. Nothing is ever
+# queried inside these values. Each entry: (parent path, field, stored field).
+_JSON_TEXT_FIELDS: Final = (
+    ((), "metadata", "metadataJson"),
+    ((), "resultSchema", "resultSchemaJson"),
+    ((), "result", "resultJson"),
+    (("goal",), "knowledge", "knowledgeJson"),
+    (("counterparty",), "customData", "customDataJson"),
+)
+
+
+def _parent(document: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+    for key in path:
+        document = document[key]
+    return document
+
+
 def to_document(record: CaseRecord) -> dict[str, Any]:
     document: dict[str, Any] = msgspec.to_builtins(record, builtin_types=(bytes,))
+    for path, field, stored in _JSON_TEXT_FIELDS:
+        parent = _parent(document, path)
+        value = parent.pop(field, None)
+        if value is not None:
+            parent[stored] = msgspec.json.encode(value).decode()
     return document
 
 
 def from_document(document: dict[str, Any]) -> CaseRecord:
+    for path, field, stored in _JSON_TEXT_FIELDS:
+        parent = _parent(document, path)
+        text = parent.pop(stored, None)
+        if text is not None:
+            parent[field] = msgspec.json.decode(text)
     return msgspec.convert(document, CaseRecord)

@@ -22,6 +22,9 @@ from shared.contracts.case import NewCase
 from shared.errors import ErrorCode, ServiceError
 
 MAX_METADATA_BYTES: Final = 16 * 1024
+# Free-form objects (knowledge, metadata, resultSchema) deeper than this are refused: no real document
+# needs it, and deep nesting is a classic way to exhaust a parser or a prompt.
+MAX_NESTING: Final = 32
 
 
 def invalid(path: str, problem: str) -> ServiceError:
@@ -63,8 +66,32 @@ def validate_new_case(case: NewCase, *, allow_private_webhooks: bool) -> None:
             raise invalid(path, f"is not a valid JSON Schema (draft 2020-12): {exc.message}") from None
     if case.client_webhook_url is not None:
         check_webhook_url(case.client_webhook_url, allow_private=allow_private_webhooks)
+    for path, value in (
+        ("goal.knowledge", case.goal.knowledge),
+        ("metadata", case.metadata),
+        ("resultSchema", case.result_schema),
+    ):
+        if nesting_depth(value) > MAX_NESTING:
+            raise invalid(path, f"must not be nested more than {MAX_NESTING} levels deep")
     if case.metadata is not None and len(msgspec.json.encode(case.metadata)) > MAX_METADATA_BYTES:
         raise invalid("metadata", f"must be at most {MAX_METADATA_BYTES} bytes once serialized")
+
+
+def nesting_depth(value: object) -> int:
+    """How deeply objects and arrays nest inside `value` (iterative: deep input cannot exhaust the stack)."""
+    deepest = 0
+    pending: list[tuple[object, int]] = [(value, 0)]
+    while pending:
+        node, depth = pending.pop()
+        if isinstance(node, dict):
+            children: list[object] = list(node.values())
+        elif isinstance(node, list):
+            children = list(node)
+        else:
+            continue
+        deepest = max(deepest, depth + 1)
+        pending.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def check_webhook_url(url: str, *, allow_private: bool) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import uvicorn
 
 from services.gateway.app import create_app
+from services.gateway.http_protocol import EnvelopeH11Protocol
 from shared.logs import configure_logging
 from shared.messaging import create_broker
 from shared.settings import GatewaySettings, load_settings_or_exit
@@ -26,6 +27,9 @@ def main() -> None:
         server_header=False,
         lifespan="on",
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+        http=EnvelopeH11Protocol,
+        # Headers beyond this size are refused (400, enveloped) instead of buffered.
+        h11_max_incomplete_event_size=settings.max_header_bytes,
     )
     asyncio.run(uvicorn.Server(config).serve())
 

@@ -112,4 +112,7 @@ def create_app(
     *,
     extra_route_handlers: Sequence[ControllerRouterHandler] = (),
 ) -> Any:
-    return RequestIdGuard(create_litestar(settings, broker, extra_route_handlers=extra_route_handlers))
+    return RequestIdGuard(
+        create_litestar(settings, broker, extra_route_handlers=extra_route_handlers),
+        max_header_bytes=settings.max_header_bytes,
+    )

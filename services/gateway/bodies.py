@@ -37,7 +37,7 @@ def strict_json_body(body_type: type[Any]) -> Callable[[Request[Any, Any, Any]],
             raise ValidationException(
                 "Invalid request body.", extra=[{"key": key, "message": _PATH.sub("", message)}]
             ) from None
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, UnicodeDecodeError):
             raise ValidationException(
                 "Invalid request body.", extra=[{"key": "", "message": "the request body is not valid JSON"}]
             ) from None

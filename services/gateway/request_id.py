@@ -1,4 +1,5 @@
-"""The outermost ASGI layer: a request id on every response, and an envelope even if everything else fails.
+"""The outermost ASGI layer: a request id on every response, a bound on header size, and an envelope even if
+everything else fails.
 
 It wraps the whole Litestar app (not a route middleware), so 404s for unknown routes, 405s and errors raised
 before routing carry `X-Request-Id` too. The id is echoed from the request when it is sane, else generated,
@@ -33,8 +34,9 @@ def incoming_request_id(scope: Scope) -> str:
 
 
 class RequestIdGuard:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, max_header_bytes: int) -> None:
         self.app = app
+        self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -54,22 +56,28 @@ class RequestIdGuard:
 
         token = request_id_var.set(request_id)
         try:
+            header_bytes = sum(len(name) + len(value) for name, value in scope.get("headers", ()))
+            if header_bytes > self.max_header_bytes:
+                # uvicorn only bounds headers that arrive slowly; this bounds them however they arrive.
+                await self._refuse(send_with_id, ErrorCode.INVALID_REQUEST, "The request headers are too large.", 400)
+                return
             await self.app(scope, receive, send_with_id)
         except Exception:
             log.exception("request failed outside the application's error handling")
             if started:
                 raise
-            body = error_body_bytes(ErrorCode.INTERNAL_ERROR)
-            await send_with_id(
-                {
-                    "type": "http.response.start",
-                    "status": 500,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
-            )
-            await send_with_id({"type": "http.response.body", "body": body, "more_body": False})
+            await self._refuse(send_with_id, ErrorCode.INTERNAL_ERROR, None, 500)
         finally:
             request_id_var.reset(token)
+
+    @staticmethod
+    async def _refuse(send: Send, code: ErrorCode, message: str | None, status: int) -> None:
+        body = error_body_bytes(code, message)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -112,6 +112,8 @@ class NatsServer(ManagedProcess):
         store_dir.mkdir(parents=True, exist_ok=True)
         argv = [
             str(BIN / "nats-server"),
+            "--config",
+            str(ROOT / "deploy" / "nats.conf"),
             "-js",
             "-a",
             "127.0.0.1",

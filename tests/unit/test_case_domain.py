@@ -129,3 +129,23 @@ def test_the_view_never_shows_the_webhook_url_or_internal_fields() -> None:
     assert encoded["inputRequest"] is None
     assert encoded["metadata"] == {"vendorId": "v1"}
     assert "conversationThread" not in encoded
+
+
+def test_free_form_client_json_is_stored_as_text_and_comes_back_unchanged() -> None:
+    awkward: dict[str, object] = {"$gt": "", "a.b": 1, "big": 10**30, "deep": {}}
+    node = awkward["deep"]
+    for _ in range(150):  # deeper than MongoDB's 100-level limit
+        assert isinstance(node, dict)
+        node["next"] = {}
+        node = node["next"]
+    record = msgspec.structs.replace(
+        created(),
+        metadata=awkward,
+        result_schema={"$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object"},
+        result={"taxId.v2": "12-3456789"},
+    )
+    document = to_document(record)
+    assert "metadata" not in document
+    assert isinstance(document["metadataJson"], str)
+    assert isinstance(document["goal"]["knowledgeJson"], str)
+    assert from_document(document) == record

@@ -81,3 +81,14 @@ def test_each_problem_is_reported_with_its_field_path(overrides: dict[str, Any],
 
 def test_local_deployments_may_use_http_and_private_webhook_hosts() -> None:
     validate_new_case(body(clientWebhookUrl="http://127.0.0.1:9000/hook"), allow_private_webhooks=True)
+
+
+def test_deeply_nested_free_form_json_is_refused() -> None:
+    deep: dict[str, Any] = {}
+    node = deep
+    for _ in range(40):
+        node["x"] = {}
+        node = node["x"]
+    assert rejection(body(metadata=deep)).startswith("metadata:")
+    assert rejection(body(goal={"objective": "o", "knowledge": deep})).startswith("goal.knowledge:")
+    validate_new_case(body(metadata={"a": {"b": [1, {"c": 2}]}}), allow_private_webhooks=False)

@@ -97,7 +97,7 @@ class CasesController(Controller):
         gateway: NamedDependency[GatewayContext],
         status: Annotated[list[contract.CaseStatus] | None, QueryParameter(name="status")] = None,
         client_reference_id: Annotated[str | None, QueryParameter(name="clientReferenceId", max_length=256)] = None,
-        updated_after: Annotated[int | None, QueryParameter(name="updatedAfter", ge=0)] = None,
+        updated_after: Annotated[int | None, QueryParameter(name="updatedAfter", ge=0, le=2**53)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=100)] = 50,
         cursor: Annotated[str | None, QueryParameter(max_length=512)] = None,
     ) -> DataEnvelope[contract.CasePage]:
