@@ -7,8 +7,10 @@ and every log line written while it runs (including FastStream's and our librari
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
+from collections.abc import Iterable
 from contextvars import ContextVar
 from typing import Final
 
@@ -33,10 +35,24 @@ _STANDARD_ATTRS: Final = frozenset(vars(logging.makeLogRecord({})).keys()) | {
 _encoder = msgspec.json.Encoder(enc_hook=str)
 
 
+# Shapes of secrets we issue: API keys and webhook signing secrets. Redacted from every line, whatever logged it.
+_SECRET_SHAPES: Final = re.compile(r"cf_live_[A-Za-z0-9_\-]{8,}|whsec_[A-Za-z0-9+/=]{8,}")
+REDACTED: Final = "[redacted]"
+
+
 class JsonFormatter(logging.Formatter):
-    def __init__(self, service: str) -> None:
+    """One JSON object per line; known secret values and secret-shaped strings are redacted (defence in depth:
+    code never logs secrets on purpose, and a test scans every log line of the end-to-end suite)."""
+
+    def __init__(self, service: str, secrets: Iterable[str] = ()) -> None:
         super().__init__()
         self.service = service
+        self.secrets = sorted({secret for secret in secrets if len(secret) >= 8}, key=len, reverse=True)
+
+    def redact(self, line: str) -> str:
+        for secret in self.secrets:
+            line = line.replace(secret, REDACTED)
+        return _SECRET_SHAPES.sub(REDACTED, line)
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
@@ -55,12 +71,13 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return _encoder.encode(entry).decode()
+        return self.redact(_encoder.encode(entry).decode())
 
 
-def configure_logging(service: str, level: str) -> None:
+def configure_logging(service: str, level: str, *, secrets: Iterable[str] = ()) -> None:
+    """`secrets`: this process's secret setting values, never to appear in a log line."""
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter(service))
+    handler.setFormatter(JsonFormatter(service, secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

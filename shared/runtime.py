@@ -25,7 +25,7 @@ from shared.contracts.rpc import Empty, Ok
 from shared.logs import configure_logging
 from shared.messaging import connect_with_retry, create_broker, ensure_streams
 from shared.mongo import create_mongo_client, ensure_indexes, ping
-from shared.settings import CommonSettings
+from shared.settings import CommonSettings, secret_values
 from shared.subjects import Service, StreamSpec, health_subject, queue_group
 
 VERSION = "0.1.0"
@@ -42,7 +42,7 @@ class ServiceRuntime:
         streams: Sequence[StreamSpec] = (),
         indexes: Mapping[str, Sequence[IndexModel]] | None = None,
     ) -> None:
-        configure_logging(service, settings.log_level)
+        configure_logging(service, settings.log_level, secrets=secret_values(settings))
         self.service = service
         self.settings = settings
         self.log = logging.getLogger(f"caseflow.{service}")

@@ -87,7 +87,7 @@ class CaseSettings(CommonSettings, frozen=True, kw_only=True):
     # Length of one "hour" of follow-up delay, so tests and demos can run a 72-hour schedule in seconds.
     follow_up_hour_seconds: PositiveSeconds = 3600.0
     agent_backend: Literal["rules", "openai"] = "rules"
-    openai_base_url: str = "http://127.0.0.1:11434/v1"
+    openai_base_url: Annotated[str, Meta(pattern=r"^https?://")] = "http://127.0.0.1:11434/v1"
     openai_api_key: Annotated[str, Meta(extra={"secret": True})] = ""
     openai_model: str = "gpt-4o-mini"
     # One HTTP attempt's deadline (local models on a CPU can take tens of seconds to answer).
@@ -211,6 +211,16 @@ def field_extra(annotation: Any) -> dict[str, Any]:
                 extra.update(meta.extra)
         annotation = base
     return extra
+
+
+def secret_values(settings: CommonSettings) -> list[str]:
+    """The values of the settings tagged secret (for log redaction)."""
+    hints = get_type_hints(type(settings), include_extras=True)
+    return [
+        str(getattr(settings, f.name))
+        for f in msgspec.structs.fields(settings)
+        if field_extra(hints[f.name]).get("secret") and getattr(settings, f.name)
+    ]
 
 
 def deploy_required_variables(cls: type[CommonSettings]) -> list[str]:

@@ -10,13 +10,13 @@ from services.gateway.app import create_app
 from services.gateway.http_protocol import EnvelopeH11Protocol
 from shared.logs import configure_logging
 from shared.messaging import create_broker
-from shared.settings import GatewaySettings, load_settings_or_exit
+from shared.settings import GatewaySettings, load_settings_or_exit, secret_values
 from shared.subjects import Service
 
 
 def main() -> None:
     settings = load_settings_or_exit(GatewaySettings, Service.GATEWAY)
-    configure_logging(Service.GATEWAY, settings.log_level)
+    configure_logging(Service.GATEWAY, settings.log_level, secrets=secret_values(settings))
     broker = create_broker(settings, Service.GATEWAY)
     config = uvicorn.Config(
         create_app(settings, broker),

@@ -35,6 +35,9 @@ def stack(nats_server: NatsServer, mongo_url: str, log_dir: Path) -> Iterator[St
             "AUTH_CACHE_SECONDS": "3600",
             # One follow-up "hour" lasts half a second: a 72-hour delay is 36 s, a 1-hour delay 0.5 s.
             "FOLLOW_UP_HOUR_SECONDS": "0.5",
+            # Secrets the services hold; the log scan (test_zz_no_secrets_in_logs) checks none leaks.
+            "KEY_HASH_SECRET": "e2e-key-hash-secret-do-not-log",
+            "OPENAI_API_KEY": "sk-e2e-openai-key-do-not-log",
         },
     )
     running.start()

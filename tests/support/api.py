@@ -13,6 +13,9 @@ import httpx
 
 from tests.support.processes import ROOT, ManagedProcess, Stack, free_port, wait_for_port
 
+# Every secret the admin CLI printed during the session: the log scan checks none of them was logged.
+ISSUED_SECRETS: list[str] = []
+
 
 def admin(stack: Stack, *args: str) -> dict[str, Any]:
     """Run `python -m services.auth.admin ...` against the stack; returns its JSON output."""
@@ -27,6 +30,7 @@ def admin(stack: Stack, *args: str) -> dict[str, Any]:
     )
     assert result.returncode == 0, f"admin {args} failed: {result.stderr}"
     output: dict[str, Any] = json.loads(result.stdout) if result.stdout.strip() else {}
+    ISSUED_SECRETS.extend(str(output[k]) for k in ("apiKey", "webhookSecret", "secret") if output.get(k))
     return output
 
 
