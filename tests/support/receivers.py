@@ -82,6 +82,9 @@ class Receiver:
         body = b""
         while True:
             message = await receive()
+            if message["type"] == "http.disconnect":
+                # The sender died mid-request (a killed webhook service): no endpoint would act on half a body.
+                return
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
