@@ -58,6 +58,7 @@ class PermanentFailure(Exception):
 class RetryPolicy:
     backoff_seconds: tuple[float, ...]
     max_deliver: int
+    keep_alive_seconds: float = 10.0
 
     def delay_after(self, failed_delivery: int) -> float:
         """Delay before redelivering a message whose `failed_delivery`-th delivery (1-based) failed."""
@@ -69,6 +70,22 @@ def _is_jetstream(raw: Msg) -> bool:
     return bool(raw.reply) and raw.reply.startswith("$JS.ACK.")
 
 
+# A JetStream message is redelivered ACK_WAIT_SECONDS after its consumer stopped acknowledging it (a crash).
+# Handlers may legitimately take longer (an LLM call, a send waiting out Retry-After), so while one runs the
+# middleware tells the server "in progress" every CONSUMER_KEEP_ALIVE_SECONDS: recovery after a crash stays
+# quick and a slow handler is never redelivered under itself.
+ACK_WAIT_SECONDS = 30.0
+
+
+async def _keep_alive(raw: Msg, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await raw.in_progress()
+        except nats.errors.Error:
+            return
+
+
 class ServiceMiddleware(BaseMiddleware):
     """Binds the request id, turns failures into error replies (RPC) or delayed redeliveries (JetStream)."""
 
@@ -77,6 +94,12 @@ class ServiceMiddleware(BaseMiddleware):
 
     async def consume_scope(self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]) -> Any:
         token = request_id_var.set(msg.headers.get(REQUEST_ID_HEADER))
+        raw_message = cast("Msg", msg.raw_message)
+        keep_alive = (
+            asyncio.create_task(_keep_alive(raw_message, self.policy.keep_alive_seconds))
+            if _is_jetstream(raw_message)
+            else None
+        )
         try:
             return await call_next(msg)
         except HandlerException:
@@ -98,6 +121,8 @@ class ServiceMiddleware(BaseMiddleware):
                 return Err(code=ErrorCode.INTERNAL_ERROR, message="An internal error occurred.")
             return None
         finally:
+            if keep_alive is not None:
+                keep_alive.cancel()
             request_id_var.reset(token)
 
     async def _retry_or_park(self, raw: Msg, exc: Exception) -> None:
@@ -154,7 +179,11 @@ def create_broker(settings: CommonSettings, service: Service) -> NatsBroker:
         (ServiceMiddleware,),
         {
             "broker": broker,
-            "policy": RetryPolicy(tuple(settings.consumer_backoff_seconds), settings.consumer_max_deliver),
+            "policy": RetryPolicy(
+                tuple(settings.consumer_backoff_seconds),
+                settings.consumer_max_deliver,
+                settings.consumer_keep_alive_seconds,
+            ),
         },
     )
     broker.add_middleware(cast("Any", middleware))
@@ -246,7 +275,7 @@ def durable_subscriber(
     durable: str,
     batch_size: int = 16,
     max_workers: int = 1,
-    ack_wait_seconds: float = 60.0,
+    ack_wait_seconds: float = ACK_WAIT_SECONDS,
 ) -> Callable[[Callable[..., Awaitable[None]]], object]:
     """A pull consumer shared by all replicas of a service (same durable name), acking after success."""
     subscriber: Callable[[Callable[..., Awaitable[None]]], object] = broker.subscriber(

@@ -56,6 +56,9 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         default_factory=lambda: [1.0, 2.0, 5.0, 15.0, 30.0, 60.0]
     )
     consumer_max_deliver: Annotated[int, Meta(ge=1, le=1000)] = 20
+    # While a handler runs, the consumer tells JetStream "in progress" this often (well under its 30 s ack
+    # wait), so slow handlers are not redelivered under themselves and crashed ones are, within 30 s.
+    consumer_keep_alive_seconds: PositiveSeconds = 10.0
     mongo_timeout_seconds: PositiveSeconds = 5.0
 
 

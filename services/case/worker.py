@@ -334,15 +334,7 @@ def register(worker: Worker) -> None:
     async def case_created(command: CaseCreatedCommand) -> None:
         await worker.on_created(command)
 
-    # Writing (an LLM may take a while) and sending (retries honour Retry-After) outlast the default ack wait.
-    @durable_subscriber(
-        broker,
-        subject=CMD_SEND,
-        stream=CASE_COMMANDS,
-        durable=Consumer.CASE_SEND,
-        max_workers=8,
-        ack_wait_seconds=180,
-    )
+    @durable_subscriber(broker, subject=CMD_SEND, stream=CASE_COMMANDS, durable=Consumer.CASE_SEND, max_workers=8)
     async def send_email(command: SendEmailCommand) -> None:
         await worker.on_send(command)
 

@@ -184,3 +184,36 @@ async def test_declaring_streams_twice_is_harmless_and_applies_changes(
     await ensure_streams(service_broker, [changed], replicas=1)
     info = await service_broker.connection.jetstream().stream_info(stream.name)
     assert info.config.max_age == 1200
+
+
+async def test_a_handler_slower_than_the_ack_wait_is_kept_alive_not_redelivered(
+    nats_server: NatsServer, stream: StreamSpec, subject_prefix: str
+) -> None:
+    settings = load_settings(CommonSettings, {"NATS_URL": nats_server.url, "CONSUMER_KEEP_ALIVE_SECONDS": "0.3"})
+    broker = create_broker(settings, Service.CASE)
+    deliveries: list[str] = []
+    done = asyncio.Event()
+
+    @durable_subscriber(
+        broker,
+        subject=f"{subject_prefix}.work.slow",
+        stream=stream,
+        durable="slow",
+        ack_wait_seconds=1.0,
+        max_workers=2,  # another worker is free to take a redelivery
+    )
+    async def slow(job: Job) -> None:
+        deliveries.append(job.job_id)
+        await asyncio.sleep(3.0)  # three ack waits
+        done.set()
+
+    try:
+        await broker.connect()
+        await ensure_streams(broker, [stream], replicas=1)
+        await broker.start()
+        await publish_durable(broker, f"{subject_prefix}.work.slow", Job("slow-1"), stream=stream, msg_id="slow-1")
+        await asyncio.wait_for(done.wait(), timeout=15)
+        await asyncio.sleep(1.5)
+        assert deliveries == ["slow-1"]
+    finally:
+        await broker.stop()
