@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 
 from services.case import handlers, worker
+from services.case.agent.openai import OpenAIAgent
 from services.case.agent.port import Agent
 from services.case.agent.rules import RulesAgent
 from services.case.outbox import OutboxRelay
@@ -15,10 +16,13 @@ from shared.settings import CaseSettings, load_settings_or_exit
 from shared.subjects import AGENTMAIL_EVENTS, CASE_COMMANDS, CASE_EVENTS, Service
 
 
-def build_agent(settings: CaseSettings) -> Agent:
+def build_agent(settings: CaseSettings, runtime: ServiceRuntime) -> Agent:
     if settings.agent_backend == "rules":
         return RulesAgent()
-    raise SystemExit("caseflow case: invalid setting AGENT_BACKEND: the openai backend is not available yet")
+    agent = OpenAIAgent(settings)
+    # Closed after in-flight judgements finish, like the adapter's AgentMail client.
+    runtime.add_shutdown_hook(agent.aclose)
+    return agent
 
 
 def main() -> None:
@@ -38,7 +42,7 @@ def main() -> None:
         )
     )
     case_worker = worker.Worker(
-        broker=runtime.broker, store=store, relay=relay, agent=build_agent(settings), settings=settings
+        broker=runtime.broker, store=store, relay=relay, agent=build_agent(settings, runtime), settings=settings
     )
     worker.register(case_worker)
     runtime.add_background_loop(relay.relay_forever)

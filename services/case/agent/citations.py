@@ -1,0 +1,101 @@
+"""Checking a GOAL_ACHIEVED judgement's evidence before a case may complete. Pure: no I/O, no model.
+
+The model must cite, for each result field, the counterparty's own words (or the filename of an attachment they
+sent). The key decision: "own words" means the new text of an inbound message, with quoted history (lines
+starting with ">", anything after "On ... wrote:" or an "Original Message" separator) removed, because a reply
+usually quotes our own email, and our words must never count as the counterparty's. A quote is compared after
+collapsing whitespace only: a paraphrase, a changed character, or a sentence from our own emails fails. What the
+check cannot do is judge meaning: a verbatim quote that does not actually support its field still passes, which
+is why a quote must also be at least a few characters long.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgspec
+
+from shared.contracts.agentmail import TranscriptMessage
+
+# The "field" of the evidence for the goal itself when there is no resultSchema.
+GOAL_FIELD: Final = "goal"
+MIN_QUOTE_CHARS: Final = 4
+_QUOTED_HISTORY: Final = re.compile(
+    r"(?:^|\n)[ \t]*(?:On [^\n]{0,300}?wrote:|-{2,}\s*Original Message\s*-{2,})[ \t]*(?:\n|$)", re.IGNORECASE
+)
+
+
+class Citation(msgspec.Struct, frozen=True):
+    field: str
+    quote: str | None = None
+    attachment: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsupported:
+    field: str
+    why: str
+
+
+def normalised(text: str) -> str:
+    return " ".join(text.split())
+
+
+def own_words(message: TranscriptMessage) -> str:
+    """What the sender wrote in this message, without the earlier emails it quotes."""
+    fresh = _QUOTED_HISTORY.split(message.text, maxsplit=1)[0]
+    return "\n".join(line for line in fresh.splitlines() if not line.lstrip().startswith(">"))
+
+
+def unsupported_fields(
+    result: dict[str, Any], citations: Sequence[Citation], transcript: Sequence[TranscriptMessage]
+) -> list[Unsupported]:
+    """The result fields (or the goal, for an empty result) that no verified citation supports."""
+    inbound = [message for message in transcript if message.direction == "inbound"]
+    theirs = [normalised(own_words(message)) for message in inbound]
+    ours = [normalised(message.text) for message in transcript if message.direction == "outbound"]
+    filenames = {attachment.filename for message in inbound for attachment in message.attachments}
+
+    def problem(citation: Citation) -> str | None:
+        """None when the citation is verified, else why not."""
+        if citation.attachment is not None and citation.attachment in filenames:
+            return None
+        if citation.quote is None or not citation.quote.strip():
+            if citation.attachment is not None:
+                return f'no attachment named "{citation.attachment}" came from the counterparty'
+            return "the citation gives neither a quote nor an attachment"
+        quote = normalised(citation.quote)
+        if len(quote) < MIN_QUOTE_CHARS or not any(char.isalnum() for char in quote):
+            return f'the quote "{quote}" is too short to be evidence'
+        if any(quote in words for words in theirs):
+            return None
+        if any(quote in text for text in ours):
+            return f'the quote "{_clip(quote)}" comes from our own email, not from the counterparty'
+        return f'the quote "{_clip(quote)}" does not appear in any message from the counterparty'
+
+    problems: dict[str, list[str]] = {}
+    verified: set[str] = set()
+    for citation in citations:
+        found = problem(citation)
+        if found is None:
+            verified.add(citation.field)
+        else:
+            problems.setdefault(citation.field, []).append(found)
+    if not result:
+        # Nothing to extract: any verified citation shows the goal itself was met.
+        if verified:
+            return []
+        every_problem = [found for found_for_field in problems.values() for found in found_for_field]
+        return [Unsupported(field=GOAL_FIELD, why="; ".join(every_problem) or "no citation was given")]
+    return [
+        Unsupported(field=name, why="; ".join(problems.get(name, [])) or "no citation was given")
+        for name in result
+        if name not in verified
+    ]
+
+
+def _clip(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
