@@ -412,6 +412,22 @@ async def test_goal_achieved_without_verified_citations_does_not_complete(
     assert len(fake.calls) == 1  # a failed citation is not argued with the model
 
 
+async def test_after_a_refused_citation_the_clients_confirmation_lets_the_case_complete(
+    fake: FakeOpenAI, agent: OpenAIAgent
+) -> None:
+    fake.script(judgement("GOAL_ACHIEVED", result={"signedW9Received": True}, citations=[]))
+    paused = await judged(agent, reply="Sent it by post.", with_pdf=False)
+    assert paused.outcome == "NEEDS_INPUT"
+    answer = "Yes, the signed W-9 arrived by post today."
+    informed = with_human_context(case(), answer)
+    fake.script(
+        judgement("GOAL_ACHIEVED", result={"signedW9Received": True}, citations=[quote("signedW9Received", answer)])
+    )
+    transcript = thread("Sent it by post.", with_pdf=False)
+    completed = await agent.judge(JudgeRequest(case=informed, transcript=transcript, trigger="input"))
+    assert (completed.outcome, completed.result) == ("GOAL_ACHIEVED", {"signedW9Received": True})
+
+
 async def test_a_quote_with_different_line_breaks_is_still_the_counterpartys_words(
     fake: FakeOpenAI, agent: OpenAIAgent
 ) -> None:

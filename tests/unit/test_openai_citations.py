@@ -73,3 +73,13 @@ def test_an_empty_result_still_needs_one_verified_citation() -> None:
     (missing,) = unsupported_fields({}, [Citation("goal", quote="Completely done.")], transcript)
     assert missing.field == "goal"
     assert "does not appear" in missing.why
+
+
+def test_the_clients_own_answers_count_as_evidence_but_our_emails_never_do() -> None:
+    transcript = [outbound("Did you send the signed W-9?"), inbound("Sent it by post yesterday.")]
+    confirmed = [Citation("signed", quote="Yes, we received the signed W-9 by post.")]
+    answers = ["Yes, we received the signed W-9 by post."]
+    assert unsupported_fields({"signed": True}, confirmed, transcript, client_answers=answers) == []
+    assert unsupported_fields({"signed": True}, confirmed, transcript) != []
+    ours = [Citation("signed", quote="Did you send the signed W-9?")]
+    assert unsupported_fields({"signed": True}, ours, transcript, client_answers=answers) != []

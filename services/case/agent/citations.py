@@ -1,12 +1,13 @@
 """Checking a GOAL_ACHIEVED judgement's evidence before a case may complete. Pure: no I/O, no model.
 
-The model must cite, for each result field, the counterparty's own words (or the filename of an attachment they
-sent). The key decision: "own words" means the new text of an inbound message, with quoted history (lines
-starting with ">", anything after "On ... wrote:" or an "Original Message" separator) removed, because a reply
-usually quotes our own email, and our words must never count as the counterparty's. A quote is compared after
-collapsing whitespace only: a paraphrase, a changed character, or a sentence from our own emails fails. What the
-check cannot do is judge meaning: a verbatim quote that does not actually support its field still passes, which
-is why a quote must also be at least a few characters long.
+The model must cite, for each result field, the counterparty's own words or the filename of an attachment they
+sent (the client's own answers count too, so a client asked "is the goal achieved?" can settle it). The key
+decision: "own words" means the new text of an inbound message, with quoted history (lines starting with ">",
+anything after "On ... wrote:" or an "Original Message" separator) removed, because a reply usually quotes our
+own email, and our words must never count as the counterparty's. A quote is compared after collapsing whitespace
+only: a paraphrase, a changed character, or a sentence from our own emails fails. What the check cannot do is
+judge meaning: a verbatim quote that does not actually support its field still passes, which is why a quote must
+also be at least a few characters long.
 """
 
 from __future__ import annotations
@@ -51,11 +52,18 @@ def own_words(message: TranscriptMessage) -> str:
 
 
 def unsupported_fields(
-    result: dict[str, Any], citations: Sequence[Citation], transcript: Sequence[TranscriptMessage]
+    result: dict[str, Any],
+    citations: Sequence[Citation],
+    transcript: Sequence[TranscriptMessage],
+    *,
+    client_answers: Sequence[str] = (),
 ) -> list[Unsupported]:
-    """The result fields (or the goal, for an empty result) that no verified citation supports."""
+    """The result fields (or the goal, for an empty result) that no verified citation supports.
+
+    The client's own answers (`additionalHumanContext`) count as evidence too: the client is the principal, and
+    when the agent asks "is the goal achieved?" their answer must be able to settle it."""
     inbound = [message for message in transcript if message.direction == "inbound"]
-    theirs = [normalised(own_words(message)) for message in inbound]
+    theirs = [normalised(own_words(message)) for message in inbound] + [normalised(text) for text in client_answers]
     ours = [normalised(message.text) for message in transcript if message.direction == "outbound"]
     filenames = {attachment.filename for message in inbound for attachment in message.attachments}
 

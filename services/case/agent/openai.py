@@ -176,7 +176,9 @@ class OpenAIAgent:
         match output.outcome:
             case "GOAL_ACHIEVED":
                 result = output.result if output.result is not None else {}
-                missing = unsupported_fields(result, output.citations, request.transcript)
+                missing = unsupported_fields(
+                    result, output.citations, request.transcript, client_answers=prompts.client_answers(case)
+                )
                 if missing:
                     log.warning(
                         "goal not confirmed: citations not found in the counterparty's words",

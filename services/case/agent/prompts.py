@@ -119,21 +119,25 @@ def _messages(
 def case_file(case: CaseRecord, step: dict[str, Any]) -> dict[str, Any]:
     """What the client told us about the case, as the model reads it (the client's own words are trusted)."""
     knowledge = case.goal.knowledge
-    context: list[str] = []
     if isinstance(knowledge, dict):
-        history = knowledge.get("additionalHumanContext")
-        context = [str(item) for item in history] if isinstance(history, list) else []
         knowledge = {key: value for key, value in knowledge.items() if key != "additionalHumanContext"}
     return {
         "objective": case.goal.objective,
         "knowledge": knowledge,
-        "contextFromClient": context,
+        "contextFromClient": client_answers(case),
         "counterparty": msgspec.to_builtins(case.counterparty),
         "sender": msgspec.to_builtins(case.sender_persona),
         "emailsSentSoFar": case.attempt_count,
         "resultSchema": case.result_schema,
         "step": step,
     }
+
+
+def client_answers(case: CaseRecord) -> list[str]:
+    """The client's answers to the agent's questions (`goal.knowledge.additionalHumanContext`), oldest first."""
+    knowledge = case.goal.knowledge
+    history = knowledge.get("additionalHumanContext") if isinstance(knowledge, dict) else None
+    return [str(item) for item in history] if isinstance(history, list) else []
 
 
 def _render(message: TranscriptMessage, boundary: str) -> str:
