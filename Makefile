@@ -9,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test demo lint format up down lock clean
+.PHONY: help install run test test-faults demo lint format up down lock clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -26,8 +26,11 @@ install: $(STAMP)  ## create .venv and install the locked dependencies
 run: $(STAMP)  ## start NATS, embedded MongoDB and every service, supervised (Ctrl-C stops all)
 	exec $(BIN)/python -m deploy.local_stack
 
-test: $(STAMP)  ## run the whole test suite (starts its own NATS and MongoDB)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+test: $(STAMP)  ## run the test suite (starts its own NATS, MongoDB, simulator and services)
+	$(BIN)/python -m pytest --ignore=tests/faults $(PYTEST_ARGS)
+
+test-faults: $(STAMP)  ## crash, outage and restart tests on a stack of their own (CI runs them too)
+	$(BIN)/python -m pytest tests/faults $(PYTEST_ARGS)
 
 demo: $(STAMP)  ## against a running `make run`: one case per scripted counterparty, followed live
 	$(BIN)/python -m deploy.demo
