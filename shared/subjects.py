@@ -92,6 +92,7 @@ class Consumer(StrEnum):
     CASE_INPUT = "case-input"
     CASE_MESSAGES = "case-agentmail-messages"
     CASE_DELIVERIES = "case-agentmail-deliveries"
+    WEBHOOK_CASE_EVENTS = "webhook_case_events"
 
 
 def parked_subject(stream: str, consumer: str) -> str:

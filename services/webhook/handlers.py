@@ -24,7 +24,7 @@ from shared.errors import ErrorCode, ServiceError
 from shared.logs import case_id_var, client_id_var
 from shared.messaging import durable_subscriber, request
 from shared.settings import WebhookSettings
-from shared.subjects import CASE_EVENTS, Service, queue_group
+from shared.subjects import CASE_EVENTS, Consumer, Service, queue_group
 
 log = logging.getLogger("caseflow.webhook")
 
@@ -117,7 +117,7 @@ def register(api: WebhookApi) -> None:
         broker,
         subject=CASE_EVENTS.subjects[0],
         stream=CASE_EVENTS,
-        durable=webhook.CASE_EVENTS_CONSUMER,
+        durable=Consumer.WEBHOOK_CASE_EVENTS,
         max_workers=8,
         ack_wait_seconds=api.settings.webhook_ack_wait_seconds,
     )

@@ -17,8 +17,6 @@ from shared.contracts.case import CaseEventData, EventType
 LIST_DELIVERIES: Final = "webhook.rpc.list_deliveries"
 REDELIVER: Final = "webhook.rpc.redeliver"
 
-# The webhook service's durable consumer of case events (every replica shares it).
-CASE_EVENTS_CONSUMER: Final = "webhook_case_events"
 
 # pending: an attempt is due or scheduled; delivered: a 2xx arrived; failed: the schedule ran out or the
 # destination was refused (SSRF guard); gone: the endpoint answered 410 and asked us to stop.
