@@ -51,7 +51,8 @@ def case_body(behaviour: str, address: str) -> dict[str, Any]:
         "clientReferenceId": f"demo-{behaviour}",
         "channel": "EMAIL",
         "maxAttempts": 2,
-        "followUpDelayHours": 1,
+        # Longer than the simulator's reply delay (3 s) once FOLLOW_UP_HOUR_SECONDS=1: replies beat follow-ups.
+        "followUpDelayHours": 5,
         "goal": {
             "objective": "Collect a signed W-9 from the vendor",
             "knowledge": {"vendorName": "Northstar Supplies", "reason": "AP onboarding", "dueDate": "2026-12-15"},
