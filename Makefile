@@ -9,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test test-faults demo lint format up down lock clean
+.PHONY: help install run test test-faults demo lint format docs up down lock clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ lint: $(STAMP)  ## ruff and mypy
 format: $(STAMP)  ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+docs: $(STAMP)  ## regenerate docs/asyncapi: AsyncAPI documents of every NATS subject, stream and payload
+	$(BIN)/python -m deploy.asyncapi
 
 up:  ## docker compose: real MongoDB and NATS, the services from deploy/Dockerfile
 	docker compose up --build --detach

@@ -18,6 +18,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Final
 
 import httpx
 import msgspec
@@ -27,12 +28,26 @@ from services.auth.accounts import Accounts, NewClient
 from services.auth.store import AuthStore
 from shared.mongo import create_mongo_client
 from shared.settings import AuthSettings, load_settings_or_exit
+from shared.subjects import Service
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("CASEFLOW_DATA", ROOT / ".data"))
 # Local development only: the development client's key is kept here in plain text so that every start can
 # print it (and `make demo` can use it). A real deployment issues keys with the admin CLI and never saves them.
 DEV_CLIENT = DATA / "dev-client.json"
+# Each service's Prometheus exporter (`GET /metrics`), set as LOCAL_METRICS_PORT_<SERVICE> for supervisord.
+METRICS_PORTS: Final = {
+    Service.GATEWAY: 9101,
+    Service.AUTH: 9102,
+    Service.BILLING: 9103,
+    Service.CASE: 9104,
+    Service.AGENTMAIL_ADAPTER: 9105,
+    Service.WEBHOOK: 9106,
+}
+
+
+def metrics_port_variable(service: Service) -> str:
+    return f"LOCAL_METRICS_PORT_{service.upper()}"
 
 
 def _port_in_use(port: int) -> bool:
@@ -52,6 +67,8 @@ def local_environment(environ: dict[str, str]) -> dict[str, str]:
     env.setdefault("MONGO_URL", f"mongodb://127.0.0.1:{env['LOCAL_MONGO_PORT']}/?directConnection=true")
     # Local client endpoints are on this machine; production keeps the SSRF guard on.
     env.setdefault("WEBHOOK_ALLOW_PRIVATE", "true")
+    for service, port in METRICS_PORTS.items():
+        env.setdefault(metrics_port_variable(service), str(port))
     env["CASEFLOW_ROOT"] = str(ROOT)
     env["CASEFLOW_DATA"] = str(DATA)
     env["CASEFLOW_BIN"] = str(Path(sys.executable).parent)
@@ -62,7 +79,13 @@ def run() -> None:
     env = local_environment(dict(os.environ))
     busy = [
         f"{name}={env[name]}"
-        for name in ("LOCAL_NATS_PORT", "LOCAL_MONGO_PORT", "GATEWAY_PORT", "AGENTMAIL_SIM_PORT")
+        for name in (
+            "LOCAL_NATS_PORT",
+            "LOCAL_MONGO_PORT",
+            "GATEWAY_PORT",
+            "AGENTMAIL_SIM_PORT",
+            *(metrics_port_variable(service) for service in METRICS_PORTS),
+        )
         if _port_in_use(int(env[name]))
     ]
     if busy:
@@ -104,6 +127,12 @@ def announce(timeout_seconds: float = 120.0) -> None:
         "  Caseflow is ready.",
         f"  Gateway:  {url}",
         f"  API docs: {url}/schema",
+        "  Metrics:  "
+        + ", ".join(
+            f"{service} :{os.environ.get(metrics_port_variable(service), port)}"
+            for service, port in METRICS_PORTS.items()
+        )
+        + " (GET /metrics)",
         *credentials,
         f"  Data:     {DATA}",
         "  Stop with Ctrl-C.",

@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, cast
@@ -31,6 +33,7 @@ from nats.js.api import ConsumerConfig, RetentionPolicy, StorageType, StreamConf
 from nats.js.errors import NotFoundError
 from pymongo.errors import ConnectionFailure, PyMongoError
 
+from shared import metrics
 from shared.contracts.rpc import Err, Ok
 from shared.errors import ERROR_SPECS, ErrorCode, ServiceError
 from shared.logs import request_id_var
@@ -86,8 +89,18 @@ async def _keep_alive(raw: Msg, interval: float) -> None:
             return
 
 
+def _outcome_of(decision: HandlerException) -> str:
+    """The metrics outcome of an ack decision a handler raised itself (our handlers normally return or fail)."""
+    if isinstance(decision, NackMessage):
+        return metrics.OUTCOME_RETRIED
+    if isinstance(decision, RejectMessage):
+        return metrics.OUTCOME_REJECTED
+    return metrics.OUTCOME_OK
+
+
 class ServiceMiddleware(BaseMiddleware):
-    """Binds the request id, turns failures into error replies (RPC) or delayed redeliveries (JetStream)."""
+    """Binds the request id, turns failures into error replies (RPC) or delayed redeliveries (JetStream), and
+    counts every handled message by subject and outcome (`caseflow_nats_messages_total`)."""
 
     broker: ClassVar[NatsBroker]
     policy: ClassVar[RetryPolicy]
@@ -100,27 +113,45 @@ class ServiceMiddleware(BaseMiddleware):
             if _is_jetstream(raw_message)
             else None
         )
+        started = time.perf_counter()
+        # Every way out below sets the outcome the metrics record: ok, an error code, retried or parked.
+        outcome: str = metrics.OUTCOME_OK
         try:
-            return await call_next(msg)
-        except HandlerException:
+            result = await call_next(msg)
+            if isinstance(result, Err):
+                outcome = result.code
+            return result
+        except HandlerException as exc:
+            outcome = _outcome_of(exc)
             raise
         except Exception as exc:
             raw = cast("Msg", msg.raw_message)
             if _is_jetstream(raw):
-                await self._retry_or_park(raw, exc)
+                try:
+                    await self._retry_or_park(raw, exc)
+                except RejectMessage:
+                    outcome = metrics.OUTCOME_PARKED
+                    raise
+                except NackMessage:
+                    outcome = metrics.OUTCOME_RETRIED
+                    raise
             if isinstance(exc, ServiceError):
+                outcome = exc.code
                 return Err.of(exc)
             if database_unavailable(exc):
+                outcome = ErrorCode.SERVICE_UNAVAILABLE
                 log.warning("MongoDB unavailable while handling a request", extra={"subject": raw.subject})
                 return Err(
                     code=ErrorCode.SERVICE_UNAVAILABLE,
                     message=ERROR_SPECS[ErrorCode.SERVICE_UNAVAILABLE].default_message,
                 )
+            outcome = ErrorCode.INTERNAL_ERROR
             log.exception("handler failed", extra={"subject": raw.subject})
             if raw.reply:
                 return Err(code=ErrorCode.INTERNAL_ERROR, message="An internal error occurred.")
             return None
         finally:
+            metrics.observe_message(raw_message.subject, outcome, time.perf_counter() - started)
             if keep_alive is not None:
                 keep_alive.cancel()
             request_id_var.reset(token)
@@ -267,6 +298,25 @@ async def publish_durable(
     await broker.publish(payload, subject, stream=stream.name, headers=headers, timeout=timeout)
 
 
+@dataclass(frozen=True, slots=True)
+class DurableConsumer:
+    """A JetStream durable consumer a service reads through `durable_subscriber`."""
+
+    stream: str
+    durable: str
+    subject: str
+
+
+# What each broker consumes durably, so the runtime can report every consumer's lag without a list to keep in
+# step with the handlers. Weak keys: a broker that is gone (tests build many) takes its entry with it.
+_durable_consumers: weakref.WeakKeyDictionary[NatsBroker, list[DurableConsumer]] = weakref.WeakKeyDictionary()
+
+
+def durable_consumers(broker: NatsBroker) -> tuple[DurableConsumer, ...]:
+    """The durable consumers declared on `broker` with `durable_subscriber`, in declaration order."""
+    return tuple(_durable_consumers.get(broker, ()))
+
+
 def durable_subscriber(
     broker: NatsBroker,
     *,
@@ -289,7 +339,29 @@ def durable_subscriber(
         # delay. max_deliver is unbounded here because ServiceMiddleware parks the message itself.
         config=ConsumerConfig(durable_name=durable, ack_wait=ack_wait_seconds, max_deliver=-1),
     )
+    _durable_consumers.setdefault(broker, []).append(
+        DurableConsumer(stream=stream.name, durable=durable, subject=subject)
+    )
+    document_publication(
+        broker,
+        parked_subject(stream.name, durable),
+        None,
+        description=f"Messages of {stream.name} whose `{durable}` handler kept failing (or failed permanently), "
+        "parked by ServiceMiddleware on the PARKED stream for an operator: the original body unchanged, with "
+        "Caseflow-Parked-Subject, Caseflow-Parked-Reason and Caseflow-Parked-Deliveries headers.",
+    )
     return subscriber
+
+
+def document_publication(broker: NatsBroker, subject: str, payload: type | None, *, description: str) -> None:
+    """Declare, for the AsyncAPI documents only (`make docs`), a subject this service publishes without a
+    FastStream publisher: JetStream publishes through `publish_durable` or the case outbox, KEYS_CHANGED from the
+    admin CLI, parked messages. Nothing is ever sent through the declaration: it is inert at run time.
+
+    The channel is titled `<subject>:<payload type>`, like FastStream names a subscriber's `<subject>:<handler>`.
+    """
+    title = f"{subject}:{payload.__name__ if payload is not None else 'Message'}"
+    broker.publisher(subject, title=title, description=description, schema=payload)
 
 
 def _stream_config(spec: StreamSpec, replicas: int) -> StreamConfig:

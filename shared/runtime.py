@@ -5,6 +5,9 @@ connected (waiting for it if it starts after us), streams and indexes are declar
 start, then background loops (scheduler, outbox relay) start. On SIGTERM or SIGINT the background loops are
 cancelled, the broker stops taking messages and waits up to SHUTDOWN_GRACE_SECONDS for in-flight handlers,
 then connections close.
+
+Metrics: with METRICS_PORT set, the Prometheus exporter starts first (a service still waiting for NATS can be
+scraped) and stops last; every durable consumer's lag is refreshed into gauges by a background loop.
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from faststream import FastStream
 from pymongo import IndexModel
 
+from shared import metrics
 from shared.contracts.health import HealthReport
 from shared.contracts.rpc import Empty, Ok
 from shared.logs import configure_logging
-from shared.messaging import connect_with_retry, create_broker, ensure_streams
+from shared.messaging import connect_with_retry, create_broker, durable_consumers, ensure_streams
 from shared.mongo import create_mongo_client, ensure_indexes, ping
 from shared.settings import CommonSettings, secret_values
 from shared.subjects import Service, StreamSpec, health_subject, queue_group
@@ -56,7 +60,9 @@ class ServiceRuntime:
         self._loops: list[BackgroundLoop] = []
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._metrics: metrics.MetricsServer | None = None
         self._register_health()
+        self.add_gauge_refresh(self._refresh_consumer_gauges)
 
     def _register_health(self) -> None:
         @self.broker.subscriber(health_subject(self.service), queue=queue_group(self.service))
@@ -76,6 +82,28 @@ class ServiceRuntime:
     def add_background_loop(self, loop: BackgroundLoop) -> None:
         """Run `loop` after start-up until shutdown; it is restarted if it crashes."""
         self._loops.append(loop)
+
+    def add_gauge_refresh(self, refresh: Callable[[], Awaitable[None]]) -> None:
+        """Run `refresh` (it sets gauges from NATS or MongoDB) every GAUGE_REFRESH_SECONDS, if metrics are on."""
+        if not self.settings.metrics_port:
+            return
+
+        async def refresh_gauges() -> None:
+            await metrics.refresh_forever(refresh, every_seconds=metrics.GAUGE_REFRESH_SECONDS)
+
+        self.add_background_loop(refresh_gauges)
+
+    async def _refresh_consumer_gauges(self) -> None:
+        js = self.broker.connection.jetstream()
+        for consumer in durable_consumers(self.broker):
+            info = await js.consumer_info(consumer.stream, consumer.durable, timeout=self.settings.rpc_timeout_seconds)
+            metrics.observe_consumer(
+                stream=consumer.stream,
+                consumer=consumer.durable,
+                pending=info.num_pending or 0,
+                ack_pending=info.num_ack_pending or 0,
+                redelivered=info.num_redelivered or 0,
+            )
 
     def add_shutdown_hook(self, close: Callable[[], Awaitable[None]]) -> None:
         """Run `close` once in-flight messages are done (e.g. close an HTTP client the handlers use)."""
@@ -117,9 +145,12 @@ class ServiceRuntime:
             except Exception:
                 self.log.exception("shutdown hook failed")
         await self.mongo.close()
+        if self._metrics is not None:
+            await self._metrics.close()
         self.log.info("service stopped")
 
     def run(self) -> None:
+        self._metrics = metrics.serve_metrics_or_exit(self.settings.metrics_port, service=self.service, version=VERSION)
         app = FastStream(
             self.broker,
             logger=self.log,

@@ -60,6 +60,10 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     # wait), so slow handlers are not redelivered under themselves and crashed ones are, within 30 s.
     consumer_keep_alive_seconds: PositiveSeconds = 10.0
     mongo_timeout_seconds: PositiveSeconds = 5.0
+    # Port of the Prometheus exporter (`GET /metrics`, all interfaces); 0 turns it off. Off by default because
+    # every process on a machine needs a port of its own: `make run` gives each service one (9101-9106),
+    # docker-compose gives every container 9100.
+    metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 0
 
 
 class GatewaySettings(CommonSettings, frozen=True, kw_only=True):

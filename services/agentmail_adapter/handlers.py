@@ -39,6 +39,7 @@ from services.agentmail_adapter.webhooks import (
     delivery_event,
     message_received,
 )
+from shared import metrics
 from shared.contracts.agentmail import (
     ATTACHMENT_LINK,
     DELIVERY_EVENT,
@@ -49,6 +50,7 @@ from shared.contracts.agentmail import (
     TRANSCRIPT,
     AttachmentInfo,
     AttachmentLink,
+    DeliveryEvent,
     GetAttachmentLink,
     GetTranscript,
     IngestWebhook,
@@ -65,7 +67,7 @@ from shared.contracts.agentmail import (
 from shared.contracts.rpc import Ok
 from shared.errors import ErrorCode, ServiceError
 from shared.logs import case_id_var
-from shared.messaging import publish_durable
+from shared.messaging import document_publication, publish_durable
 from shared.settings import AgentMailSettings
 from shared.subjects import AGENTMAIL_EVENTS, Service, queue_group
 
@@ -119,6 +121,20 @@ def register_handlers(
     settings: AgentMailSettings,
 ) -> None:
     inbox_id = settings.agentmail_inbox_id
+    document_publication(
+        broker,
+        MESSAGE_RECEIVED,
+        MessageReceived,
+        description=f"A verified inbound email on our inbox. Stream {AGENTMAIL_EVENTS.name}; Nats-Msg-Id is "
+        "AgentMail's event id (a redelivered webhook publishes nothing new).",
+    )
+    document_publication(
+        broker,
+        DELIVERY_EVENT,
+        DeliveryEvent,
+        description=f"What happened to an email we sent (delivered, bounced, complained, rejected). Stream "
+        f"{AGENTMAIL_EVENTS.name}; Nats-Msg-Id is AgentMail's event id.",
+    )
 
     async def send_once(email: Outgoing, send: Callable[[str], Awaitable[SendResult]]) -> Ok[SendOutcome]:
         """At most one email per (case, attempt): answered from the store, else sent under the key derived from
@@ -126,12 +142,20 @@ def register_handlers(
         with case_logging(email.case_id):
             recorded = await store.sent_for_attempt(email.case_id, email.attempt)
             if recorded is not None:
+                metrics.EMAILS_SENT.labels(kind=email.kind, outcome="repeated").inc()
                 return Ok(_sent(recorded))
-            with provider_errors():
-                result = await send(idempotency_key(email.case_id, email.attempt))
+            try:
+                with provider_errors():
+                    result = await send(idempotency_key(email.case_id, email.attempt))
+            except ServiceError:
+                metrics.EMAILS_SENT.labels(kind=email.kind, outcome="failed").inc()
+                raise
             if isinstance(result, MessageRejected):
+                metrics.EMAILS_SENT.labels(kind=email.kind, outcome="rejected").inc()
                 log.info("AgentMail rejected the email", extra={"reason": result.reason, "attempt": email.attempt})
                 return Ok(Rejected(reason=result.reason))
+            # Counted once AgentMail accepted it: the email is out even if recording it fails below.
+            metrics.EMAILS_SENT.labels(kind=email.kind, outcome="sent").inc()
             stored = email.sent_as(result)
             await store.record(stored)
             return Ok(_sent(stored))
@@ -226,6 +250,11 @@ class Outgoing:
     subject: str
     text: str
     in_reply_to: str | None
+
+    @property
+    def kind(self) -> str:
+        """The metrics' kind: a first email of a thread ("send") or an answer in one ("reply")."""
+        return "send" if self.in_reply_to is None else "reply"
 
     def sent_as(self, result: SentMessage) -> StoredMessage:
         now = now_ms()

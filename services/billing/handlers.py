@@ -1,4 +1,5 @@
-"""The billing service's NATS handlers: reserve and release one case unit, report a client's usage.
+"""The billing service's NATS handlers: reserve and release one case unit, report a client's usage, and report
+every client's usage in a month (for operators).
 
 Thin adapters: the month and the cap come from the domain (with the injected clock), atomicity and
 idempotency from the store's single conditional update. A request naming a plan that `PLANS` does not
@@ -9,6 +10,7 @@ until its plan is fixed); it is never metered against some other plan's cap.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Final
 
 from faststream.nats import NatsBroker
@@ -25,16 +27,22 @@ from services.billing.domain import (
     utc_now,
 )
 from services.billing.store import ReserveOutcome, UsageStore
+from shared import metrics
 from shared.contracts.billing import (
     RELEASE,
     RESERVE,
     USAGE,
+    USAGE_MONTH_PATTERN,
+    USAGE_REPORT,
+    ClientUsage,
     GetUsage,
+    GetUsageReport,
     Released,
     ReleaseUnit,
     Reservation,
     ReserveUnit,
     Usage,
+    UsageReport,
 )
 from shared.contracts.rpc import Ok
 from shared.errors import ErrorCode, ServiceError
@@ -44,6 +52,12 @@ log = logging.getLogger("caseflow.billing")
 
 # Every POST /cases reserves a unit: answer several at once per replica (the database arbitrates the cap).
 CONCURRENT_REQUESTS: Final = 16
+# The metrics' outcome of a reservation.
+_RESERVATION_OUTCOME: Final = {
+    ReserveOutcome.RESERVED: "granted",
+    ReserveOutcome.ALREADY_RESERVED: "repeated",
+    ReserveOutcome.LIMIT_REACHED: "refused",
+}
 
 
 def _cap_of_configured_plan(plans: PlanCaps, plan: str) -> int | None:
@@ -73,6 +87,7 @@ def register_billing_handlers(
             cap=cap,
             now=to_unix_ms(now),
         )
+        metrics.USAGE_RESERVATIONS.labels(plan=request.plan, outcome=_RESERVATION_OUTCOME[outcome]).inc()
         if outcome is ReserveOutcome.LIMIT_REACHED:
             raise ServiceError(ErrorCode.USAGE_LIMIT_REACHED)
         return Ok(Reservation(reservation_id=request.reservation_id, month=month))
@@ -85,6 +100,8 @@ def register_billing_handlers(
             reservation_id=request.reservation_id,
             now=to_unix_ms(clock()),
         )
+        if released:
+            metrics.USAGE_RELEASES.inc()
         return Ok(Released(released=released))
 
     @broker.subscriber(USAGE, queue=queue, max_workers=CONCURRENT_REQUESTS)
@@ -102,3 +119,37 @@ def register_billing_handlers(
                 resets_at=next_month_start_ms(now),
             )
         )
+
+    @broker.subscriber(USAGE_REPORT, queue=queue)
+    async def report_usage_by_client(request: GetUsageReport) -> Ok[UsageReport]:
+        month = request.month or usage_month(clock())
+        if not re.fullmatch(USAGE_MONTH_PATTERN, month):
+            raise ServiceError(ErrorCode.INVALID_REQUEST, "month: must be a UTC month as YYYY-MM")
+        used = await store.units_used_by_client(month=month, client_id=request.client_id)
+        named = set(request.plans) if request.client_id is None else {request.client_id}
+        return Ok(
+            UsageReport(
+                month=month,
+                clients=[
+                    _client_usage(
+                        client_id,
+                        month=month,
+                        used=used.get(client_id, 0),
+                        plan=request.plans.get(client_id),
+                        plans=plans,
+                    )
+                    for client_id in sorted(named | set(used))
+                ],
+            )
+        )
+
+
+def _client_usage(client_id: str, *, month: str, used: int, plan: str | None, plans: PlanCaps) -> ClientUsage:
+    return ClientUsage(
+        client_id=client_id,
+        month=month,
+        used=used,
+        plan=plan,
+        limit=None if plan is None else plans.get(plan),
+        plan_configured=plan is not None and plan in plans,
+    )

@@ -26,7 +26,11 @@ USAGE: Final = "usage"
 RECENT_RESERVATIONS: Final = 1000
 
 INDEXES: Final = {
-    USAGE: [IndexModel([("clientId", ASCENDING), ("month", ASCENDING)], name="client_month_unique", unique=True)],
+    USAGE: [
+        IndexModel([("clientId", ASCENDING), ("month", ASCENDING)], name="client_month_unique", unique=True),
+        # The operators' usage report reads one month across every client.
+        IndexModel([("month", ASCENDING)], name="month"),
+    ],
 }
 
 
@@ -82,3 +86,13 @@ class UsageStore:
     async def units_used(self, *, client_id: str, month: str) -> int:
         current = await self._usage.find_one({"clientId": client_id, "month": month}, {"used": 1})
         return 0 if current is None else int(current["used"])
+
+    async def units_used_by_client(self, *, month: str, client_id: str | None = None) -> dict[str, int]:
+        """Units used in `month` by every client with a counter then (or by `client_id` alone)."""
+        query: Document = {"month": month}
+        if client_id is not None:
+            query["clientId"] = client_id
+        return {
+            document["clientId"]: int(document["used"])
+            async for document in self._usage.find(query, {"_id": 0, "clientId": 1, "used": 1})
+        }

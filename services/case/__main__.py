@@ -4,6 +4,7 @@ case (first email, follow-ups, replies, input), its scheduler, and the outbox re
 from __future__ import annotations
 
 import datetime as dt
+from typing import get_args
 
 from services.case import handlers, worker
 from services.case.agent.openai import OpenAIAgent
@@ -11,6 +12,8 @@ from services.case.agent.port import Agent
 from services.case.agent.rules import RulesAgent
 from services.case.outbox import OutboxRelay
 from services.case.store import INDEXES, CaseStore, IdempotencyStore
+from shared import metrics
+from shared.contracts.case import CaseStatus
 from shared.runtime import ServiceRuntime
 from shared.settings import CaseSettings, load_settings_or_exit
 from shared.subjects import AGENTMAIL_EVENTS, CASE_COMMANDS, CASE_EVENTS, Service
@@ -47,6 +50,12 @@ def main() -> None:
     worker.register(case_worker)
     runtime.add_background_loop(relay.relay_forever)
     runtime.add_background_loop(case_worker.schedule_forever)
+
+    async def count_cases_by_status() -> None:
+        for status, count in (await store.count_by_status(get_args(CaseStatus))).items():
+            metrics.CASES.labels(status=status).set(count)
+
+    runtime.add_gauge_refresh(count_cases_by_status)
     runtime.run()
 
 

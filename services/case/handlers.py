@@ -16,12 +16,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import get_args
 
 import msgspec
 from faststream.nats import NatsBroker
 
 from services.case import domain
-from services.case.model import CaseRecord
+from services.case.model import CaseRecord, SendEmailCommand
 from services.case.outbox import OutboxRelay
 from services.case.store import CaseStore, IdempotencyStore, PageCursor
 from services.case.transcript import format_transcript, transcript_entries
@@ -30,9 +31,9 @@ from shared.contracts import agentmail, billing, case
 from shared.contracts.rpc import Ok
 from shared.errors import ErrorCode, ServiceError
 from shared.logs import case_id_var, client_id_var, request_id_var
-from shared.messaging import request
+from shared.messaging import document_publication, request
 from shared.settings import CaseSettings
-from shared.subjects import Service, queue_group
+from shared.subjects import CASE_COMMANDS, CASE_EVENTS, Service, queue_group
 
 log = logging.getLogger("caseflow.case")
 
@@ -242,6 +243,37 @@ class CaseApi:
             log.warning("publish deferred to the outbox relay", exc_info=True)
 
 
+def document_outbox_subjects(broker: NatsBroker) -> None:
+    """What the outbox relay publishes (raw JetStream publishes, so the AsyncAPI document learns them here)."""
+    commands = f"Stream {CASE_COMMANDS.name}; Nats-Msg-Id is the command id; relayed from the case's outbox."
+    document_publication(
+        broker,
+        case.CMD_CREATED,
+        case.CaseCreatedCommand,
+        description=f"A case was created: the worker starts it (first email). {commands}",
+    )
+    document_publication(
+        broker,
+        case.CMD_INPUT_PROVIDED,
+        case.InputProvidedCommand,
+        description=f"The client answered the case's input request: the worker resumes the case. {commands}",
+    )
+    document_publication(
+        broker,
+        case.CMD_SEND,
+        SendEmailCommand,
+        description=f"The worker's own queue of emails to send (payload private to the case service). {commands}",
+    )
+    for event_type in get_args(case.EventType):
+        document_publication(
+            broker,
+            case.event_subject(event_type),
+            case.CaseEvent,
+            description=f"Case event `{event_type}` for the client's webhook. Stream {CASE_EVENTS.name}; "
+            "Nats-Msg-Id is the event id; relayed from the case's outbox.",
+        )
+
+
 def request_hash(body: case.NewCase) -> str:
     return hashlib.sha256(msgspec.json.encode(body, order="sorted")).hexdigest()
 
@@ -263,6 +295,7 @@ def decode_cursor(token: str) -> PageCursor:
 def register(api: CaseApi) -> None:
     broker = api.broker
     queue = queue_group(Service.CASE)
+    document_outbox_subjects(broker)
 
     @broker.subscriber(case.CREATE, queue=queue)
     async def create_case(command: case.CreateCase) -> Ok[case.CreateCaseResult]:

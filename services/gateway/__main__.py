@@ -1,4 +1,7 @@
-"""Gateway process: Litestar served by uvicorn; SIGTERM finishes in-flight requests, then stops the broker."""
+"""Gateway process: Litestar served by uvicorn; SIGTERM finishes in-flight requests, then stops the broker.
+
+Its Prometheus metrics are served on METRICS_PORT by the exporter's own thread, never on the public API port.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ from services.gateway.app import create_app
 from services.gateway.http_protocol import EnvelopeH11Protocol
 from shared.logs import configure_logging
 from shared.messaging import create_broker
+from shared.metrics import serve_metrics_or_exit
+from shared.runtime import VERSION
 from shared.settings import GatewaySettings, load_settings_or_exit, secret_values
 from shared.subjects import Service
 
@@ -17,6 +22,7 @@ from shared.subjects import Service
 def main() -> None:
     settings = load_settings_or_exit(GatewaySettings, Service.GATEWAY)
     configure_logging(Service.GATEWAY, settings.log_level, secrets=secret_values(settings))
+    serve_metrics_or_exit(settings.metrics_port, service=Service.GATEWAY, version=VERSION)
     broker = create_broker(settings, Service.GATEWAY)
     config = uvicorn.Config(
         create_app(settings, broker),

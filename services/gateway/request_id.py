@@ -4,12 +4,17 @@ everything else fails.
 It wraps the whole Litestar app (not a route middleware), so 404s for unknown routes, 405s and errors raised
 before routing carry `X-Request-Id` too. The id is echoed from the request when it is sane, else generated,
 and bound to the logging context for the request's lifetime.
+
+Being outermost, it is also where every request is counted and timed for the metrics, by the route template
+Litestar's router writes into the shared ASGI scope (`/cases/{case_id}`), never the raw path: a request no
+route matched is labelled `unmatched`.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
 from typing import Final
 
@@ -17,6 +22,7 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.gateway.envelope import error_body_bytes
+from shared import metrics
 from shared.errors import ErrorCode
 from shared.logs import request_id_var
 
@@ -45,11 +51,14 @@ class RequestIdGuard:
         request_id = incoming_request_id(scope)
         header = (HEADER, request_id.encode("ascii"))
         started = False
+        status: int | None = None
+        arrived = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:
-            nonlocal started
+            nonlocal started, status
             if message["type"] == "http.response.start":
                 started = True
+                status = message["status"]
                 headers = [h for h in message.get("headers", ()) if h[0].lower() != HEADER]
                 message = {**message, "headers": [*headers, header]}
             await send(message)
@@ -68,6 +77,12 @@ class RequestIdGuard:
                 raise
             await self._refuse(send_with_id, ErrorCode.INTERNAL_ERROR, None, 500)
         finally:
+            metrics.observe_http_request(
+                route=scope.get("path_template") or None,
+                method=scope["method"],
+                status=status,
+                seconds=time.perf_counter() - arrived,
+            )
             request_id_var.reset(token)
 
     @staticmethod

@@ -20,6 +20,7 @@ from services.webhook import domain
 from services.webhook.sender import WebhookSender
 from services.webhook.signing import SigningSecrets, signature_headers
 from services.webhook.store import AttemptRecord, DeliveryRecord, DeliveryStore
+from shared import metrics
 from shared.errors import ErrorCode, ServiceError
 from shared.logs import case_id_var, client_id_var
 
@@ -27,6 +28,13 @@ log = logging.getLogger("caseflow.webhook.dispatcher")
 
 # Auth did not answer: nothing was sent, so no attempt is spent; the delivery is tried again after this.
 SECRET_UNAVAILABLE_RETRY_MS = 5_000
+# An attempt's `result` label: the verdict, except that an attempt to retry reads as what it was, a failure.
+_ATTEMPT_RESULT: dict[domain.Verdict, str] = {
+    "delivered": "delivered",
+    "gone": "gone",
+    "refused": "refused",
+    "retry": "failed",
+}
 
 
 def now_ms() -> int:
@@ -132,6 +140,7 @@ class Dispatcher:
 
     async def _record(self, record: DeliveryRecord, claim: str, *, at: int, result: domain.AttemptResult) -> None:
         attempt = record.round_attempts + 1
+        metrics.WEBHOOK_ATTEMPTS.labels(result=_ATTEMPT_RESULT[domain.verdict(result)]).inc()
         step = domain.after_attempt(self.schedule, attempt=attempt, result=result)
         next_attempt_at = None if step.delay_seconds is None else now_ms() + int(step.delay_seconds * 1000)
         kept = await self.store.record_attempt(

@@ -230,14 +230,25 @@ class Stack:
             env=self.env,
             port=self.simulator_port,
         )
+        # Each service's Prometheus exporter, on a port of its own (not in `env`: extra processes started from
+        # it, such as second replicas, keep metrics off instead of fighting over a port).
+        self.metrics_ports = {name: free_port() for name in SERVICE_MODULES}
         self.services = {
-            name: ManagedProcess(name, [sys.executable, "-m", module], env=self.env, log_dir=log_dir)
+            name: ManagedProcess(
+                name,
+                [sys.executable, "-m", module],
+                env={**self.env, "METRICS_PORT": str(self.metrics_ports[name])},
+                log_dir=log_dir,
+            )
             for name, module in SERVICE_MODULES.items()
         }
 
     @property
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.gateway_port}"
+
+    def metrics_url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.metrics_ports[service]}/metrics"
 
     def start(self) -> None:
         self.simulator.start()

@@ -81,3 +81,29 @@ def test_agentmail_simulator_runs_from_the_shared_image_and_agrees_with_the_adap
     assert adapter["AGENTMAIL_BASE_URL"].endswith(f"//agentmail-simulator:{environment['AGENTMAIL_SIM_PORT']}}}")
     for setting in ("API_KEY", "INBOX_ID", "WEBHOOK_SECRET"):
         assert environment[f"AGENTMAIL_SIM_{setting}"] == adapter[f"AGENTMAIL_{setting}"]
+
+
+@pytest.mark.parametrize("service", sorted(SETTINGS_BY_SERVICE))
+def test_every_service_exports_metrics_on_9100(compose: dict[str, Any], service: str) -> None:
+    assert compose["services"][service]["environment"]["METRICS_PORT"] == "9100"
+
+
+def test_prometheus_scrapes_every_service_on_its_metrics_port(compose: dict[str, Any]) -> None:
+    prometheus = compose["services"]["prometheus"]
+    assert prometheus["image"].startswith("prom/prometheus")
+    config_mount = next(volume for volume in prometheus["volumes"] if volume.endswith(":ro"))
+    source, target, _ = config_mount.split(":")
+    assert source == "./deploy/prometheus.yml"
+    assert f"--config.file={target}" in prometheus["command"]
+
+    config = yaml.safe_load((ROOT / source).read_text())
+    scraped = {}
+    for job in config["scrape_configs"]:
+        # One job per service, discovering every replica of it through Docker's DNS.
+        (discovery,) = job["dns_sd_configs"]
+        assert discovery["type"] == "A"
+        scraped[job["job_name"]] = (discovery["names"], discovery["port"])
+    assert scraped == {
+        service: ([service], int(compose["services"][service]["environment"]["METRICS_PORT"]))
+        for service in SETTINGS_BY_SERVICE
+    }
