@@ -38,6 +38,11 @@ class AccountError(Exception):
 class Output(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     """What an operation prints (JSON, camelCase like the rest of the API)."""
 
+    def table_row(self) -> dict[str, object]:
+        """The fields as `--format table` shows them (JSON names); outputs with nested or coded values adapt it."""
+        row: dict[str, object] = msgspec.to_builtins(self)
+        return row
+
 
 class NewClient(Output, frozen=True, kw_only=True):
     client_id: str
@@ -84,6 +89,31 @@ class ClientSummary(Output, frozen=True, kw_only=True):
     created_at: int
     updated_at: int
     keys: list[KeySummary]
+
+    def table_row(self) -> dict[str, object]:
+        row = super().table_row()
+        row["keys"] = ", ".join(f"{key.key_id} ({key.status})" for key in self.keys)
+        return row
+
+
+class MonthlyUsage(Output, frozen=True, kw_only=True):
+    """A client's usage in one UTC month, as `usage` shows it: auth's name and plan joined with billing's counter."""
+
+    client_id: str
+    name: str | None  # None for a client billing counts but auth does not know
+    plan: str | None
+    month: str
+    used: int
+    limit: int | None  # None: no cap, or unknown when plan_configured is False
+    remaining: int | None
+    plan_configured: bool  # False: PLANS does not configure the plan, so its limit is unknown
+
+    def table_row(self) -> dict[str, object]:
+        row = super().table_row()
+        del row["planConfigured"]
+        if self.limit is None:
+            row["limit"] = row["remaining"] = "unlimited" if self.plan_configured else "unknown plan"
+        return row
 
 
 class Accounts:
@@ -185,6 +215,12 @@ class Accounts:
             )
             for client in await self._store.list_clients()
         ]
+
+    async def clients_to_report(self, client_id: str | None = None) -> list[Client]:
+        """Every client, or only the one with `client_id` (which must exist)."""
+        if client_id is not None:
+            return [await self._existing_client(client_id)]
+        return await self._store.list_clients()
 
     async def is_usable_key(self, api_key: str) -> bool:
         """Whether `api_key` is known and active (used by `make run` to check its saved development key)."""

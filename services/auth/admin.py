@@ -1,35 +1,60 @@
 """Admin CLI for clients and API keys: `python -m services.auth.admin <command> ...` (see `--help`).
 
 It reads the same environment settings as the auth service and works on MongoDB directly through the auth
-store (it is the auth service's own code). Results are JSON on stdout; operator mistakes are one line on
-stderr with exit code 1, never a traceback. After a change that affects a cached identity (key status, plan)
-it broadcasts KEYS_CHANGED so every gateway evicts it at once; if NATS is unreachable the change still
-stands and gateways pick it up when their cached entries expire, which the CLI says on stderr.
+store (it is the auth service's own code). Results are JSON on stdout (`--format table` for people); operator
+mistakes are one line on stderr with exit code 1, never a traceback. After a change that affects a cached
+identity (key status, plan) it broadcasts KEYS_CHANGED so every gateway evicts it at once; if NATS is
+unreachable the change still stands and gateways pick it up when their cached entries expire, which the CLI
+says on stderr.
+
+`usage` is the one command that needs a running service: usage counters belong to billing, so it asks billing
+over NATS (USAGE_REPORT) with the plans auth holds, and joins the answer with the clients' names.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import datetime as dt
+import re
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
 import msgspec
 import nats
 import nats.errors
+from nats.aio.client import Client as NatsClient
 from pymongo.errors import PyMongoError
 
-from services.auth.accounts import AccountError, Accounts, ClientPlan, KeyState, Output
-from services.auth.store import INDEXES, AuthStore
+from services.auth.accounts import AccountError, Accounts, ClientPlan, KeyState, MonthlyUsage, Output
+from services.auth.store import INDEXES, AuthStore, Client
 from shared.contracts.auth import KEYS_CHANGED, KeysChanged
+from shared.contracts.billing import USAGE_MONTH_PATTERN, USAGE_REPORT, GetUsageReport, UsageReport
+from shared.contracts.rpc import Err, Ok
 from shared.mongo import create_mongo_client, ensure_indexes
 from shared.settings import AuthSettings, load_settings_or_exit
 
 PROG = "python -m services.auth.admin"
 NATS_CONNECT_TIMEOUT_SECONDS = 2.0
+FORMATS = ("json", "table")
+
+
+class ServiceUnavailable(Exception):
+    """A service the command needs (NATS, billing) did not answer: reported as one line, never a traceback."""
+
+
+@dataclass(frozen=True)
+class Admin:
+    """What a command works with: the auth store's operations, and the settings (NATS for `usage`)."""
+
+    accounts: Accounts
+    settings: AuthSettings
+
 
 type Result = Output | Sequence[Output]
-type Command = Callable[[Accounts, argparse.Namespace], Awaitable[Result]]
+type Command = Callable[[Admin, argparse.Namespace], Awaitable[Result]]
 
 
 def _non_blank(text: str) -> str:
@@ -39,51 +64,80 @@ def _non_blank(text: str) -> str:
     return stripped
 
 
+def _usage_month(text: str) -> str:
+    if not re.fullmatch(USAGE_MONTH_PATTERN, text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a month as YYYY-MM (UTC), e.g. 2025-06")
+    return text
+
+
 COMMANDS: dict[str, tuple[str, Command]] = {
     "create-client": (
         "create a client with its first API key; prints {clientId, keyId, apiKey, webhookSecret}",
-        lambda accounts, args: accounts.create_client(name=args.name, plan=args.plan),
+        lambda admin, args: admin.accounts.create_client(name=args.name, plan=args.plan),
     ),
     "issue-key": (
         "issue another API key for a client; prints {keyId, apiKey} (the key is shown only this once)",
-        lambda accounts, args: accounts.issue_key(args.client_id),
+        lambda admin, args: admin.accounts.issue_key(args.client_id),
     ),
     "deactivate-key": (
         "switch a key off (requests get 403 FORBIDDEN) until activate-key",
-        lambda accounts, args: accounts.deactivate_key(args.key_id),
+        lambda admin, args: admin.accounts.deactivate_key(args.key_id),
     ),
     "activate-key": (
         "switch a deactivated key back on",
-        lambda accounts, args: accounts.activate_key(args.key_id),
+        lambda admin, args: admin.accounts.activate_key(args.key_id),
     ),
     "revoke-key": (
         "revoke a key for good (requests get 401 UNAUTHORIZED); it cannot be activated again",
-        lambda accounts, args: accounts.revoke_key(args.key_id),
+        lambda admin, args: admin.accounts.revoke_key(args.key_id),
     ),
     "set-plan": (
         "change a client's plan (billing owns the plans' caps)",
-        lambda accounts, args: accounts.set_plan(args.client_id, args.plan),
+        lambda admin, args: admin.accounts.set_plan(args.client_id, args.plan),
     ),
     "rotate-webhook-secret": (
         "replace a client's webhook signing secret; prints the new whsec_ secret",
-        lambda accounts, args: accounts.rotate_webhook_secret(args.client_id),
+        lambda admin, args: admin.accounts.rotate_webhook_secret(args.client_id),
     ),
     "list-clients": (
         "list every client with its plan and its keys' ids and statuses (no secrets)",
-        lambda accounts, args: accounts.list_clients(),
+        lambda admin, args: admin.accounts.list_clients(),
+    ),
+    "usage": (
+        "show each client's usage in a UTC month (asks the billing service over NATS): "
+        "[{clientId, name, plan, month, used, limit, remaining, planConfigured}]",
+        lambda admin, args: usage_report(admin, month=args.month, client_id=args.client_id),
     ),
 }
+
+
+EXAMPLES = f"""examples:
+  {PROG} create-client --name "Acme Corp" --plan pro
+  {PROG} list-clients --format table
+  {PROG} revoke-key key_...
+  {PROG} usage --month 2025-06 --format table
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Manage Caseflow clients and API keys. Settings (MONGO_URL, MONGO_DB, NATS_URL, "
-        "KEY_HASH_SECRET) come from the environment, as for the auth service.",
+        description="Manage Caseflow clients and API keys, and report their usage.\nSettings (MONGO_URL, MONGO_DB, "
+        "NATS_URL, KEY_HASH_SECRET) come from the environment, as for the auth service.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="json",
+        help="json (the default, for scripts) or table (aligned columns, for people)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     subparsers = {
-        name: commands.add_parser(name, help=summary, description=summary) for name, (summary, _) in COMMANDS.items()
+        name: commands.add_parser(name, help=summary, description=summary, parents=[output])
+        for name, (summary, _) in COMMANDS.items()
     }
     subparsers["create-client"].add_argument("--name", required=True, type=_non_blank, help="display name")
     subparsers["create-client"].add_argument(
@@ -94,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers["set-plan"].add_argument("plan", metavar="PLAN", type=_non_blank, help="the new plan name")
     for name in ("deactivate-key", "activate-key", "revoke-key"):
         subparsers[name].add_argument("key_id", metavar="KEY_ID", help="the key's public id (key_...)")
+    subparsers["usage"].add_argument(
+        "--month", type=_usage_month, help="the UTC month as YYYY-MM (default: the current month)"
+    )
+    subparsers["usage"].add_argument("--client", dest="client_id", metavar="CLIENT", help="only this client (cli_...)")
     return parser
 
 
@@ -106,34 +164,95 @@ def keys_change_of(result: Result) -> KeysChanged | None:
     return None
 
 
-async def broadcast_keys_changed(nats_url: str, change: KeysChanged) -> bool:
-    """Publish KEYS_CHANGED on core NATS; False when NATS cannot be reached."""
+@contextlib.asynccontextmanager
+async def nats_connection(nats_url: str) -> AsyncIterator[NatsClient]:
+    """A short-lived NATS connection that gives up quickly (a CLI must not hang on a missing server)."""
 
     async def stay_quiet(_: Exception) -> None:
         # nats-py logs connection errors with a traceback by default; the caller reports the outcome.
         return None
 
+    connection = await nats.connect(
+        nats_url,
+        name="caseflow-auth-admin",
+        connect_timeout=NATS_CONNECT_TIMEOUT_SECONDS,
+        allow_reconnect=False,
+        max_reconnect_attempts=1,
+        reconnect_time_wait=0.1,
+        error_cb=stay_quiet,
+    )
     try:
-        async with asyncio.timeout(NATS_CONNECT_TIMEOUT_SECONDS * 2):
-            connection = await nats.connect(
-                nats_url,
-                name="caseflow-auth-admin",
-                connect_timeout=NATS_CONNECT_TIMEOUT_SECONDS,
-                allow_reconnect=False,
-                max_reconnect_attempts=1,
-                reconnect_time_wait=0.1,
-                error_cb=stay_quiet,
+        yield connection
+    finally:
+        await connection.close()
+
+
+async def broadcast_keys_changed(nats_url: str, change: KeysChanged) -> bool:
+    """Publish KEYS_CHANGED on core NATS; False when NATS cannot be reached."""
+    try:
+        async with asyncio.timeout(NATS_CONNECT_TIMEOUT_SECONDS * 2), nats_connection(nats_url) as connection:
+            await connection.publish(
+                KEYS_CHANGED, msgspec.json.encode(change), headers={"content-type": "application/json"}
             )
-            try:
-                await connection.publish(
-                    KEYS_CHANGED, msgspec.json.encode(change), headers={"content-type": "application/json"}
-                )
-                await connection.flush()
-            finally:
-                await connection.close()
+            await connection.flush()
     except (OSError, TimeoutError, nats.errors.Error):
         return False
     return True
+
+
+async def ask_billing_for_usage(settings: AuthSettings, query: GetUsageReport) -> UsageReport:
+    """Billing's usage report; ServiceUnavailable when NATS or billing does not answer, AccountError when billing
+    refuses the query."""
+    try:
+        async with (
+            asyncio.timeout(NATS_CONNECT_TIMEOUT_SECONDS * 2 + settings.rpc_timeout_seconds),
+            nats_connection(settings.nats_url) as connection,
+        ):
+            answer = await connection.request(
+                USAGE_REPORT,
+                msgspec.json.encode(query),
+                timeout=settings.rpc_timeout_seconds,
+                headers={"content-type": "application/json"},
+            )
+    except nats.errors.NoRespondersError:
+        raise ServiceUnavailable("the billing service is not running (nothing answers on NATS)") from None
+    except (TimeoutError, nats.errors.TimeoutError):
+        raise ServiceUnavailable(
+            f"the billing service did not answer within {settings.rpc_timeout_seconds:g} s"
+        ) from None
+    except (OSError, nats.errors.Error) as exc:
+        raise ServiceUnavailable(f"NATS could not be reached at NATS_URL ({type(exc).__name__})") from None
+    reply = msgspec.json.decode(answer.data, type=Ok[UsageReport] | Err)
+    if isinstance(reply, Err):
+        raise AccountError(f"billing refused the report: {reply.code}: {reply.message}")
+    return reply.data
+
+
+async def usage_report(admin: Admin, *, month: str | None, client_id: str | None) -> list[MonthlyUsage]:
+    clients = await admin.accounts.clients_to_report(client_id)
+    report = await ask_billing_for_usage(
+        admin.settings,
+        GetUsageReport(month=month, client_id=client_id, plans={client.client_id: client.plan for client in clients}),
+    )
+    return monthly_usage(clients, report)
+
+
+def monthly_usage(clients: Sequence[Client], report: UsageReport) -> list[MonthlyUsage]:
+    """Billing's rows (every client with a plan or a counter) with auth's names, in client id order."""
+    names = {client.client_id: client.name for client in clients}
+    return [
+        MonthlyUsage(
+            client_id=row.client_id,
+            name=names.get(row.client_id),
+            plan=row.plan,
+            month=row.month,
+            used=row.used,
+            limit=row.limit,
+            remaining=None if row.limit is None else max(row.limit - row.used, 0),
+            plan_configured=row.plan_configured,
+        )
+        for row in report.clients
+    ]
 
 
 async def run(settings: AuthSettings, args: argparse.Namespace) -> Result:
@@ -144,7 +263,7 @@ async def run(settings: AuthSettings, args: argparse.Namespace) -> Result:
         await ensure_indexes(db, INDEXES, attempts=1)
         accounts = Accounts(AuthStore(db), key_hash_secret=settings.key_hash_secret)
         _, command = COMMANDS[args.command]
-        result = await command(accounts, args)
+        result = await command(Admin(accounts=accounts, settings=settings), args)
     finally:
         await mongo.close()
     change = keys_change_of(result)
@@ -166,10 +285,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG} {args.command}: {exc}", file=sys.stderr)
         return 1
     except PyMongoError as exc:
-        print(f"{PROG} {args.command}: MongoDB failed: {type(exc).__name__}", file=sys.stderr)
+        print(f"{PROG} {args.command}: MongoDB failed: {type(exc).__name__} (check MONGO_URL)", file=sys.stderr)
         return 1
-    print(msgspec.json.format(msgspec.json.encode(result), indent=2).decode())
+    except ServiceUnavailable as exc:
+        print(f"{PROG} {args.command}: {exc}", file=sys.stderr)
+        return 1
+    print(render(result, args.format))
     return 0
+
+
+def render(result: Result, output_format: str) -> str:
+    if output_format == "json":
+        return msgspec.json.format(msgspec.json.encode(result), indent=2).decode()
+    if isinstance(result, Output):
+        # One record: a field per line.
+        return table(["field", "value"], [[name, _cell(name, value)] for name, value in result.table_row().items()])
+    rows = [item.table_row() for item in result]
+    if not rows:
+        return "(none)"
+    header = list(rows[0])
+    return table(header, [[_cell(name, row[name]) for name in header] for row in rows])
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = [list(header), *rows]
+    widths = [max(len(line[column]) for line in lines) for column in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
+
+
+def _cell(name: str, value: object) -> str:
+    """Times (fields ending in At, Unix ms) in UTC ISO 8601, absent values as -."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int) and name.endswith("At"):
+        return dt.datetime.fromtimestamp(value / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return str(value)
 
 
 if __name__ == "__main__":
