@@ -173,7 +173,8 @@ async def nats_connection(nats_url: str) -> AsyncIterator[NatsClient]:
         return None
 
     connection = await nats.connect(
-        nats_url,
+        # NATS_URL names a cluster as a comma-separated list, as the services read it.
+        [server.strip() for server in nats_url.split(",") if server.strip()],
         name="caseflow-auth-admin",
         connect_timeout=NATS_CONNECT_TIMEOUT_SECONDS,
         allow_reconnect=False,
