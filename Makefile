@@ -9,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test test-faults demo lint format docs up down lock clean
+.PHONY: help install run test test-faults demo bench lint format docs up down lock clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ test-faults: $(STAMP)  ## crash, outage and restart tests on a stack of their ow
 
 demo: $(STAMP)  ## against a running `make run`: one case per scripted counterparty, followed live
 	$(BIN)/python -m deploy.demo
+
+bench: $(STAMP)  ## benchmarks vs baselines in one run (bench/README.md): bench/results/latest.json and a table
+	$(BIN)/python -m bench
 
 lint: $(STAMP)  ## ruff and mypy
 	$(BIN)/ruff check .

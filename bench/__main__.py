@@ -1,0 +1,173 @@
+"""`python -m bench` (`make bench`): start (or reach) the stack, run every scenario against its baselines,
+write `bench/results/latest.json` and print the tables.
+
+Key design decision: a scenario that fails is recorded under `errors` and the run goes on, so one broken
+piece never costs the numbers of all the others; the exit status is non-zero when anything failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import msgspec
+
+from bench.config import BenchConfig, ConfigError
+from bench.k6 import K6
+from bench.report import Results, Scenario, render, write
+from bench.runner import (
+    Runner,
+    list_case_ids,
+    new_case_body,
+    pending_input_case_ids,
+    prepare_input_cases,
+    profile,
+    worker_scenario,
+)
+from bench.scheduler import run_scheduler
+from bench.stack import target
+from shared.contracts.case import NewCase
+
+log = logging.getLogger("bench")
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _machine(config: BenchConfig) -> dict[str, Any]:
+    k6_version = subprocess.run([str(K6), "version"], capture_output=True, text=True, check=False).stdout.strip()
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "k6": k6_version,
+        "mongodb": f"embedded mongoeco ({config.mongo_engine} engine)" if not config.url else "external",
+        "load_average_at_start": os.getloadavg(),
+    }
+
+
+def _step(results: Results, name: str, action: Callable[[], object]) -> None:
+    print(f"bench: {name} ...", file=sys.stderr, flush=True)
+    started = time.monotonic()
+    try:
+        action()
+    except Exception as exc:
+        log.debug("step failed", exc_info=True)
+        results.errors[name] = f"{type(exc).__name__}: {exc}"[:2000]
+        traceback.print_exc(file=sys.stderr)
+    print(f"bench: {name} done in {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
+
+
+def run(config: BenchConfig) -> Results:
+    results = Results(started_at=_now(), machine=_machine(config), config=_public(config))
+    scenarios: list[Scenario] = results.scenarios
+    with target(config) as reached:
+        runner = Runner(config, reached)
+        ids_file = reached.work_dir / "case-ids.json"
+        results.idle_cpu["start"] = runner.idle_cpu()
+        if config.wants("generator"):
+            _step(results, "generator", lambda: scenarios.extend(runner.generator_ceiling()))
+        if config.wants("baselines"):
+            _step(results, "baselines", lambda: scenarios.extend(runner.baselines()))
+        if config.wants("create_case"):
+            _step(results, "create_case", lambda: scenarios.append(runner.create_case()))
+
+        def write_ids() -> None:
+            ids = list_case_ids(reached, limit=1000)
+            if not ids:
+                raise RuntimeError("the bench client has no cases to read (run create_case too)")
+            ids_file.write_text(json.dumps(ids))
+
+        if config.wants("get_case") or config.wants("profile"):
+            _step(results, "case ids", write_ids)
+        if config.wants("get_case") and ids_file.exists():
+            _step(results, "get_case", lambda: scenarios.append(runner.get_case(ids_file)))
+        if config.wants("list_cases"):
+            _step(results, "list_cases", lambda: scenarios.append(runner.list_cases()))
+        if config.wants("worker"):
+            if reached.simulator_url is None:
+                results.skipped["worker"] = "needs the AgentMail simulator (BENCH_SIM_URL)"
+            else:
+                _step(results, "worker", lambda: scenarios.append(worker_scenario(runner)))
+        if config.wants("provide_input"):
+            if reached.mongo_url is None:
+                results.skipped["provide_input"] = "needs MongoDB to prepare INPUT_NEEDED cases (BENCH_MONGO_URL)"
+            else:
+
+                def provide_input() -> None:
+                    candidates = list_case_ids(reached, limit=20_000)
+                    asyncio.run(prepare_input_cases(reached, candidates))
+                    pending = asyncio.run(pending_input_case_ids(reached))
+                    input_file = reached.work_dir / "input-ids.json"
+                    input_file.write_text(json.dumps(pending))
+                    scenarios.append(runner.provide_input(input_file, len(pending)))
+
+                _step(results, "provide_input", provide_input)
+        results.idle_cpu["after the scenarios"] = runner.idle_cpu()
+        if config.wants("profile") and ids_file.exists():
+            if reached.gateway_pid is None and reached.case_pid is None:
+                results.skipped["profile"] = "needs the gateway's or case service's pid (BENCH_PIDS)"
+            else:
+                output_dir = config.results_path.parent
+                _step(results, "profile", lambda: results.profiles.extend(profile(runner, ids_file, output_dir)))
+    if config.wants("scheduler"):
+        body = msgspec.convert(new_case_body("scheduler"), NewCase)
+
+        def scheduler() -> None:
+            scenario = asyncio.run(
+                run_scheduler(
+                    cases=config.scheduler_cases,
+                    due=config.scheduler_due,
+                    body=body,
+                    on_setup=lambda line: print(f"bench: {line}", file=sys.stderr, flush=True),
+                )
+            )
+            baseline = runner.scenarios.get("baseline: MongoDB find_one")
+            scan, base = scenario.phase("scan"), baseline.phase("fixed") if baseline else None
+            if scan is not None and base is not None:
+                from bench.stats import ratio
+
+                scenario.ratios = {"p50_scan": ratio(scan.load.p50_ms, base.load.p50_ms)}
+            scenarios.append(scenario)
+
+        _step(results, "scheduler", scheduler)
+    results.finished_at = _now()
+    return results
+
+
+def _public(config: BenchConfig) -> dict[str, Any]:
+    """The configuration as recorded in the results (the API key left out)."""
+    public = asdict(config)
+    public["api_key"] = "<set>" if config.api_key else None
+    public["results_path"] = str(config.results_path)
+    return public
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = BenchConfig.from_env()
+    except ConfigError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    results = run(config)
+    write(results, config.results_path)
+    print(render(results))
+    print(f"\nresults: {config.results_path}")
+    return 1 if results.errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

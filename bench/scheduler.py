@@ -1,0 +1,210 @@
+"""Scheduler scan: 100 000 scheduled cases, some due; how long the case service takes to find and claim them.
+
+Key design decision: the scan and the claims run in this process with the case service's own code
+(`CaseStore.due_case_ids`, `Worker.run_due`, the lifecycle's `transition`, `OutboxRelay`) against a real
+embedded MongoDB server over the wire and a real nats-server, rather than inside a case-service process:
+that times the find and the claims separately (a process only shows the sum) and keeps the stack's own
+scheduler from racing the measurement. The 100 000 documents are written into the server's SQLite file with
+mongoeco's engine in-process before the server starts, because over the wire every single-document insert
+costs O(collection size) in mongoeco (its unique `_id` check scans the collection), which would take hours;
+that setup time is reported apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from bench.cpu import CpuMeter
+from bench.report import Phase, Scenario, phase_of
+from bench.stats import summarise
+from services.case import domain
+from services.case.agent.rules import RulesAgent
+from services.case.model import CaseRecord, to_document
+from services.case.outbox import OutboxRelay
+from services.case.store import CASES, INDEXES, CaseStore
+from services.case.worker import EventFor, Worker
+from shared.contracts.case import NOTHING_SCHEDULED, NewCase
+from shared.messaging import connect_with_retry, create_broker, ensure_streams
+from shared.mongo import create_mongo_client
+from shared.settings import CaseSettings
+from shared.subjects import CASE_COMMANDS, CASE_EVENTS, Service
+from tests.support.processes import EmbeddedMongo, NatsServer
+
+SCHEDULER_DB = "caseflow_scheduler"
+HOUR_MS = 3_600_000
+BATCH = 5000
+
+
+def scheduled_documents(*, count: int, due: int, now: int, body: NewCase, seed: int = 7) -> list[dict[str, Any]]:
+    """`count` case documents: `due` RUNNING cases whose follow-up time has passed (within the last hour),
+    10 % finished (nothing scheduled), the rest RUNNING with a follow-up in the next 72 hours."""
+    rng = random.Random(seed)  # noqa: S311 (reproducible test data)
+    template = domain.new_case(case_id="template", client_id="bench-scheduler", body=body, now=now - 72 * HOUR_MS)
+    running = msgspec.structs.replace(
+        template,
+        status="RUNNING",
+        attempt_count=1,
+        pending_create=False,
+        outbox=[],
+        outbox_pending_since=None,
+        thread_id="thread-template",
+        last_message_id="message-template",
+    )
+    base = to_document(running)
+    documents = []
+    finished = count // 10
+    for index in range(count):
+        case_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        if index < due:
+            status, next_action_at = "RUNNING", now - rng.randrange(1, HOUR_MS)
+        elif index < due + finished:
+            status, next_action_at = "COMPLETED", NOTHING_SCHEDULED
+        else:
+            status, next_action_at = "RUNNING", now + rng.randrange(60_000, 72 * HOUR_MS)
+        documents.append(
+            {
+                **base,
+                "_id": case_id,
+                "status": status,
+                "nextActionAt": next_action_at,
+                "threadId": f"thread-{case_id}",
+                "lastMessageId": f"message-{case_id}",
+                "counterpartyKey": f"silent-{index}@sim.example",
+            }
+        )
+    rng.shuffle(documents)
+    return documents
+
+
+async def seed_sqlite(path: Path, documents: list[dict[str, Any]]) -> None:
+    """Write the documents and the case service's indexes into a mongoeco SQLite file, in-process."""
+    from mongoeco import AsyncMongoClient as EmbeddedClient
+    from mongoeco.engines.sqlite import SQLiteEngine
+
+    client = EmbeddedClient(engine=SQLiteEngine(str(path)))
+    async with client:
+        collection = client[SCHEDULER_DB][CASES]
+        await collection.create_indexes(INDEXES[CASES])
+        for start in range(0, len(documents), BATCH):
+            await collection.insert_many(documents[start : start + BATCH], ordered=False)
+
+
+@dataclass
+class TimedWorker(Worker):
+    """The case worker, timing each claim (load, transition, versioned replace, outbox relay)."""
+
+    claim_ms: list[float] = field(default_factory=list)
+
+    async def apply(self, case_id: str, event_for: EventFor) -> CaseRecord | None:
+        started = time.perf_counter()
+        try:
+            return await super().apply(case_id, event_for)
+        finally:
+            self.claim_ms.append((time.perf_counter() - started) * 1000)
+
+
+def _self_cpu() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+async def run_scheduler(
+    *, cases: int, due: int, body: NewCase, scans: int = 5, on_setup: Callable[[str], None] = print
+) -> Scenario:
+    scenario = Scenario(
+        name=f"scheduler scan ({cases:,} cases)",
+        group="scheduler",
+        description=(
+            f"{cases:,} scheduled cases, {due:,} due: find the due ones (CaseStore.due_case_ids, limit 200) and "
+            "claim them all (Worker.run_due until none is due), in-process against the embedded MongoDB server."
+        ),
+        baseline="baseline: MongoDB find_one",
+        context={"cases": cases, "due": due, "batch_limit": 200},
+    )
+    with tempfile.TemporaryDirectory(prefix="caseflow-bench-scheduler-") as tmp:
+        work = Path(tmp)
+        sqlite = work / "scheduler.sqlite"
+        now = int(time.time() * 1000)
+        started = time.perf_counter()
+        documents = scheduled_documents(count=cases, due=due, now=now, body=body)
+        await seed_sqlite(sqlite, documents)
+        del documents
+        scenario.setup_s = round(time.perf_counter() - started, 1)
+        on_setup(f"scheduler: seeded {cases:,} cases in {scenario.setup_s} s")
+        mongo_server = EmbeddedMongo(log_dir=work, sqlite_path=sqlite)
+        nats_server = NatsServer(log_dir=work, store_dir=work / "jetstream")
+        mongo_server.start()
+        nats_server.start()
+        try:
+            assert mongo_server.process is not None
+            assert nats_server.process is not None
+            meter = CpuMeter({"mongodb": mongo_server.process.pid, "nats": nats_server.process.pid})
+            settings = CaseSettings(nats_url=nats_server.url, mongo_url=mongo_server.url, mongo_db=SCHEDULER_DB)
+            broker = create_broker(settings, Service.CASE)
+            mongo = create_mongo_client(settings, app_name="bench-scheduler")
+            store = CaseStore(mongo[SCHEDULER_DB])
+            worker = TimedWorker(
+                broker=broker, store=store, relay=OutboxRelay(broker, store), agent=RulesAgent(), settings=settings
+            )
+            try:
+                await connect_with_retry(broker)
+                await ensure_streams(broker, (CASE_COMMANDS, CASE_EVENTS), replicas=1)
+                # The server opens the SQLite file lazily: the first query pays for it, not the scans.
+                await store.cases.find_one({"_id": "warm-up"})
+
+                async def measure(mode: str, offered: str, action: Callable[[], Any]) -> Phase:
+                    before, own = meter.snapshot(), _self_cpu()
+                    load = await action()
+                    cpu = {**CpuMeter.delta(before, meter.snapshot()), "bench (case code)": round(_self_cpu() - own, 3)}
+                    return phase_of(mode, offered, load, cpu, accounted=list(cpu))
+
+                async def scan_load() -> Any:
+                    latencies, found = [], 0
+                    begun = time.perf_counter()
+                    for _ in range(scans):
+                        t0 = time.perf_counter()
+                        found = len(await store.due_case_ids(now=int(time.time() * 1000), limit=200))
+                        latencies.append((time.perf_counter() - t0) * 1000)
+                    scenario.context.setdefault("found_per_scan", found)
+                    return summarise(latencies, failed=0, duration_s=time.perf_counter() - begun)
+
+                async def claim_load() -> Any:
+                    claimed, rounds = 0, 0
+                    begun = time.perf_counter()
+                    while True:
+                        changed = await worker.run_due()
+                        rounds += 1
+                        claimed += changed
+                        if changed == 0:
+                            break
+                    scenario.context["claimed"] = claimed
+                    scenario.context["run_due_rounds"] = rounds
+                    return summarise(worker.claim_ms, failed=0, duration_s=time.perf_counter() - begun)
+
+                scenario.phases.append(await measure("scan", f"{scans} scans, {due:,} due", scan_load))
+                scenario.phases.append(await measure("claim", f"{due:,} due cases", claim_load))
+                scenario.phases.append(await measure("idle scan", f"{scans} scans, none due", scan_load))
+                scenario.context["still_due"] = len(await store.due_case_ids(now=int(time.time() * 1000), limit=200))
+            finally:
+                with contextlib.suppress(Exception):
+                    await broker.stop()
+                await mongo.close()
+        finally:
+            nats_server.stop()
+            mongo_server.stop()
+    scenario.notes.append(
+        "claim: latencies are per case (Worker.apply: load, transition, version-checked replace, relay publish "
+        "and outbox cleanup); throughput is claimed cases per second, scans included."
+    )
+    return scenario

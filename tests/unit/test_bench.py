@@ -1,0 +1,188 @@
+"""The bench's pure helpers: percentile maths, k6 summary and /proc parsing, ratios, report shape, settings.
+
+Speed itself is never asserted in tests (see bench/README.md): these check only that the numbers are computed
+and reported correctly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import msgspec
+import pytest
+
+from bench.config import BenchConfig, ConfigError
+from bench.cpu import CLOCK_TICKS, parse_stat
+from bench.k6 import parse_summary
+from bench.profiling import summarise_speedscope
+from bench.report import Phase, Results, Scenario, compare, render
+from bench.runner import new_case_body, slug
+from bench.scheduler import scheduled_documents
+from bench.stats import LoadResult, per_request, percentile, ratio, summarise
+from shared.contracts.case import NOTHING_SCHEDULED, NewCase
+
+
+def load(**overrides: Any) -> LoadResult:
+    values: dict[str, Any] = {
+        "requests": 100,
+        "failed": 0,
+        "duration_s": 10.0,
+        "throughput_rps": 10.0,
+        "p50_ms": 2.0,
+        "p95_ms": 4.0,
+        "p99_ms": 8.0,
+        "max_ms": 9.0,
+        "mean_ms": 2.5,
+    }
+    return LoadResult(**{**values, **overrides})
+
+
+def test_percentile_interpolates_between_closest_ranks() -> None:
+    values = [1.0, 2.0, 3.0, 4.0]
+    assert percentile(values, 0) == 1.0
+    assert percentile(values, 100) == 4.0
+    assert percentile(values, 50) == 2.5
+    assert percentile(values, 95) == pytest.approx(3.85)
+    assert percentile([7.0], 99) == 7.0
+    assert percentile(list(range(1, 101)), 99) == pytest.approx(99.01)
+
+
+def test_percentile_of_nothing_is_nan_and_bad_quantiles_are_refused() -> None:
+    assert math.isnan(percentile([], 50))
+    with pytest.raises(ValueError, match=r"0\.\.100"):
+        percentile([1.0], 101)
+
+
+def test_summarise_counts_only_successes_in_throughput() -> None:
+    result = summarise([1.0, 2.0, 3.0, 4.0], failed=1, duration_s=2.0, dropped=3)
+    assert (result.requests, result.failed, result.ok, result.dropped) == (4, 1, 3, 3)
+    assert result.throughput_rps == 1.5
+    assert result.p50_ms == 2.5
+    assert result.max_ms == 4.0
+    assert result.mean_ms == 2.5
+
+
+def test_cpu_per_request_and_ratios() -> None:
+    assert per_request({"gateway": 1.5, "case": 0.5}, 1000) == {"gateway": 0.0015, "case": 0.0005}
+    assert per_request({"gateway": 1.0}, 0) == {}
+    assert ratio(10.0, 4.0) == 2.5
+    assert ratio(1.0, 0.0) is None
+    assert ratio(math.nan, 1.0) is None
+
+
+def test_parse_stat_reads_utime_and_stime_after_a_command_name_with_spaces_and_parentheses() -> None:
+    fields = ["S", "1", "2", "3", "0", "-1", "4194560", "10", "0", "0", "0", "250", "50"] + ["0"] * 39
+    text = f"4242 (python (x) y) {' '.join(fields)}"
+    assert parse_stat(text) == (250 + 50) / CLOCK_TICKS
+
+
+def test_parse_summary_reads_k6_handle_summary_json() -> None:
+    data = {
+        "state": {"testRunDurationMs": 10_000.0},
+        "metrics": {
+            "http_reqs": {"values": {"count": 1000, "rate": 100.0}},
+            "http_req_failed": {"values": {"passes": 10, "fails": 990, "rate": 0.01}},
+            "dropped_iterations": {"values": {"count": 5}},
+            "http_req_duration{expected_response:true}": {
+                "values": {"med": 3.5, "p(95)": 9.25, "p(99)": 12.0, "max": 40.0, "avg": 4.0}
+            },
+            "http_req_duration": {"values": {"med": 99.0}},
+        },
+    }
+    result = parse_summary(data)
+    assert (result.requests, result.failed, result.dropped) == (1000, 10, 5)
+    assert result.throughput_rps == 99.0
+    assert (result.p50_ms, result.p95_ms, result.p99_ms, result.max_ms, result.mean_ms) == (3.5, 9.25, 12.0, 40.0, 4.0)
+
+
+def test_compare_reads_every_ratio_as_times_worse_than_the_baseline() -> None:
+    base = Scenario(
+        name="base",
+        group="baseline",
+        description="",
+        phases=[Phase(mode="fixed", offered="20 req/s", load=load(p50_ms=1.0, p99_ms=2.0, throughput_rps=20.0))],
+    )
+    ours = Scenario(
+        name="ours",
+        group="api",
+        description="",
+        phases=[
+            Phase(mode="fixed", offered="20 req/s", load=load(p50_ms=5.0, p99_ms=10.0, throughput_rps=10.0)),
+            Phase(mode="saturation", offered="16 VUs", load=load()),
+        ],
+    )
+    assert compare(ours, base) == {"p50_fixed": 5.0, "p99_fixed": 5.0, "throughput_fixed": 2.0}
+
+
+def test_results_round_trip_as_json_and_render_as_a_table() -> None:
+    scenario = Scenario(
+        name="GET /cases/{id}",
+        group="api",
+        description="read one case",
+        baseline="baseline: bare GET",
+        phases=[
+            Phase(
+                mode="fixed",
+                offered="20 req/s",
+                load=load(),
+                cpu_s_per_request={"gateway": 0.001, "case": 0.002},
+                stack_cpu_s_per_request=0.003,
+            )
+        ],
+        ratios={"p50_fixed": 4.0},
+    )
+    results = Results(started_at="2026-01-01T00:00:00+00:00", scenarios=[scenario], errors={"worker": "boom"})
+    decoded = msgspec.json.decode(msgspec.json.encode(results), type=Results)
+    assert decoded == results
+    table = render(results)
+    assert "GET /cases/{id}" in table
+    assert "3.00" in table  # stack CPU in ms per request
+    assert "worker: boom" in table
+
+
+def test_config_defaults_and_errors_name_the_variable() -> None:
+    config = BenchConfig.from_env({})
+    assert (config.duration_s, config.rate, config.vus, config.scheduler_cases) == (10.0, 20, 16, 100_000)
+    assert config.wants("scheduler")
+    assert BenchConfig.from_env({"BENCH_ONLY": "get_case, worker"}).only == ("get_case", "worker")
+    with pytest.raises(ConfigError, match="BENCH_DURATION"):
+        BenchConfig.from_env({"BENCH_DURATION": "soon"})
+    with pytest.raises(ConfigError, match="BENCH_ONLY"):
+        BenchConfig.from_env({"BENCH_ONLY": "everything"})
+    with pytest.raises(ConfigError, match="BENCH_API_KEY"):
+        BenchConfig.from_env({"BENCH_URL": "http://127.0.0.1:8000"})
+    assert BenchConfig.from_env({"BENCH_PIDS": "gateway=12, case=34"}).pids == {"gateway": 12, "case": 34}
+
+
+def test_bench_bodies_are_valid_cases_with_silent_counterparties() -> None:
+    body = msgspec.convert(new_case_body(slug("POST /cases/{id}") + "-7"), NewCase)
+    assert body.counterparty.address == "silent-post-cases-id-7@sim.example"
+
+
+def test_scheduled_documents_have_the_requested_due_share() -> None:
+    body = msgspec.convert(new_case_body("x"), NewCase)
+    now = 1_000_000_000_000
+    documents = scheduled_documents(count=1000, due=30, now=now, body=body)
+    due = [d for d in documents if d["nextActionAt"] <= now and d["status"] == "RUNNING"]
+    assert len(documents) == len({d["_id"] for d in documents}) == 1000
+    assert len(due) == 30
+    assert sum(d["nextActionAt"] == NOTHING_SCHEDULED for d in documents) == 100
+    assert all(d["pendingCreate"] is False and d["outbox"] == [] for d in documents)
+
+
+def test_speedscope_summary_merges_lines_of_a_function() -> None:
+    data = {
+        "shared": {
+            "frames": [
+                {"name": "main", "file": "/work/main/app.py", "line": 1},
+                {"name": "hot", "file": "/x/site-packages/lib.py", "line": 10},
+                {"name": "hot", "file": "/x/site-packages/lib.py", "line": 12},
+            ]
+        },
+        "profiles": [{"samples": [[0, 1], [0, 2], [0]], "weights": [1, 1, 2]}],
+    }
+    samples, top_self, top_inclusive = summarise_speedscope(data)
+    assert samples == 4
+    assert top_self[0] == ("hot (lib.py)", 50.0)
+    assert ("main (app.py)", 100.0) in top_inclusive
