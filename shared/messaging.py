@@ -194,7 +194,8 @@ class ServiceMiddleware(BaseMiddleware):
 
 def create_broker(settings: CommonSettings, service: Service) -> NatsBroker:
     broker = NatsBroker(
-        settings.nats_url,
+        # A cluster is given as a comma-separated list of server URLs.
+        [server.strip() for server in settings.nats_url.split(",") if server.strip()],
         name=f"caseflow-{service}",
         serializer=MsgSpecSerializer(),
         graceful_timeout=settings.shutdown_grace_seconds,

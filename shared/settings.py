@@ -204,7 +204,9 @@ def _refuse_dev_secrets_in_production(settings: CommonSettings) -> None:
         return
     hints = get_type_hints(type(settings), include_extras=True)
     for field in msgspec.structs.fields(settings):
-        if field_extra(hints[field.name]).get("secret") and getattr(settings, field.name) == field.default:
+        # An empty default means "not needed unless you use it" (a local model server needs no key).
+        default = field.default
+        if field_extra(hints[field.name]).get("secret") and default and getattr(settings, field.name) == default:
             raise SettingsError(env_var(field.name), "must be set in production (the default is for local use only)")
 
 
@@ -251,4 +253,64 @@ SETTINGS_BY_SERVICE: Final[dict[str, type[CommonSettings]]] = {
     "case": CaseSettings,
     "agentmail_adapter": AgentMailSettings,
     "webhook": WebhookSettings,
+}
+
+
+# What each variable does, for the generated configuration table in the README (`python -m deploy.settings_table`).
+# A test fails when a setting has no entry here, so the README cannot miss one.
+SETTING_HELP: Final[dict[str, str]] = {
+    "CASEFLOW_ENV": "`production` refuses secrets left at their development default",
+    "NATS_URL": "NATS server (a comma-separated list for a cluster)",
+    "MONGO_URL": "MongoDB connection string (a replica set in production)",
+    "MONGO_DB": "database name",
+    "LOG_LEVEL": "DEBUG, INFO, WARNING or ERROR; one JSON object per line",
+    "RPC_TIMEOUT_SECONDS": "deadline of a request between services; a miss is a 503 to the client",
+    "SHUTDOWN_GRACE_SECONDS": "how long SIGTERM waits for in-flight work",
+    "JETSTREAM_REPLICAS": "replicas of each stream (3 on a NATS cluster)",
+    "CONSUMER_BACKOFF_SECONDS": "delays before redelivering a message whose handler failed (the last repeats)",
+    "CONSUMER_MAX_DELIVER": "deliveries before a failing message is parked on the PARKED stream",
+    "CONSUMER_KEEP_ALIVE_SECONDS": "how often a running handler tells JetStream it is still working",
+    "MONGO_TIMEOUT_SECONDS": "deadline of each MongoDB operation and server selection",
+    "METRICS_PORT": "Prometheus metrics port of the process (0: off)",
+    "GATEWAY_HOST": "address the gateway listens on (0.0.0.0 in containers)",
+    "GATEWAY_PORT": "the API's port",
+    "MAX_BODY_BYTES": "largest request body (413 above)",
+    "MAX_HEADER_BYTES": "largest request headers (400 above)",
+    "READINESS_TIMEOUT_SECONDS": "how long /readyz waits for each component",
+    "RETRY_AFTER_SECONDS": "Retry-After sent with 503s",
+    "RATE_LIMIT_CREATE": "POST /cases throttle per API key: requests per second / burst",
+    "RATE_LIMIT_DEFAULT": "throttle of the other routes per API key: requests per second / burst",
+    "AUTH_CACHE_SECONDS": "how long a gateway trusts a verified key (revocations evict it at once)",
+    "KEY_HASH_SECRET": "HMAC key API keys are hashed with; changing it invalidates every key",
+    "PLANS": "plan:cap pairs, cases per client per UTC month (0: no cap)",
+    "FOLLOW_UP_HOUR_SECONDS": 'length of one follow-up "hour" (1 runs a 72-hour schedule in 72 s)',
+    "AGENT_BACKEND": "`rules` (deterministic, offline) or `openai` (any OpenAI-compatible server)",
+    "OPENAI_BASE_URL": "chat-completions server, e.g. https://api.openai.com/v1 or Ollama's /v1",
+    "OPENAI_API_KEY": "the model server's key (secret; empty for local servers)",
+    "OPENAI_MODEL": "model name",
+    "OPENAI_TIMEOUT_SECONDS": "deadline of one model call",
+    "OPENAI_MAX_RETRIES": "retries of a model call after 429/5xx/timeouts",
+    "OPENAI_RETRY_BASE_SECONDS": "first backoff delay of those retries",
+    "OPENAI_RETRY_MAX_SECONDS": "longest wait; a longer Retry-After ends the retries",
+    "OPENAI_MAX_OUTPUT_ATTEMPTS": "answers asked for before unusable output pauses the case for input",
+    "OPENAI_MAX_OUTPUT_TOKENS": "cap of each completion",
+    "OPENAI_TOKEN_BUDGET_PER_CASE": "tokens a case may spend before it pauses for input",
+    "WEBHOOK_ALLOW_PRIVATE": "allow http and private/loopback webhook destinations (local runs only)",
+    "IDEMPOTENCY_TTL_HOURS": "how long an Idempotency-Key replays its create",
+    "SEND_TIMEOUT_SECONDS": "deadline for the adapter to send one email, its retries included",
+    "SCHEDULER_INTERVAL_SECONDS": "how often due follow-ups are looked for",
+    "AGENTMAIL_BASE_URL": "AgentMail API (the local simulator by default)",
+    "AGENTMAIL_API_KEY": "AgentMail API key (secret)",
+    "AGENTMAIL_INBOX_ID": "the inbox cases send from",
+    "AGENTMAIL_WEBHOOK_SECRET": "Svix secret of AgentMail's webhooks to /webhooks/agentmail (secret)",
+    "AGENTMAIL_TIMEOUT_SECONDS": "deadline of one AgentMail call",
+    "AGENTMAIL_MAX_RETRIES": "retries after 429/409/5xx/transport errors",
+    "AGENTMAIL_RETRY_BASE_SECONDS": "first backoff delay of those retries",
+    "AGENTMAIL_RETRY_MAX_SECONDS": "longest wait; a longer Retry-After ends the retries",
+    "WEBHOOK_RETRY_SCHEDULE_SECONDS": "delay before each client webhook attempt",
+    "WEBHOOK_TIMEOUT_SECONDS": "an attempt succeeds with a 2xx within this",
+    "WEBHOOK_CLAIM_LEASE_SECONDS": "after this, an attempt claimed by a dead replica is retried",
+    "WEBHOOK_POLL_SECONDS": "how often due deliveries are looked for",
+    "WEBHOOK_CONCURRENCY": "attempts in flight per replica",
+    "WEBHOOK_ACK_WAIT_SECONDS": "redelivery of a case event whose consumer died before storing it",
 }

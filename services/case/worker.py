@@ -92,17 +92,25 @@ class Worker:
         return await request(self.broker, subject, payload, reply_type, timeout=deadline)
 
     async def apply(self, case_id: str, event_for: EventFor) -> CaseRecord | None:
-        """Load, build the event (I/O allowed), transition, store under a version check, relay."""
+        """Load, build the event (I/O allowed: the agent writes or judges, the adapter sends), then transition,
+        store under a version check and relay.
+
+        The event is built once, from the case as first loaded: a conflicting write (the outbox relay's, or
+        another handler's) re-runs only the pure transition on the fresh case, never the email or the model
+        call. Transitions ignore what no longer applies, so a stale event is harmless.
+        """
         case_id_var.set(case_id)
+        event: Event | None = None
         for _ in range(MAX_WRITE_ATTEMPTS):
             case = await self.store.get(case_id)
             if case is None:
                 log.warning("event for an unknown case ignored")
                 return None
             client_id_var.set(case.client_id)
-            event = await event_for(case)
             if event is None:
-                return case
+                event = await event_for(case)
+                if event is None:
+                    return case
             changed = transition(case, event, self.clock())
             if changed == case:
                 return case

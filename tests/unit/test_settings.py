@@ -83,3 +83,9 @@ def test_deploy_required_variables_include_connections_and_secrets() -> None:
         "AGENTMAIL_WEBHOOK_SECRET",
     }
     assert "KEY_HASH_SECRET" in deploy_required_variables(AuthSettings)
+
+
+def test_production_accepts_an_empty_optional_secret() -> None:
+    # OPENAI_API_KEY is empty by default (local model servers need none): production does not demand it.
+    settings = load_settings(CaseSettings, {"CASEFLOW_ENV": "production"})
+    assert settings.openai_api_key == ""
