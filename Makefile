@@ -9,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run test test-faults demo bench lint format docs up down lock clean
+.PHONY: help install run status test test-faults demo bench lint format docs up down lock clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ install: $(STAMP)  ## create .venv and install the locked dependencies
 
 run: $(STAMP)  ## start NATS, embedded MongoDB and every service, supervised (Ctrl-C stops all)
 	exec $(BIN)/python -m deploy.local_stack
+
+status: $(STAMP)  ## which processes of a running `make run` are up (supervisorctl status)
+	@$(BIN)/python -m deploy.local_stack status
 
 test: $(STAMP)  ## run the test suite (starts its own NATS, MongoDB, simulator and services)
 	$(BIN)/python -m pytest --ignore=tests/faults $(PYTEST_ARGS)

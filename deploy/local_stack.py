@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -174,10 +175,23 @@ async def _usable_or_new_dev_client(saved: NewClient | None) -> NewClient:
         await mongo.close()
 
 
+def status() -> None:
+    """`make status`: what supervisord says about each process of a running `make run`."""
+    env = local_environment(dict(os.environ))
+    supervisorctl = str(Path(sys.executable).parent / "supervisorctl")
+    conf = str(ROOT / "deploy" / "supervisord.conf")
+    # supervisorctl exits non-zero when a program is not RUNNING (e.g. the one-shot `announce`): report, not fail.
+    result = subprocess.run([supervisorctl, "--configuration", conf, "status"], env=env, check=False)
+    if result.returncode not in (0, 3):
+        sys.exit(result.returncode)
+
+
 if __name__ == "__main__":
     if sys.argv[1:] == ["announce"]:
         announce()
+    elif sys.argv[1:] == ["status"]:
+        status()
     elif sys.argv[1:]:
-        sys.exit(f"usage: python -m deploy.local_stack [announce]; got {' '.join(sys.argv[1:])}")
+        sys.exit(f"usage: python -m deploy.local_stack [announce|status]; got {' '.join(sys.argv[1:])}")
     else:
         run()

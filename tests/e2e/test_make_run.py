@@ -121,6 +121,12 @@ def test_make_run_starts_everything_stops_cleanly_and_keeps_data(data_dir: Path)
     gateway = f"http://127.0.0.1:{first.gateway_port}"
     first.wait_for_output(f"Gateway:  {gateway}")
     assert httpx.get(f"{gateway}/readyz", timeout=10).status_code == 200
+    status = subprocess.run(
+        ["make", "--no-print-directory", "status"], cwd=ROOT, env=first.env, capture_output=True, text=True, timeout=60
+    )
+    assert status.returncode == 0, status.stderr
+    for program in ("nats", "mongodb", "agentmail_simulator", "gateway", "case", "webhook"):
+        assert any(line.startswith(program) and "RUNNING" in line for line in status.stdout.splitlines()), program
     dev_key = first.printed_api_key()
     assert_key_works(gateway, dev_key)
     assert json.loads((data_dir / "dev-client.json").read_text())["apiKey"] == dev_key
