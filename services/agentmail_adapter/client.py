@@ -15,9 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable, Mapping
-from email.utils import parsedate_to_datetime
 from typing import Final
 from urllib.parse import quote
 
@@ -37,6 +35,7 @@ from services.agentmail_adapter.models import (
     Thread,
     Webhook,
 )
+from shared.retry_after import retry_after_seconds
 from shared.settings import AgentMailSettings
 
 log = logging.getLogger("caseflow.agentmail_adapter.client")
@@ -205,7 +204,7 @@ class AgentMailClient:
             error = _error_of(response)
             if response.status_code not in _RETRYABLE_STATUSES and response.status_code < 500:
                 raise error
-            retry_after = _retry_after_seconds(response)
+            retry_after = retry_after_seconds(response.headers)
             if last or (retry_after is not None and retry_after > self._max_delay):
                 raise AgentMailUnavailable(error.message, status=error.status, code=error.code)
             await self._wait(retry, retry_after, reason=str(response.status_code), path=path)
@@ -231,18 +230,3 @@ def _error_of(response: httpx.Response) -> AgentMailError:
         body = ErrorResponse()
     message = body.message or body.name or response.reason_phrase or "error"
     return AgentMailError(message, status=response.status_code, code=body.code)
-
-
-def _retry_after_seconds(response: httpx.Response) -> float | None:
-    """`Retry-After` as seconds (a number or an HTTP date), or None when absent or unreadable."""
-    value = response.headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None

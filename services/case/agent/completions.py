@@ -13,15 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable
-from email.utils import parsedate_to_datetime
 from typing import Any, Final, Literal
 
 import httpx
 import msgspec
 
 from services.case.agent.port import TokenUsage
+from shared.retry_after import retry_after_seconds
 from shared.settings import CaseSettings
 
 log = logging.getLogger("caseflow.case.agent.completions")
@@ -198,24 +197,3 @@ def _error_message(response: httpx.Response) -> str:
     if isinstance(body.error, ErrorDetail):
         return body.error.message or str(body.error.code or response.reason_phrase)
     return body.error or response.reason_phrase or "error"
-
-
-def retry_after_seconds(headers: httpx.Headers) -> float | None:
-    """The wait a 429/503 asks for: OpenAI's `retry-after-ms`, else `Retry-After` (seconds or an HTTP date)."""
-    milliseconds = headers.get("retry-after-ms")
-    if milliseconds is not None:
-        try:
-            return max(0.0, float(milliseconds) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
