@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import msgspec
-import uvicorn
 
 from services.case.agent.port import ComposeRequest, Judgement, JudgeRequest
 from services.case.agent.prompts import DRAFT_SCHEMA_NAME, JUDGEMENT_SCHEMA_NAME
@@ -33,7 +32,8 @@ from services.case.agent.rules import RulesAgent
 from services.case.model import CaseRecord
 from shared.contracts.agentmail import AttachmentInfo, TranscriptMessage
 from shared.contracts.case import Counterparty, Goal, SenderPersona
-from tests.support.processes import free_port, wait_for_port
+from tests.support.processes import free_port
+from tests.support.servers import ThreadedServer
 
 type Json = dict[str, Any]
 
@@ -147,8 +147,7 @@ class FakeOpenAI:
         self._scripts: list[_Script] = []
         self._calls: list[ChatCall] = []
         self._lock = threading.Lock()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: ThreadedServer | None = None
 
     @property
     def url(self) -> str:
@@ -220,27 +219,13 @@ class FakeOpenAI:
         await _respond(send, 200, body, reply.headers)
 
     def __enter__(self) -> FakeOpenAI:
-        config = uvicorn.Config(
-            self._app,
-            host="127.0.0.1",
-            port=self.port,
-            log_config=None,
-            log_level="warning",
-            lifespan="off",
-            interface="asgi3",
-            loop="asyncio",
-            timeout_graceful_shutdown=1,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name=f"fake-openai-{self.port}", daemon=True)
-        self._thread.start()
-        wait_for_port(self.port)
+        self._server = ThreadedServer(self._app, port=self.port, name=f"fake-openai-{self.port}")
+        self._server.start()
         return self
 
     def __exit__(self, *_: object) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(10)
+        if self._server is not None:
+            self._server.stop()
 
 
 async def _respond(send: Any, status: int, body: Json, headers: dict[str, str] | None = None) -> None:

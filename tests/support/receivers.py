@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
-from tests.support.processes import free_port, wait_for_port
+from tests.support.processes import free_port
+from tests.support.servers import ThreadedServer
 from tests.support.simulator import eventually
 
 type Message = dict[str, Any]
@@ -55,8 +54,7 @@ class Receiver:
         self._replies = deque(replies)
         self._received: list[Received] = []
         self._lock = threading.Lock()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: ThreadedServer | None = None
 
     def url(self, path: str = "/hook", *, host: str = "127.0.0.1") -> str:
         scheme = "https" if self.tls else "http"
@@ -101,29 +99,19 @@ class Receiver:
         await send({"type": "http.response.body", "body": b"ok"})
 
     def __enter__(self) -> Receiver:
-        config = uvicorn.Config(
+        self._server = ThreadedServer(
             self._app,
-            host="127.0.0.1",
             port=self.port,
-            log_config=None,
-            log_level="warning",
-            lifespan="off",
-            interface="asgi3",
-            loop="asyncio",
-            timeout_graceful_shutdown=1,
-            ssl_certfile=str(self.tls.certfile) if self.tls else None,
-            ssl_keyfile=str(self.tls.keyfile) if self.tls else None,
+            name=f"receiver-{self.port}",
+            certfile=self.tls.certfile if self.tls else None,
+            keyfile=self.tls.keyfile if self.tls else None,
         )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name=f"receiver-{self.port}", daemon=True)
-        self._thread.start()
-        wait_for_port(self.port)
+        self._server.start()
         return self
 
     def __exit__(self, *_: object) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(10)
+        if self._server is not None:
+            self._server.stop()
 
 
 def self_signed_certificate(directory: Path, hostname: str) -> TlsFiles:
