@@ -1,0 +1,121 @@
+"""ServiceMiddleware's metrics against a real nats-server: every handled message is counted under its subject
+with its outcome (ok, the error code of a failed request, retried or parked for a durable message).
+
+Subjects are unique per test (`subject_prefix`), so the process-wide registry needs no reset between tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import msgspec
+import pytest
+from faststream.nats import NatsBroker
+from prometheus_client import REGISTRY
+
+from shared.contracts.rpc import Ok
+from shared.errors import ErrorCode, ServiceError
+from shared.messaging import (
+    PermanentFailure,
+    create_broker,
+    durable_consumers,
+    durable_subscriber,
+    ensure_streams,
+    publish_durable,
+    request,
+)
+from shared.settings import CommonSettings, load_settings
+from shared.subjects import Service, StreamSpec
+from tests.support.processes import NatsServer
+from tests.support.simulator import eventually
+
+
+class Job(msgspec.Struct):
+    job_id: str
+
+
+def handled(subject: str, outcome: str) -> float:
+    return REGISTRY.get_sample_value("caseflow_nats_messages_total", {"subject": subject, "outcome": outcome}) or 0.0
+
+
+def timed(subject: str, outcome: str) -> float:
+    labels = {"subject": subject, "outcome": outcome}
+    return REGISTRY.get_sample_value("caseflow_nats_message_duration_seconds_count", labels) or 0.0
+
+
+@pytest.fixture
+async def service_broker(nats_server: NatsServer) -> AsyncIterator[NatsBroker]:
+    settings = load_settings(
+        CommonSettings,
+        {"NATS_URL": nats_server.url, "CONSUMER_BACKOFF_SECONDS": "0.1", "CONSUMER_MAX_DELIVER": "3"},
+    )
+    broker = create_broker(settings, Service.CASE)
+    yield broker
+    await broker.stop()
+
+
+@pytest.fixture
+def stream(subject_prefix: str) -> StreamSpec:
+    return StreamSpec(
+        name=f"{subject_prefix}_WORK".upper(), subjects=(f"{subject_prefix}.work.>",), max_age_seconds=600
+    )
+
+
+async def test_requests_count_as_ok_or_under_their_error_code(
+    service_broker: NatsBroker, raw_broker: NatsBroker, subject_prefix: str
+) -> None:
+    subject = f"{subject_prefix}.rpc.lookup"
+
+    @service_broker.subscriber(subject, queue="lookup")
+    async def lookup(job: Job) -> Ok[Job]:
+        if job.job_id == "missing":
+            raise ServiceError(ErrorCode.CASE_NOT_FOUND)
+        if job.job_id == "broken":
+            raise RuntimeError("a bug")
+        return Ok(job)
+
+    await service_broker.start()
+    # The subscription reaches the server before the first request (or nobody would answer it).
+    await service_broker.connection.flush()
+    for job_id in ("a", "b", "missing", "broken"):
+        with contextlib.suppress(ServiceError):
+            await request(raw_broker, subject, Job(job_id), Job, timeout=5)
+    assert handled(subject, "ok") == 2
+    assert handled(subject, "CASE_NOT_FOUND") == 1
+    assert handled(subject, "INTERNAL_ERROR") == 1
+    assert timed(subject, "ok") == 2
+
+
+async def test_durable_messages_count_as_retried_then_ok_or_parked(
+    service_broker: NatsBroker, stream: StreamSpec, subject_prefix: str
+) -> None:
+    subject = f"{subject_prefix}.work.jobs"
+    failures = {"flaky": 2, "poison": 99}
+    finished = asyncio.Event()
+
+    @durable_subscriber(service_broker, subject=subject, stream=stream, durable="worker")
+    async def work(job: Job) -> None:
+        if job.job_id == "permanent":
+            raise PermanentFailure("can never work")
+        if failures[job.job_id] > 0:
+            failures[job.job_id] -= 1
+            raise ConnectionError("transient")
+        finished.set()
+
+    await service_broker.connect()
+    await ensure_streams(service_broker, [stream], replicas=1)
+    await service_broker.start()
+    for job_id in ("flaky", "poison", "permanent"):
+        await publish_durable(service_broker, subject, Job(job_id), stream=stream, msg_id=job_id)
+    await asyncio.wait_for(finished.wait(), timeout=10)
+
+    async def both_parked() -> bool | None:
+        return True if handled(subject, "parked") == 2 else None
+
+    await eventually(both_parked, timeout=10, what="the poison and the permanent message parked")
+    assert handled(subject, "ok") == 1  # flaky, on its third delivery
+    # flaky failed twice; poison failed on deliveries 1 and 2 and was parked on the 3rd (CONSUMER_MAX_DELIVER).
+    assert handled(subject, "retried") == 4
+    assert durable_consumers(service_broker)[-1].durable == "worker"
