@@ -38,12 +38,12 @@ DATA = Path(os.environ.get("CASEFLOW_DATA", ROOT / ".data"))
 DEV_CLIENT = DATA / "dev-client.json"
 # Each service's Prometheus exporter (`GET /metrics`), set as LOCAL_METRICS_PORT_<SERVICE> for supervisord.
 METRICS_PORTS: Final = {
-    Service.GATEWAY: 9101,
-    Service.AUTH: 9102,
-    Service.BILLING: 9103,
-    Service.CASE: 9104,
-    Service.AGENTMAIL_ADAPTER: 9105,
-    Service.WEBHOOK: 9106,
+    Service.AUTH: 9101,
+    Service.BILLING: 9102,
+    Service.CASE: 9103,
+    Service.AGENTMAIL_ADAPTER: 9104,
+    Service.WEBHOOK: 9105,
+    Service.GATEWAY: 9106,
 }
 
 
