@@ -21,15 +21,12 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-import msgspec
-
 from bench.config import BenchConfig, ConfigError
 from bench.k6 import K6
 from bench.report import Results, Scenario, render, write
 from bench.runner import (
     Runner,
     list_case_ids,
-    new_case_body,
     pending_input_case_ids,
     prepare_input_cases,
     profile,
@@ -37,7 +34,7 @@ from bench.runner import (
 )
 from bench.scheduler import run_scheduler
 from bench.stack import target
-from shared.contracts.case import NewCase
+from bench.stats import ratio
 
 log = logging.getLogger("bench")
 
@@ -72,6 +69,30 @@ def _step(results: Results, name: str, action: Callable[[], object]) -> None:
 
 def run(config: BenchConfig) -> Results:
     results = Results(started_at=_now(), machine=_machine(config), config=_public(config))
+    if set(config.only) - {"scheduler"}:
+        run_against_stack(config, results)
+    if config.wants("scheduler"):
+        _step(results, "scheduler", lambda: results.scenarios.append(scheduler_scenario(config, results)))
+    results.finished_at = _now()
+    return results
+
+
+def scheduler_scenario(config: BenchConfig, results: Results) -> Scenario:
+    scenario = asyncio.run(
+        run_scheduler(
+            cases=config.scheduler_cases,
+            due=config.scheduler_due,
+            on_setup=lambda line: print(f"bench: {line}", file=sys.stderr, flush=True),
+        )
+    )
+    baseline = next((s for s in results.scenarios if s.name == "baseline: MongoDB find_one"), None)
+    scan, base = scenario.phase("scan"), baseline.phase("fixed") if baseline else None
+    if scan is not None and base is not None:
+        scenario.ratios = {"p50_scan": ratio(scan.load.p50_ms, base.load.p50_ms)}
+    return scenario
+
+
+def run_against_stack(config: BenchConfig, results: Results) -> None:
     scenarios: list[Scenario] = results.scenarios
     with target(config) as reached:
         runner = Runner(config, reached)
@@ -122,29 +143,6 @@ def run(config: BenchConfig) -> Results:
             else:
                 output_dir = config.results_path.parent
                 _step(results, "profile", lambda: results.profiles.extend(profile(runner, ids_file, output_dir)))
-    if config.wants("scheduler"):
-        body = msgspec.convert(new_case_body("scheduler"), NewCase)
-
-        def scheduler() -> None:
-            scenario = asyncio.run(
-                run_scheduler(
-                    cases=config.scheduler_cases,
-                    due=config.scheduler_due,
-                    body=body,
-                    on_setup=lambda line: print(f"bench: {line}", file=sys.stderr, flush=True),
-                )
-            )
-            baseline = runner.scenarios.get("baseline: MongoDB find_one")
-            scan, base = scenario.phase("scan"), baseline.phase("fixed") if baseline else None
-            if scan is not None and base is not None:
-                from bench.stats import ratio
-
-                scenario.ratios = {"p50_scan": ratio(scan.load.p50_ms, base.load.p50_ms)}
-            scenarios.append(scenario)
-
-        _step(results, "scheduler", scheduler)
-    results.finished_at = _now()
-    return results
 
 
 def _public(config: BenchConfig) -> dict[str, Any]:

@@ -75,7 +75,7 @@ class BenchConfig:
     scheduler_cases: int = 100_000
     scheduler_due: int = 1000
     profile_s: float = 15.0
-    mongo_engine: Literal["sqlite", "memory"] = "sqlite"
+    mongo_engine: Literal["sqlite", "memory"] = "memory"
     only: tuple[str, ...] = SCENARIOS
     results_path: Path = DEFAULT_RESULTS
     # A running gateway instead of a stack of our own (see bench/README.md).
@@ -90,7 +90,7 @@ class BenchConfig:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> BenchConfig:
         env = os.environ if environ is None else environ
-        engine = env.get("BENCH_MONGO_ENGINE", "sqlite")
+        engine = env.get("BENCH_MONGO_ENGINE", "memory")
         if engine not in ("sqlite", "memory"):
             raise ConfigError("BENCH_MONGO_ENGINE: must be sqlite or memory")
         only = tuple(s.strip() for s in env.get("BENCH_ONLY", "").split(",") if s.strip()) or SCENARIOS

@@ -4,10 +4,10 @@ Key design decision: the scan and the claims run in this process with the case s
 (`CaseStore.due_case_ids`, `Worker.run_due`, the lifecycle's `transition`, `OutboxRelay`) against a real
 embedded MongoDB server over the wire and a real nats-server, rather than inside a case-service process:
 that times the find and the claims separately (a process only shows the sum) and keeps the stack's own
-scheduler from racing the measurement. The 100 000 documents are written into the server's SQLite file with
-mongoeco's engine in-process before the server starts, because over the wire every single-document insert
-costs O(collection size) in mongoeco (its unique `_id` check scans the collection), which would take hours;
-that setup time is reported apart.
+scheduler from racing the measurement. The server is `bench.scheduler_server` (mongoeco's memory engine, the
+embedded default), which writes the 100 000 documents in-process before it listens, because over the wire
+every single-document insert costs O(collection size) in mongoeco, which would take hours; that setup time
+is reported apart.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import sys
 import tempfile
 import time
 import uuid
@@ -32,14 +33,14 @@ from services.case import domain
 from services.case.agent.rules import RulesAgent
 from services.case.model import CaseRecord, to_document
 from services.case.outbox import OutboxRelay
-from services.case.store import CASES, INDEXES, CaseStore
+from services.case.store import CaseStore
 from services.case.worker import EventFor, Worker
 from shared.contracts.case import NOTHING_SCHEDULED, NewCase
 from shared.messaging import connect_with_retry, create_broker, ensure_streams
 from shared.mongo import create_mongo_client
 from shared.settings import CaseSettings
 from shared.subjects import CASE_COMMANDS, CASE_EVENTS, Service
-from tests.support.processes import EmbeddedMongo, NatsServer
+from tests.support.processes import ManagedProcess, NatsServer, free_port, wait_for_port
 
 SCHEDULER_DB = "caseflow_scheduler"
 HOUR_MS = 3_600_000
@@ -48,7 +49,7 @@ BATCH = 5000
 
 def scheduled_documents(*, count: int, due: int, now: int, body: NewCase, seed: int = 7) -> list[dict[str, Any]]:
     """`count` case documents: `due` RUNNING cases whose follow-up time has passed (within the last hour),
-    10 % finished (nothing scheduled), the rest RUNNING with a follow-up in the next 72 hours."""
+    10 % finished (nothing scheduled), the rest RUNNING with a follow-up between 1 and 72 hours from `now`."""
     rng = random.Random(seed)  # noqa: S311 (reproducible test data)
     template = domain.new_case(case_id="template", client_id="bench-scheduler", body=body, now=now - 72 * HOUR_MS)
     running = msgspec.structs.replace(
@@ -71,7 +72,8 @@ def scheduled_documents(*, count: int, due: int, now: int, body: NewCase, seed: 
         elif index < due + finished:
             status, next_action_at = "COMPLETED", NOTHING_SCHEDULED
         else:
-            status, next_action_at = "RUNNING", now + rng.randrange(60_000, 72 * HOUR_MS)
+            # From an hour on: none falls due while the set is being written and measured.
+            status, next_action_at = "RUNNING", now + rng.randrange(HOUR_MS, 72 * HOUR_MS)
         documents.append(
             {
                 **base,
@@ -85,19 +87,6 @@ def scheduled_documents(*, count: int, due: int, now: int, body: NewCase, seed: 
         )
     rng.shuffle(documents)
     return documents
-
-
-async def seed_sqlite(path: Path, documents: list[dict[str, Any]]) -> None:
-    """Write the documents and the case service's indexes into a mongoeco SQLite file, in-process."""
-    from mongoeco import AsyncMongoClient as EmbeddedClient
-    from mongoeco.engines.sqlite import SQLiteEngine
-
-    client = EmbeddedClient(engine=SQLiteEngine(str(path)))
-    async with client:
-        collection = client[SCHEDULER_DB][CASES]
-        await collection.create_indexes(INDEXES[CASES])
-        for start in range(0, len(documents), BATCH):
-            await collection.insert_many(documents[start : start + BATCH], ordered=False)
 
 
 @dataclass
@@ -120,7 +109,12 @@ def _self_cpu() -> float:
 
 
 async def run_scheduler(
-    *, cases: int, due: int, body: NewCase, scans: int = 5, on_setup: Callable[[str], None] = print
+    *,
+    cases: int,
+    due: int,
+    scans: int = 5,
+    setup_timeout_s: float = 900.0,
+    on_setup: Callable[[str], None] = print,
 ) -> Scenario:
     scenario = Scenario(
         name=f"scheduler scan ({cases:,} cases)",
@@ -134,23 +128,24 @@ async def run_scheduler(
     )
     with tempfile.TemporaryDirectory(prefix="caseflow-bench-scheduler-") as tmp:
         work = Path(tmp)
-        sqlite = work / "scheduler.sqlite"
         now = int(time.time() * 1000)
-        started = time.perf_counter()
-        documents = scheduled_documents(count=cases, due=due, now=now, body=body)
-        await seed_sqlite(sqlite, documents)
-        del documents
-        scenario.setup_s = round(time.perf_counter() - started, 1)
-        on_setup(f"scheduler: seeded {cases:,} cases in {scenario.setup_s} s")
-        mongo_server = EmbeddedMongo(log_dir=work, sqlite_path=sqlite)
+        port = free_port()
+        argv = [sys.executable, "-m", "bench.scheduler_server", "--port", str(port)]
+        argv += ["--cases", str(cases), "--due", str(due), "--now", str(now)]
+        mongo_server = ManagedProcess("scheduler_mongodb", argv, env=os.environ, log_dir=work)
         nats_server = NatsServer(log_dir=work, store_dir=work / "jetstream")
+        started = time.perf_counter()
         mongo_server.start()
-        nats_server.start()
         try:
             assert mongo_server.process is not None
+            wait_for_port(port, timeout=setup_timeout_s, process=mongo_server.process)
+            scenario.setup_s = round(time.perf_counter() - started, 1)
+            on_setup(f"scheduler: {cases:,} cases written into the embedded server in {scenario.setup_s} s")
+            nats_server.start()
             assert nats_server.process is not None
+            mongo_url = f"mongodb://127.0.0.1:{port}/?directConnection=true"
             meter = CpuMeter({"mongodb": mongo_server.process.pid, "nats": nats_server.process.pid})
-            settings = CaseSettings(nats_url=nats_server.url, mongo_url=mongo_server.url, mongo_db=SCHEDULER_DB)
+            settings = CaseSettings(nats_url=nats_server.url, mongo_url=mongo_url, mongo_db=SCHEDULER_DB)
             broker = create_broker(settings, Service.CASE)
             mongo = create_mongo_client(settings, app_name="bench-scheduler")
             store = CaseStore(mongo[SCHEDULER_DB])
@@ -160,7 +155,7 @@ async def run_scheduler(
             try:
                 await connect_with_retry(broker)
                 await ensure_streams(broker, (CASE_COMMANDS, CASE_EVENTS), replicas=1)
-                # The server opens the SQLite file lazily: the first query pays for it, not the scans.
+                # Connection set-up and the driver's handshake belong to no phase.
                 await store.cases.find_one({"_id": "warm-up"})
 
                 async def measure(mode: str, offered: str, action: Callable[[], Any]) -> Phase:
