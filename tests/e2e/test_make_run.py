@@ -21,6 +21,7 @@ import httpx
 import pytest
 from pymongo import MongoClient
 
+from deploy.local_stack import METRICS_PORTS, metrics_port_variable
 from tests.support.processes import ROOT, free_port
 
 
@@ -50,6 +51,9 @@ class MakeRun:
             "LOCAL_NATS_PORT": str(free_port()),
             "LOCAL_MONGO_PORT": str(self.mongo_port),
             "GATEWAY_PORT": str(self.gateway_port),
+            # Every port free, so the test never collides with a developer's `make run` or another test run.
+            "AGENTMAIL_SIM_PORT": str(free_port()),
+            **{metrics_port_variable(service): str(free_port()) for service in METRICS_PORTS},
             "FOLLOW_UP_HOUR_SECONDS": "1",
         }
         self.process: subprocess.Popen[str] | None = None

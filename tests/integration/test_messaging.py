@@ -62,6 +62,7 @@ async def test_request_returns_typed_data_and_carries_the_request_id(
         return Ok(Echo(text=job.text.upper(), request_id=request_id_var.get()))
 
     await service_broker.start()
+    await service_broker.connection.flush()  # subscriptions reach the server before the first request
     token = request_id_var.set("req-123")
     try:
         reply = await request(raw_broker, f"{subject_prefix}.rpc.echo", Job("j1", "hi"), Echo, timeout=5)
@@ -80,6 +81,7 @@ async def test_service_error_and_unexpected_exception_become_error_replies(
         raise RuntimeError("database password is hunter2")
 
     await service_broker.start()
+    await service_broker.connection.flush()  # subscriptions reach the server before the first request
     with pytest.raises(ServiceError) as missing:
         await request(raw_broker, f"{subject_prefix}.rpc.lookup", Job("missing"), Echo, timeout=5)
     assert missing.value.code is ErrorCode.CASE_NOT_FOUND
@@ -97,6 +99,7 @@ async def test_no_responder_and_slow_responder_are_service_unavailable(
         await asyncio.sleep(2)
 
     await service_broker.start()
+    await service_broker.connection.flush()  # subscriptions reach the server before the first request
     with pytest.raises(ServiceError) as nobody:
         await request(raw_broker, f"{subject_prefix}.rpc.nobody", Job("x"), Echo, timeout=1)
     assert nobody.value.code is ErrorCode.SERVICE_UNAVAILABLE
@@ -123,6 +126,7 @@ async def test_failing_twice_then_succeeding_processes_the_message_exactly_once(
     await service_broker.connect()
     await ensure_streams(service_broker, [stream], replicas=1)
     await service_broker.start()
+    await service_broker.connection.flush()  # subscriptions reach the server before the first request
     await publish_durable(service_broker, f"{subject_prefix}.work.jobs", Job("job-1"), stream=stream, msg_id="job-1")
     await asyncio.wait_for(done.wait(), timeout=10)
     # Give a wrongly un-acked message time to come back: it must not.
@@ -151,6 +155,7 @@ async def test_poison_message_is_parked_after_max_deliveries_and_permanent_failu
     js = service_broker.connection.jetstream()
     parked = await js.subscribe(f"parked.{stream.name}.worker")
     await service_broker.start()
+    await service_broker.connection.flush()  # subscriptions reach the server before the first request
     for job_id in ("poison", "permanent"):
         await publish_durable(service_broker, f"{subject_prefix}.work.jobs", Job(job_id), stream=stream, msg_id=job_id)
     parked_ids = set()
