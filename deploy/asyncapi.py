@@ -23,7 +23,6 @@ Design decisions a reader must know:
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import difflib
 import sys
 import types
@@ -42,30 +41,15 @@ from faststream.nats.subscriber.usecases.basic import LogicSubscriber
 from faststream.specification.asyncapi import AsyncAPI
 from pydantic_core import core_schema
 
-from services.agentmail_adapter.client import AgentMailClient
-from services.agentmail_adapter.handlers import register_handlers as register_adapter_handlers
-from services.agentmail_adapter.store import MessageStore
-from services.agentmail_adapter.webhooks import WebhookVerifier
-from services.auth.handlers import register_auth_handlers
-from services.auth.store import AuthStore
-from services.billing.domain import parse_plans
-from services.billing.handlers import register_billing_handlers
-from services.billing.store import UsageStore
-from services.case import handlers as case_handlers
-from services.case import worker as case_worker
-from services.case.agent.rules import RulesAgent
-from services.case.outbox import OutboxRelay
-from services.case.store import CaseStore, IdempotencyStore
+from services.agentmail_adapter import __main__ as adapter_main
+from services.auth import __main__ as auth_main
+from services.billing import __main__ as billing_main
+from services.case import __main__ as case_main
 from services.gateway.app import create_litestar
-from services.webhook.dispatcher import Dispatcher
-from services.webhook.handlers import WebhookApi
-from services.webhook.handlers import register as register_webhook_handlers
-from services.webhook.sender import WebhookSender
-from services.webhook.signing import SigningSecrets
-from services.webhook.store import DeliveryStore
+from services.webhook import __main__ as webhook_main
 from shared.contracts.rpc import Err
 from shared.messaging import create_broker, durable_consumers
-from shared.runtime import VERSION, ServiceRuntime
+from shared.runtime import VERSION
 from shared.settings import (
     AgentMailSettings,
     AuthSettings,
@@ -96,10 +80,6 @@ ROLES: Final = {
 # ---- the brokers, wired as each service's __main__ wires them --------------------------------------------------
 
 
-def _runtime(service: Service, settings: Any) -> ServiceRuntime:
-    return ServiceRuntime(service, settings)
-
-
 def gateway_broker() -> NatsBroker:
     settings = load_settings(GatewaySettings, {})
     broker = create_broker(settings, Service.GATEWAY)
@@ -107,78 +87,15 @@ def gateway_broker() -> NatsBroker:
     return broker
 
 
-def auth_broker() -> NatsBroker:
-    settings = load_settings(AuthSettings, {})
-    runtime = _runtime(Service.AUTH, settings)
-    register_auth_handlers(runtime.broker, AuthStore(runtime.db), key_hash_secret=settings.key_hash_secret)
-    return runtime.broker
-
-
-def billing_broker() -> NatsBroker:
-    settings = load_settings(BillingSettings, {})
-    runtime = _runtime(Service.BILLING, settings)
-    register_billing_handlers(runtime.broker, UsageStore(runtime.db), plans=parse_plans(settings.plans))
-    return runtime.broker
-
-
-def case_broker() -> NatsBroker:
-    settings = load_settings(CaseSettings, {})
-    runtime = _runtime(Service.CASE, settings)
-    store = CaseStore(runtime.db)
-    relay = OutboxRelay(runtime.broker, store)
-    case_handlers.register(
-        case_handlers.CaseApi(
-            broker=runtime.broker,
-            store=store,
-            idempotency=IdempotencyStore(runtime.db, ttl=dt.timedelta(hours=settings.idempotency_ttl_hours)),
-            relay=relay,
-            settings=settings,
-        )
-    )
-    case_worker.register(
-        case_worker.Worker(broker=runtime.broker, store=store, relay=relay, agent=RulesAgent(), settings=settings)
-    )
-    return runtime.broker
-
-
-def agentmail_adapter_broker() -> NatsBroker:
-    settings = load_settings(AgentMailSettings, {})
-    runtime = _runtime(Service.AGENTMAIL_ADAPTER, settings)
-    register_adapter_handlers(
-        runtime.broker,
-        mail=AgentMailClient(settings),
-        store=MessageStore(runtime.db),
-        verifier=WebhookVerifier(settings.agentmail_webhook_secret),
-        settings=settings,
-    )
-    return runtime.broker
-
-
-def webhook_broker() -> NatsBroker:
-    settings = load_settings(WebhookSettings, {})
-    runtime = _runtime(Service.WEBHOOK, settings)
-    store = DeliveryStore(runtime.db)
-    dispatcher = Dispatcher(
-        store=store,
-        secrets=SigningSecrets(runtime.broker, timeout_seconds=settings.rpc_timeout_seconds),
-        sender=WebhookSender(timeout_seconds=settings.webhook_timeout_seconds, allow_private=False),
-        schedule=settings.webhook_retry_schedule_seconds,
-        lease_seconds=settings.webhook_claim_lease_seconds,
-        poll_seconds=settings.webhook_poll_seconds,
-        concurrency=settings.webhook_concurrency,
-        drain_seconds=settings.shutdown_grace_seconds,
-    )
-    register_webhook_handlers(WebhookApi(broker=runtime.broker, store=store, dispatcher=dispatcher, settings=settings))
-    return runtime.broker
-
-
+# Each backend service is built exactly as its process builds it (its `__main__.build`), with default settings
+# (never the environment, so the documents do not depend on who generates them), and never connected.
 BROKERS: Final[dict[Service, Callable[[], NatsBroker]]] = {
     Service.GATEWAY: gateway_broker,
-    Service.AUTH: auth_broker,
-    Service.BILLING: billing_broker,
-    Service.CASE: case_broker,
-    Service.AGENTMAIL_ADAPTER: agentmail_adapter_broker,
-    Service.WEBHOOK: webhook_broker,
+    Service.AUTH: lambda: auth_main.build(load_settings(AuthSettings, {})).broker,
+    Service.BILLING: lambda: billing_main.build(load_settings(BillingSettings, {})).broker,
+    Service.CASE: lambda: case_main.build(load_settings(CaseSettings, {})).broker,
+    Service.AGENTMAIL_ADAPTER: lambda: adapter_main.build(load_settings(AgentMailSettings, {})).broker,
+    Service.WEBHOOK: lambda: webhook_main.build(load_settings(WebhookSettings, {})).broker,
 }
 
 

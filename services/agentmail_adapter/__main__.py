@@ -14,8 +14,8 @@ from shared.settings import AgentMailSettings, load_settings_or_exit
 from shared.subjects import AGENTMAIL_EVENTS, Service
 
 
-def main() -> None:
-    settings = load_settings_or_exit(AgentMailSettings, Service.AGENTMAIL_ADAPTER)
+def build(settings: AgentMailSettings) -> ServiceRuntime:
+    """The service wired up and ready to run (also used to generate the AsyncAPI documents)."""
     runtime = ServiceRuntime(Service.AGENTMAIL_ADAPTER, settings, streams=(AGENTMAIL_EVENTS,), indexes=INDEXES)
     mail = AgentMailClient(settings)
     register_handlers(
@@ -27,7 +27,12 @@ def main() -> None:
     )
     # Closed after in-flight sends have finished, never under them.
     runtime.add_shutdown_hook(mail.aclose)
-    runtime.run()
+    return runtime
+
+
+def main() -> None:
+    settings = load_settings_or_exit(AgentMailSettings, Service.AGENTMAIL_ADAPTER)
+    build(settings).run()
 
 
 if __name__ == "__main__":

@@ -13,11 +13,16 @@ from shared.settings import AuthSettings, load_settings_or_exit
 from shared.subjects import Service
 
 
-def main() -> None:
-    settings = load_settings_or_exit(AuthSettings, Service.AUTH)
+def build(settings: AuthSettings) -> ServiceRuntime:
+    """The service wired up and ready to run (also used to generate the AsyncAPI documents)."""
     runtime = ServiceRuntime(Service.AUTH, settings, indexes=INDEXES)
     register_auth_handlers(runtime.broker, AuthStore(runtime.db), key_hash_secret=settings.key_hash_secret)
-    runtime.run()
+    return runtime
+
+
+def main() -> None:
+    settings = load_settings_or_exit(AuthSettings, Service.AUTH)
+    build(settings).run()
 
 
 if __name__ == "__main__":

@@ -16,16 +16,23 @@ from shared.settings import BillingSettings, load_settings_or_exit
 from shared.subjects import Service
 
 
+def build(settings: BillingSettings) -> ServiceRuntime:
+    """The service wired up and ready to run (also used to generate the AsyncAPI documents).
+
+    Raises ValueError for a PLANS value the settings pattern cannot catch, such as a plan listed twice."""
+    plans = parse_plans(settings.plans)
+    runtime = ServiceRuntime(Service.BILLING, settings, indexes=INDEXES)
+    register_billing_handlers(runtime.broker, UsageStore(runtime.db), plans=plans)
+    return runtime
+
+
 def main() -> None:
     settings = load_settings_or_exit(BillingSettings, Service.BILLING)
     try:
-        plans = parse_plans(settings.plans)
+        runtime = build(settings)
     except ValueError as exc:
-        # The settings pattern checks the shape; this catches what it cannot, such as a plan listed twice.
         print(f"caseflow billing: invalid setting PLANS: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    runtime = ServiceRuntime(Service.BILLING, settings, indexes=INDEXES)
-    register_billing_handlers(runtime.broker, UsageStore(runtime.db), plans=plans)
     runtime.run()
 
 

@@ -28,8 +28,8 @@ def build_agent(settings: CaseSettings, runtime: ServiceRuntime) -> Agent:
     return agent
 
 
-def main() -> None:
-    settings = load_settings_or_exit(CaseSettings, Service.CASE)
+def build(settings: CaseSettings) -> ServiceRuntime:
+    """The service wired up and ready to run (also used to generate the AsyncAPI documents)."""
     runtime = ServiceRuntime(
         Service.CASE, settings, streams=(CASE_COMMANDS, CASE_EVENTS, AGENTMAIL_EVENTS), indexes=INDEXES
     )
@@ -56,7 +56,12 @@ def main() -> None:
             metrics.CASES.labels(status=status).set(count)
 
     runtime.add_gauge_refresh(count_cases_by_status)
-    runtime.run()
+    return runtime
+
+
+def main() -> None:
+    settings = load_settings_or_exit(CaseSettings, Service.CASE)
+    build(settings).run()
 
 
 if __name__ == "__main__":

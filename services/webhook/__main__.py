@@ -16,8 +16,8 @@ from shared.settings import WebhookSettings, load_settings_or_exit
 from shared.subjects import CASE_EVENTS, Service
 
 
-def main() -> None:
-    settings = load_settings_or_exit(WebhookSettings, Service.WEBHOOK)
+def build(settings: WebhookSettings) -> ServiceRuntime:
+    """The service wired up and ready to run (also used to generate the AsyncAPI documents)."""
     runtime = ServiceRuntime(Service.WEBHOOK, settings, streams=(CASE_EVENTS,), indexes=INDEXES)
     store = DeliveryStore(runtime.db)
     dispatcher = Dispatcher(
@@ -34,7 +34,12 @@ def main() -> None:
     )
     register(WebhookApi(broker=runtime.broker, store=store, dispatcher=dispatcher, settings=settings))
     runtime.add_background_loop(dispatcher.deliver_forever)
-    runtime.run()
+    return runtime
+
+
+def main() -> None:
+    settings = load_settings_or_exit(WebhookSettings, Service.WEBHOOK)
+    build(settings).run()
 
 
 if __name__ == "__main__":
