@@ -33,7 +33,7 @@ from bench.runner import (
     worker_scenario,
 )
 from bench.scheduler import run_scheduler
-from bench.stack import target
+from bench.stack import metric_series, target
 from bench.stats import ratio
 
 log = logging.getLogger("bench")
@@ -137,6 +137,7 @@ def run_against_stack(config: BenchConfig, results: Results) -> None:
 
                 _step(results, "provide_input", provide_input)
         results.idle_cpu["after the scenarios"] = runner.idle_cpu()
+        results.metrics_series = metric_series(reached.metrics_urls)
         if config.wants("profile") and ids_file.exists():
             if reached.gateway_pid is None and reached.case_pid is None:
                 results.skipped["profile"] = "needs the gateway's or case service's pid (BENCH_PIDS)"

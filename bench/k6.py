@@ -43,6 +43,8 @@ class HttpPhase(msgspec.Struct, frozen=True, kw_only=True):
     # requests that consume their target) or a random one.
     ids_file: str | None = None
     ids_unique: bool = False
+    # With `ids_unique`, the first id this run takes (the ids earlier phases used up are skipped).
+    ids_offset: int = 0
     expect_status: list[int] = msgspec.field(default_factory=lambda: [200])
     tag: str = "bench"
 

@@ -94,6 +94,8 @@ class Results(msgspec.Struct, kw_only=True):
     profiles: list[ProfileSummary] = []
     # The stack's CPU-seconds per second with no load, by process, at the points named.
     idle_cpu: dict[str, dict[str, float]] = {}
+    # Samples each service's /metrics exports at the end of the run: one series per request would show here.
+    metrics_series: dict[str, int] = {}
     skipped: dict[str, str] = {}
     errors: dict[str, str] = {}
 
@@ -199,6 +201,9 @@ def render(results: Results) -> str:
     for point, cpu in results.idle_cpu.items():
         busy = ", ".join(f"{name} {share * 100:.1f}%" for name, share in sorted(cpu.items(), key=lambda i: -i[1]))
         parts.append(f"stack idle CPU ({point}), % of one core: {busy}")
+    if results.metrics_series:
+        series = ", ".join(f"{name} {count:,}" for name, count in results.metrics_series.items())
+        parts.append(f"Prometheus samples per service at the end: {series}")
     for name, reason in {**results.skipped, **results.errors}.items():
         parts.append(f"{name}: {reason}")
     return "\n\n".join(parts)

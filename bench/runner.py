@@ -122,13 +122,16 @@ class Runner:
         if warmup and config.warmup_s > 0:
             run_phase(phase_for("vus", config.warmup_s, f"{slug(name)}-warmup-{self.run_tag}"))
         scenario = Scenario(name=name, group=group, description=description, baseline=baseline)
+        used_ids = 0
         for mode in modes:
             executor: Literal["rate", "vus"] = "rate" if mode == "fixed" else "vus"
             phase = phase_for(executor, config.duration_s, f"{slug(name)}-{mode}-{self.run_tag}")
+            phase = msgspec.structs.replace(phase, ids_offset=used_ids)
             offered = f"{phase.rate} req/s" if mode == "fixed" else f"{phase.vus} VUs"
             scenario.phases.append(
                 self.measure(mode, offered, functools.partial(run_phase, phase), accounted=accounted)
             )
+            used_ids += scenario.phases[-1].load.requests
         if baseline is not None and baseline in self.scenarios:
             scenario.ratios = compare(scenario, self.scenarios[baseline])
         self.scenarios[name] = scenario

@@ -52,10 +52,24 @@ class Target:
     gateway_pid: int | None = None
     case_pid: int | None = None
     echo_subject: str = "bench.echo"
+    # Each service's Prometheus endpoint (the number of series it exports tells a label-cardinality leak).
+    metrics_urls: dict[str, str] = field(default_factory=dict)
 
     @property
     def headers(self) -> dict[str, str]:
         return {"x-api-key": self.api_key}
+
+
+def metric_series(urls: dict[str, str]) -> dict[str, int]:
+    """How many samples each service's `/metrics` exports (comment lines aside)."""
+    counts: dict[str, int] = {}
+    for name, url in urls.items():
+        try:
+            text = httpx.get(url, timeout=10).raise_for_status().text
+        except httpx.HTTPError:
+            continue
+        counts[name] = sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+    return counts
 
 
 def _pid(process: ManagedProcess) -> int:
@@ -124,6 +138,7 @@ def local_target(config: BenchConfig) -> Iterator[Target]:
                     stack_processes=tuple(pids),
                     gateway_pid=services["gateway"],
                     case_pid=services["case"],
+                    metrics_urls={name: stack.metrics_url(name) for name in stack.services},
                 )
         finally:
             stack.stop()

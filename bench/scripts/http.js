@@ -46,7 +46,8 @@ export default function () {
   const unique = `${spec.tag}-${n}`;
   let path = spec.path;
   if (ids.length > 0) {
-    path = path.replace("{id}", ids[spec.ids_unique ? n % ids.length : Math.floor(Math.random() * ids.length)]);
+    const index = spec.ids_unique ? (spec.ids_offset + n) % ids.length : Math.floor(Math.random() * ids.length);
+    path = path.replace("{id}", ids[index]);
   }
   const headers = Object.assign({}, baseHeaders);
   if (spec.idempotency) {
