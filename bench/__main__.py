@@ -22,6 +22,7 @@ from dataclasses import asdict
 from typing import Any
 
 from bench.config import BenchConfig, ConfigError
+from bench.cpu import rss_mb
 from bench.k6 import K6
 from bench.report import Results, Scenario, render, write
 from bench.runner import (
@@ -138,6 +139,7 @@ def run_against_stack(config: BenchConfig, results: Results) -> None:
                 _step(results, "provide_input", provide_input)
         results.idle_cpu["after the scenarios"] = runner.idle_cpu()
         results.metrics_series = metric_series(reached.metrics_urls)
+        results.rss_mb = rss_mb({name: reached.pids[name] for name in reached.stack_processes if name in reached.pids})
         if config.wants("profile") and ids_file.exists():
             if reached.gateway_pid is None and reached.case_pid is None:
                 results.skipped["profile"] = "needs the gateway's or case service's pid (BENCH_PIDS)"

@@ -49,6 +49,27 @@ class CpuMeter:
         return {name: round(after[name] - before[name], 3) for name in before if name in after}
 
 
+def parse_rss_mb(status_text: str) -> float | None:
+    """Resident memory in MiB from the text of `/proc/<pid>/status` (its `VmRSS:  1234 kB` line)."""
+    for line in status_text.splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return None
+
+
+def rss_mb(pids: Mapping[str, int]) -> dict[str, float]:
+    """Resident memory of each named process that is still there."""
+    sizes: dict[str, float] = {}
+    for name, pid in pids.items():
+        try:
+            size = parse_rss_mb(Path(f"/proc/{pid}/status").read_text())
+        except OSError:
+            continue
+        if size is not None:
+            sizes[name] = size
+    return sizes
+
+
 def children_cpu_seconds() -> float:
     """CPU seconds of this process's finished, waited-for children (how the k6 runs' own cost is measured)."""
     usage = os.times()

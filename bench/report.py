@@ -96,6 +96,8 @@ class Results(msgspec.Struct, kw_only=True):
     idle_cpu: dict[str, dict[str, float]] = {}
     # Samples each service's /metrics exports at the end of the run: one series per request would show here.
     metrics_series: dict[str, int] = {}
+    # Resident memory of each measured process at the same point, MiB.
+    rss_mb: dict[str, float] = {}
     skipped: dict[str, str] = {}
     errors: dict[str, str] = {}
 
@@ -204,6 +206,9 @@ def render(results: Results) -> str:
     if results.metrics_series:
         series = ", ".join(f"{name} {count:,}" for name, count in results.metrics_series.items())
         parts.append(f"Prometheus samples per service at the end: {series}")
+    if results.rss_mb:
+        sizes = ", ".join(f"{name} {size:,.0f}" for name, size in results.rss_mb.items())
+        parts.append(f"resident memory (MiB) at the end: {sizes}")
     for name, reason in {**results.skipped, **results.errors}.items():
         parts.append(f"{name}: {reason}")
     return "\n\n".join(parts)

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import httpx
 import msgspec
+from pymongo import AsyncMongoClient
 
 from bench.config import BenchConfig
 from bench.cpu import CpuMeter, children_cpu_seconds
@@ -36,7 +37,7 @@ from bench.stats import LoadResult, ratio
 from services.case import domain
 from services.case.model import to_document
 from shared.contracts.case import NOTHING_SCHEDULED, NewCase
-from shared.mongo import create_mongo_client
+from shared.mongo import Document, create_mongo_client
 from shared.settings import CommonSettings
 from tests.support.api import case_body
 
@@ -359,9 +360,15 @@ class Runner:
 # ---- data ----------------------------------------------------------------------------------------------------
 
 
+def setup_client(mongo_url: str) -> AsyncMongoClient[Document]:
+    """A client for data set-up: the services' factory, with a deadline fit for bulk work on a busy server
+    (the services' own 5 s is for one request)."""
+    return create_mongo_client(CommonSettings(mongo_url=mongo_url, mongo_timeout_seconds=300.0), app_name="bench-setup")
+
+
 async def seed_baseline_collection(mongo_url: str, count: int = 100) -> None:
     """Case-shaped documents for the find_one/insert_one baselines (a fresh collection each run)."""
-    mongo = create_mongo_client(CommonSettings(mongo_url=mongo_url), app_name="bench-setup")
+    mongo = setup_client(mongo_url)
     try:
         collection = mongo[BASELINE_DB][BASELINE_COLLECTION]
         await collection.drop()
@@ -393,37 +400,44 @@ def list_case_ids(target: Target, *, limit: int) -> list[str]:
 
 
 async def prepare_input_cases(target: Target, case_ids: Sequence[str]) -> int:
-    """Put settled cases in INPUT_NEEDED with a pending input request, as the worker would have (one
-    `update_many` in MongoDB: writing them through the lifecycle would need a counterparty per case)."""
+    """Put settled cases in INPUT_NEEDED with a pending input request, as the worker would have (`update_many`
+    in MongoDB, 250 cases at a time: writing them through the lifecycle would need a counterparty per case)."""
     assert target.mongo_url is not None
-    mongo = create_mongo_client(CommonSettings(mongo_url=target.mongo_url), app_name="bench-setup")
+    mongo = setup_client(target.mongo_url)
+    modified = 0
     try:
         now = int(time.time() * 1000)
-        result = await mongo[target.mongo_db]["cases"].update_many(
-            {"_id": {"$in": list(case_ids)}, "status": "RUNNING", "awaitingSend": None},
-            {
-                "$set": {
-                    "status": "INPUT_NEEDED",
-                    "nextActionAt": NOTHING_SCHEDULED,
-                    "inputRequest": {
-                        "id": INPUT_REQUEST_ID,
-                        "question": "Which vendor id should I give them?",
-                        "status": "PENDING",
-                        "requestedAt": now,
-                    },
-                    "updatedAt": now,
-                },
-                "$inc": {"version": 1},
-            },
-        )
-        return int(result.modified_count)
+        for start in range(0, len(case_ids), 250):
+            modified += await _put_in_input_needed(mongo, target.mongo_db, case_ids[start : start + 250], now)
+        return modified
     finally:
         await mongo.close()
 
 
+async def _put_in_input_needed(mongo: AsyncMongoClient[Document], db: str, case_ids: Sequence[str], now: int) -> int:
+    result = await mongo[db]["cases"].update_many(
+        {"_id": {"$in": list(case_ids)}, "status": "RUNNING", "awaitingSend": None},
+        {
+            "$set": {
+                "status": "INPUT_NEEDED",
+                "nextActionAt": NOTHING_SCHEDULED,
+                "inputRequest": {
+                    "id": INPUT_REQUEST_ID,
+                    "question": "Which vendor id should I give them?",
+                    "status": "PENDING",
+                    "requestedAt": now,
+                },
+                "updatedAt": now,
+            },
+            "$inc": {"version": 1},
+        },
+    )
+    return int(result.modified_count)
+
+
 async def pending_input_case_ids(target: Target) -> list[str]:
     assert target.mongo_url is not None
-    mongo = create_mongo_client(CommonSettings(mongo_url=target.mongo_url), app_name="bench-setup")
+    mongo = setup_client(target.mongo_url)
     try:
         cursor = mongo[target.mongo_db]["cases"].find(
             {"status": "INPUT_NEEDED", "inputRequest.id": INPUT_REQUEST_ID, "inputRequest.status": "PENDING"},

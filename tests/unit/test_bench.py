@@ -13,7 +13,7 @@ import msgspec
 import pytest
 
 from bench.config import BenchConfig, ConfigError
-from bench.cpu import CLOCK_TICKS, parse_stat
+from bench.cpu import CLOCK_TICKS, parse_rss_mb, parse_stat
 from bench.k6 import parse_summary
 from bench.profiling import summarise_speedscope
 from bench.report import Phase, Results, Scenario, compare, render
@@ -75,6 +75,11 @@ def test_parse_stat_reads_utime_and_stime_after_a_command_name_with_spaces_and_p
     fields = ["S", "1", "2", "3", "0", "-1", "4194560", "10", "0", "0", "0", "250", "50"] + ["0"] * 39
     text = f"4242 (python (x) y) {' '.join(fields)}"
     assert parse_stat(text) == (250 + 50) / CLOCK_TICKS
+
+
+def test_parse_rss_reads_the_vmrss_line() -> None:
+    assert parse_rss_mb("Name:\tpython\nVmPeak:\t 9999 kB\nVmRSS:\t  102400 kB\n") == 100.0
+    assert parse_rss_mb("Name:\tkthreadd\n") is None
 
 
 def test_parse_summary_reads_k6_handle_summary_json() -> None:
