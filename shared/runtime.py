@@ -17,13 +17,13 @@ import contextlib
 import logging
 import os
 import socket
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from faststream import FastStream
 from pymongo import IndexModel
 
 from shared import metrics
+from shared.clock import now_ms
 from shared.contracts.health import HealthReport
 from shared.contracts.rpc import Empty, Ok
 from shared.logs import configure_logging
@@ -51,7 +51,7 @@ class ServiceRuntime:
         self.settings = settings
         self.log = logging.getLogger(f"caseflow.{service}")
         self.instance = f"{socket.gethostname()}-{os.getpid()}"
-        self.started_at = int(time.time() * 1000)
+        self.started_at = now_ms()
         self.broker = create_broker(settings, service)
         self.mongo = create_mongo_client(settings, app_name=f"caseflow-{service}")
         self.db = self.mongo[settings.mongo_db]

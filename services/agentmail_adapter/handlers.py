@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from services.agentmail_adapter.webhooks import (
     message_received,
 )
 from shared import metrics
+from shared.clock import now_ms
 from shared.contracts.agentmail import (
     ATTACHMENT_LINK,
     DELIVERY_EVENT,
@@ -84,10 +84,6 @@ def idempotency_key(case_id: str, attempt: int) -> str:
     if _KEY_CHARACTERS.match(key):
         return key
     return "sha256-" + hashlib.sha256(f"{case_id}\x00{attempt}".encode()).hexdigest()
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @contextmanager

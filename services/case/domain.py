@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from services.case.model import CaseRecord, InputRequestRecord, OutboxMessage, address_key
+from services.case.model import CaseRecord, OutboxMessage, address_key
 from shared.contracts.case import (
     CMD_CREATED,
     CMD_INPUT_PROVIDED,
@@ -205,7 +205,3 @@ def view(record: CaseRecord) -> CaseView:
         metadata=record.metadata,
         failure_reason=record.failure_reason,
     )
-
-
-def new_input_request(*, request_id: str, question: str, now: int) -> InputRequestRecord:
-    return InputRequestRecord(id=request_id, question=question, status="PENDING", requested_at=now)

@@ -12,7 +12,6 @@ import binascii
 import datetime as dt
 import hashlib
 import logging
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,9 +23,10 @@ from faststream.nats import NatsBroker
 from services.case import domain
 from services.case.model import CaseRecord, SendEmailCommand
 from services.case.outbox import OutboxRelay
-from services.case.store import CaseStore, IdempotencyStore, PageCursor
+from services.case.store import CaseStore, IdempotencyStore, PageCursor, WriteConflict
 from services.case.transcript import format_transcript, transcript_entries
 from services.case.validation import validate_new_case
+from shared.clock import now_ms
 from shared.contracts import agentmail, billing, case
 from shared.contracts.rpc import Ok
 from shared.errors import ErrorCode, ServiceError
@@ -36,12 +36,6 @@ from shared.settings import CaseSettings
 from shared.subjects import CASE_COMMANDS, CASE_EVENTS, Service, queue_group
 
 log = logging.getLogger("caseflow.case")
-
-MAX_WRITE_ATTEMPTS = 5
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def utc_now() -> dt.datetime:
@@ -63,14 +57,18 @@ class CaseApi:
         return domain.ensure_owner(await self.store.get(case_id), client_id)
 
     async def _update(self, case_id: str, client_id: str, change: Callable[[CaseRecord], CaseRecord]) -> CaseRecord:
-        """Apply `change` under optimistic concurrency, re-reading and re-checking on a conflicting write."""
-        for _ in range(MAX_WRITE_ATTEMPTS):
-            current = await self._load_owned(case_id, client_id)
-            changed = change(current)
-            updated = msgspec.structs.replace(changed, version=current.version + 1)
-            if await self.store.replace(updated, expected_version=current.version):
-                return updated
-        raise ServiceError(ErrorCode.INTERNAL_ERROR, "The case is changing too often; retry shortly.")
+        """Apply `change` to the caller's case under optimistic concurrency (re-checked on a conflicting write)."""
+        case_id_var.set(case_id)
+        client_id_var.set(client_id)
+        try:
+            written = await self.store.write_change(
+                case_id, lambda record: change(domain.ensure_owner(record, client_id))
+            )
+        except WriteConflict:
+            raise ServiceError(ErrorCode.INTERNAL_ERROR, "The case is changing too often; retry shortly.") from None
+        if written is None:
+            raise ServiceError(ErrorCode.CASE_NOT_FOUND)
+        return written[1]
 
     async def _rpc[T](self, subject: str, payload: msgspec.Struct, reply_type: type[T]) -> T:
         return await request(self.broker, subject, payload, reply_type, timeout=self.settings.rpc_timeout_seconds)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from faststream.nats import NatsBroker
 
 from services.case.domain import CREATE_GRACE_MS
 from services.case.model import CaseRecord
 from services.case.store import CaseStore
+from shared.clock import now_ms
 from shared.contracts.case import CMD_CREATED
 from shared.subjects import MSG_ID_HEADER, REQUEST_ID_HEADER
 
@@ -46,7 +46,7 @@ class OutboxRelay:
         )
 
     async def relay_due(self) -> int:
-        cutoff = int(time.time() * 1000) - CREATE_GRACE_MS
+        cutoff = now_ms() - CREATE_GRACE_MS
         records = await self.store.with_pending_outbox(older_than=cutoff, limit=100)
         for record in records:
             try:

@@ -7,10 +7,11 @@ version it read and bumps it; idempotency keys are claimed by a unique `_id`.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
+import msgspec
 from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
@@ -44,6 +45,10 @@ INDEXES: Final = {
 }
 
 
+class WriteConflict(Exception):
+    """Other writes kept changing a case between our read and our write."""
+
+
 @dataclass(frozen=True, slots=True)
 class PageCursor:
     updated_at: int
@@ -65,6 +70,33 @@ class CaseStore:
         """Write `record` (whose version must be expected_version + 1) unless someone else wrote first."""
         result = await self.cases.replace_one({"_id": record.case_id, "version": expected_version}, to_document(record))
         return result.matched_count == 1
+
+    async def write_change(
+        self,
+        case_id: str,
+        change: Callable[[CaseRecord], CaseRecord],
+        *,
+        loaded: CaseRecord | None = None,
+        attempts: int = 5,
+    ) -> tuple[CaseRecord, CaseRecord] | None:
+        """Apply `change` to the case and store the result under the version it read; after a conflicting
+        write, apply it again to the fresh case. Returns (before, after) — the same record twice when the change
+        changed nothing — or None when there is no such case. `loaded` saves the first read.
+        Raises WriteConflict when the case kept changing for `attempts` tries."""
+        current = loaded
+        for _ in range(attempts):
+            if current is None:
+                current = await self.get(case_id)
+                if current is None:
+                    return None
+            changed = change(current)
+            if changed == current:
+                return current, current
+            updated = msgspec.structs.replace(changed, version=current.version + 1)
+            if await self.replace(updated, expected_version=current.version):
+                return current, updated
+            current = None
+        raise WriteConflict(case_id)
 
     async def delete_unpublished(self, case_id: str) -> None:
         """Undo a create whose command could not be published (it was never shown to anyone)."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -48,6 +47,7 @@ from services.case.lifecycle import (
 from services.case.model import CaseRecord, SendEmailCommand
 from services.case.outbox import OutboxRelay
 from services.case.store import CaseStore
+from shared.clock import now_ms
 from shared.contracts import agentmail
 from shared.contracts.case import (
     CMD_CREATED,
@@ -66,12 +66,7 @@ from shared.subjects import AGENTMAIL_EVENTS, CASE_COMMANDS, Consumer
 
 log = logging.getLogger("caseflow.case.worker")
 
-MAX_WRITE_ATTEMPTS = 5
 type EventFor = Callable[[CaseRecord], Awaitable[Event | None]]
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass
@@ -100,31 +95,29 @@ class Worker:
         call. Transitions ignore what no longer applies, so a stale event is harmless.
         """
         case_id_var.set(case_id)
-        event: Event | None = None
-        for _ in range(MAX_WRITE_ATTEMPTS):
-            case = await self.store.get(case_id)
-            if case is None:
-                log.warning("event for an unknown case ignored")
-                return None
-            client_id_var.set(case.client_id)
-            if event is None:
-                event = await event_for(case)
-                if event is None:
-                    return case
-            changed = transition(case, event, self.clock())
-            if changed == case:
-                return case
-            updated = msgspec.structs.replace(changed, version=case.version + 1)
-            if await self.store.replace(updated, expected_version=case.version):
-                if updated.status != case.status:
-                    log.info("case status changed", extra={"from": case.status, "to": updated.status})
-                try:
-                    await self.relay.publish(updated)
-                except Exception:
-                    log.warning("publish deferred to the outbox relay", exc_info=True)
-                return updated
-        # Redelivery (with backoff) will try again on a calmer case.
-        raise RuntimeError(f"case {case_id} kept changing under the worker")
+        case = await self.store.get(case_id)
+        if case is None:
+            log.warning("event for an unknown case ignored")
+            return None
+        client_id_var.set(case.client_id)
+        event = await event_for(case)
+        if event is None:
+            return case
+        # A WriteConflict propagates: the message is redelivered (with backoff) onto a calmer case.
+        written = await self.store.write_change(
+            case_id, lambda current: transition(current, event, self.clock()), loaded=case
+        )
+        if written is None:
+            return None
+        before, updated = written
+        if updated is not before:
+            if updated.status != before.status:
+                log.info("case status changed", extra={"from": before.status, "to": updated.status})
+            try:
+                await self.relay.publish(updated)
+            except Exception:
+                log.warning("publish deferred to the outbox relay", exc_info=True)
+        return updated
 
     async def transcript(self, case: CaseRecord) -> list[agentmail.TranscriptMessage]:
         if case.thread_id is None:

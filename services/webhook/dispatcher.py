@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import time
 import uuid
 from collections.abc import Sequence
 
@@ -21,6 +20,7 @@ from services.webhook.sender import WebhookSender
 from services.webhook.signing import SigningSecrets, signature_headers
 from services.webhook.store import AttemptRecord, DeliveryRecord, DeliveryStore
 from shared import metrics
+from shared.clock import now_ms
 from shared.errors import ErrorCode, ServiceError
 from shared.logs import case_id_var, client_id_var
 
@@ -35,10 +35,6 @@ _ATTEMPT_RESULT: dict[domain.Verdict, str] = {
     "refused": "refused",
     "retry": "failed",
 }
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class Dispatcher:

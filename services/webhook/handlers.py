@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from faststream.nats import NatsBroker
 
 from services.webhook import domain
-from services.webhook.dispatcher import Dispatcher, now_ms
+from services.webhook.dispatcher import Dispatcher
 from services.webhook.store import DeliveryRecord, DeliveryStore
+from shared.clock import now_ms
 from shared.contracts import case, webhook
 from shared.contracts.rpc import Ok
 from shared.errors import ErrorCode, ServiceError
