@@ -98,6 +98,11 @@ HTTP_REQUEST_SECONDS: Final = Histogram(
 
 # ---- case ---------------------------------------------------------------------------------------------------------
 
+DEPENDENCY_MISCONFIGURED: Final = Gauge(
+    "caseflow_dependency_misconfigured",
+    "1 while a dependency refuses this process's own configuration or credentials (the service reports not ready).",
+    ["dependency"],
+)
 CASES: Final = Gauge("caseflow_cases", "Cases by status (all clients).", ["status"])
 
 # ---- agentmail_adapter ------------------------------------------------------------------------------------------

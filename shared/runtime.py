@@ -26,6 +26,7 @@ from shared import metrics
 from shared.clock import now_ms
 from shared.contracts.health import HealthReport
 from shared.contracts.rpc import Empty, Ok
+from shared.failures import DEPENDENCY_PROBLEMS
 from shared.logs import configure_logging
 from shared.messaging import connect_with_retry, create_broker, durable_consumers, ensure_streams
 from shared.mongo import create_mongo_client, ensure_indexes, ping
@@ -76,6 +77,7 @@ class ServiceRuntime:
                     version=VERSION,
                     started_at=self.started_at,
                     mongodb="ok" if mongo_ok else "down",
+                    problems=DEPENDENCY_PROBLEMS.current(),
                 )
             )
 

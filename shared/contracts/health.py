@@ -15,3 +15,5 @@ class HealthReport(msgspec.Struct, frozen=True, rename="camel"):
     version: str
     started_at: int
     mongodb: ComponentState
+    # Dependencies that refuse this process's configuration or credentials, with the reason (shared.failures).
+    problems: dict[str, str] = {}

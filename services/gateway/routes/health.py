@@ -24,9 +24,11 @@ class Liveness(msgspec.Struct, frozen=True):
     status: Literal["up"]
 
 
-class Readiness(msgspec.Struct, frozen=True):
+class Readiness(msgspec.Struct, frozen=True, omit_defaults=True):
     status: Literal["ready", "not_ready"]
     components: dict[str, ComponentState]
+    # "<service>.<dependency>" → why that dependency refuses the service's configuration (shared.failures).
+    problems: dict[str, str] = {}
 
 
 @get("/healthz", operation_id="liveness", tags=["operations"], summary="The gateway process is up")
@@ -34,9 +36,10 @@ async def healthz() -> DataEnvelope[Liveness]:
     return ok(Liveness(status="up"))
 
 
-async def _service_state(gateway: GatewayContext, service: Service) -> ComponentState:
+async def _service_state(gateway: GatewayContext, service: Service) -> tuple[ComponentState, dict[str, str]]:
+    """A service is ready when it answers and no dependency refuses its configuration."""
     try:
-        await request(
+        report = await request(
             gateway.broker,
             health_subject(service),
             Empty(),
@@ -44,8 +47,9 @@ async def _service_state(gateway: GatewayContext, service: Service) -> Component
             timeout=gateway.settings.readiness_timeout_seconds,
         )
     except ServiceError:
-        return "down"
-    return "ok"
+        return "down", {}
+    problems = {f"{service}.{dependency}": reason for dependency, reason in report.problems.items()}
+    return ("down" if problems else "ok"), problems
 
 
 async def readiness(gateway: GatewayContext) -> Readiness:
@@ -59,10 +63,11 @@ async def readiness(gateway: GatewayContext) -> Readiness:
     components: dict[str, ComponentState] = {
         "nats": "ok" if connected else "down",
         "mongodb": "ok" if mongo_ok else "down",
-        **{str(service): state for service, state in zip(BACKEND_SERVICES, service_states, strict=True)},
+        **{str(service): state for service, (state, _) in zip(BACKEND_SERVICES, service_states, strict=True)},
     }
+    problems = {name: reason for _, service_problems in service_states for name, reason in service_problems.items()}
     ready = all(state == "ok" for state in components.values())
-    return Readiness(status="ready" if ready else "not_ready", components=components)
+    return Readiness(status="ready" if ready else "not_ready", components=components, problems=problems)
 
 
 @get(
@@ -80,6 +85,6 @@ async def readyz(gateway: NamedDependency[GatewayContext]) -> DataEnvelope[Readi
         raise ServiceError(
             ErrorCode.SERVICE_UNAVAILABLE,
             f"Not ready: {', '.join(down)}.",
-            details={"components": report.components},
+            details={"components": report.components, "problems": report.problems},
         )
     return ok(report)
