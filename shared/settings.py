@@ -10,6 +10,8 @@ A bad value stops the process with a message that names the variable: `load_sett
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 import sys
@@ -22,6 +24,10 @@ from msgspec import Meta
 
 DEPLOY_REQUIRED: Final = {"deploy_required": True}
 SECRET: Final = {"deploy_required": True, "secret": True}
+# A Svix / Standard Webhooks signing secret: `whsec_` + base64 of at least WHSEC_MIN_BYTES random bytes. A shorter
+# key (`whsec_` alone is an empty HMAC key) would make signatures forgeable, so the process refuses to start.
+WEBHOOK_SIGNING_SECRET: Final = {**SECRET, "whsec": True}
+WHSEC_MIN_BYTES: Final = 24
 
 Port = Annotated[int, Meta(ge=1, le=65535)]
 PositiveSeconds = Annotated[float, Meta(gt=0)]
@@ -126,7 +132,7 @@ class AgentMailSettings(CommonSettings, frozen=True, kw_only=True):
     agentmail_base_url: Annotated[str, Meta(pattern=r"^https?://", extra=DEPLOY_REQUIRED)] = "http://127.0.0.1:8025"
     agentmail_api_key: Annotated[str, Meta(min_length=1, extra=SECRET)] = "am_dev_simulator_key"
     agentmail_inbox_id: Annotated[str, Meta(min_length=1, extra=DEPLOY_REQUIRED)] = "caseflow@sim.example"
-    agentmail_webhook_secret: Annotated[str, Meta(pattern=r"^whsec_", extra=SECRET)] = (
+    agentmail_webhook_secret: Annotated[str, Meta(pattern=r"^whsec_", extra=WEBHOOK_SIGNING_SECRET)] = (
         "whsec_ZGV2LW9ubHktYWdlbnRtYWlsLXdlYmhvb2stc2VjcmV0"  # noqa: S105
     )
     # One HTTP attempt's deadline; a timed-out send is retried under the same Idempotency-Key.
@@ -195,8 +201,29 @@ def load_settings[S: CommonSettings](cls: type[S], environ: Mapping[str, str] | 
         variable = env_var(match.group(1)) if match else "<settings>"
         problem = message.split(" - at `", 1)[0]
         raise SettingsError(variable, problem) from None
+    _refuse_weak_signing_secrets(settings)
     _refuse_dev_secrets_in_production(settings)
     return settings
+
+
+def whsec_key_bytes(secret: str) -> bytes | None:
+    """The HMAC key of a `whsec_` secret, or None when it is not valid base64."""
+    try:
+        return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except binascii.Error:
+        return None
+
+
+def _refuse_weak_signing_secrets(settings: CommonSettings) -> None:
+    hints = get_type_hints(type(settings), include_extras=True)
+    for field in msgspec.structs.fields(settings):
+        if not field_extra(hints[field.name]).get("whsec"):
+            continue
+        key = whsec_key_bytes(getattr(settings, field.name))
+        if key is None or len(key) < WHSEC_MIN_BYTES:
+            raise SettingsError(
+                env_var(field.name), f"must be whsec_ followed by base64 of at least {WHSEC_MIN_BYTES} bytes"
+            )
 
 
 def _refuse_dev_secrets_in_production(settings: CommonSettings) -> None:
