@@ -8,6 +8,7 @@ nats-server so that no other adapter (the e2e stack's) answers its requests or p
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -26,7 +27,14 @@ from svix.webhooks import Webhook
 
 from services.agentmail_adapter.client import AgentMailClient
 from services.agentmail_adapter.handlers import register_handlers
-from services.agentmail_adapter.store import INBOUND_EVENTS, INDEXES, MESSAGES, MessageStore, StoredMessage
+from services.agentmail_adapter.store import (
+    HANDLED_EVENT_TTL,
+    INBOUND_EVENTS,
+    INDEXES,
+    MESSAGES,
+    MessageStore,
+    StoredMessage,
+)
 from services.agentmail_adapter.webhooks import WebhookVerifier
 from services.gateway.app import create_app
 from shared.contracts.agentmail import (
@@ -420,6 +428,15 @@ async def test_a_crash_after_storing_or_after_publishing_still_ends_with_exactly
     assert again.json()["data"]["duplicate"] is False
     assert len(await events_for(client, event_id)) == 1
     assert await mongo_db[INBOUND_EVENTS].count_documents({"_id": event_id}) == 1
+    # The dedupe record expires on its own (TTL index), a week after it was handled.
+    handled = await mongo_db[INBOUND_EVENTS].find_one({"_id": event_id})
+    assert handled is not None
+    assert (
+        handled["expiresAt"] - dt.datetime.fromtimestamp(handled["handledAt"] / 1000, dt.UTC).replace(tzinfo=None)
+        == HANDLED_EVENT_TTL
+    )
+    ttl = {index["name"]: index for index in await (await mongo_db[INBOUND_EVENTS].list_indexes()).to_list(None)}
+    assert ttl["expires_ttl"]["expireAfterSeconds"] == 0
 
 
 async def test_a_webhook_without_the_body_makes_the_adapter_fetch_the_message(
