@@ -86,9 +86,18 @@ class GatewaySettings(CommonSettings, frozen=True, kw_only=True):
     auth_cache_seconds: Annotated[float, Meta(ge=0)] = 30.0
 
 
+# A Fernet key: URL-safe base64 of 32 random bytes (`python -c "from cryptography.fernet import Fernet;
+# print(Fernet.generate_key().decode())"`).
+FernetKey = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{43}=$")]
+
+
 class AuthSettings(CommonSettings, frozen=True, kw_only=True):
     # Development defaults for secrets are refused when CASEFLOW_ENV=production.
     key_hash_secret: Annotated[str, Meta(min_length=16, extra=SECRET)] = "dev-only-key-hash-secret-change-me"  # noqa: S105
+    # Keys that encrypt client webhook secrets at rest: the first encrypts, all decrypt (rotation).
+    webhook_secret_keys: Annotated[list[FernetKey], Meta(min_length=1, extra=SECRET)] = msgspec.field(
+        default_factory=lambda: ["ZGV2LW9ubHktd2ViaG9vay1zZWNyZXQta2V5LTAwMDE="]
+    )
 
 
 class BillingSettings(CommonSettings, frozen=True, kw_only=True):
@@ -252,11 +261,14 @@ def field_extra(annotation: Any) -> dict[str, Any]:
 def secret_values(settings: CommonSettings) -> list[str]:
     """The values of the settings tagged secret (for log redaction)."""
     hints = get_type_hints(type(settings), include_extras=True)
-    return [
-        str(getattr(settings, f.name))
-        for f in msgspec.structs.fields(settings)
-        if field_extra(hints[f.name]).get("secret") and getattr(settings, f.name)
-    ]
+    values: list[str] = []
+    for f in msgspec.structs.fields(settings):
+        if not field_extra(hints[f.name]).get("secret"):
+            continue
+        value = getattr(settings, f.name)
+        # A key ring is redacted key by key.
+        values.extend(str(item) for item in (value if isinstance(value, list) else [value]) if item)
+    return values
 
 
 def deploy_required_variables(cls: type[CommonSettings]) -> list[str]:
@@ -309,6 +321,7 @@ SETTING_HELP: Final[dict[str, str]] = {
     "RATE_LIMIT_DEFAULT": "throttle of the other routes per API key: requests per second / burst",
     "AUTH_CACHE_SECONDS": "how long a gateway trusts a verified key (revocations evict it at once)",
     "KEY_HASH_SECRET": "HMAC key API keys are hashed with; changing it invalidates every key",
+    "WEBHOOK_SECRET_KEYS": "Fernet keys encrypting client webhook secrets at rest; the first encrypts (secret)",
     "PLANS": "plan:cap pairs, cases per client per UTC month (0: no cap)",
     "FOLLOW_UP_HOUR_SECONDS": 'length of one follow-up "hour" (1 runs a 72-hour schedule in 72 s)',
     "AGENT_BACKEND": "`rules` (deterministic, offline) or `openai` (any OpenAI-compatible server)",
