@@ -84,6 +84,8 @@ class GatewaySettings(CommonSettings, frozen=True, kw_only=True):
     rate_limit_default: Annotated[str, Meta(pattern=RATE_PATTERN)] = "50/100"
     # How long a verified API key is trusted without asking auth again; revocations evict it at once.
     auth_cache_seconds: Annotated[float, Meta(ge=0)] = 30.0
+    # AgentMail's webhook ingress has its own body limit: a genuine event is never refused for the client limit.
+    agentmail_ingress_max_body_bytes: Annotated[int, Meta(ge=1024)] = 64 * 1024 * 1024
 
 
 # A Fernet key: URL-safe base64 of 32 random bytes (`python -c "from cryptography.fernet import Fernet;
@@ -319,6 +321,7 @@ SETTING_HELP: Final[dict[str, str]] = {
     "RETRY_AFTER_SECONDS": "Retry-After sent with 503s",
     "RATE_LIMIT_CREATE": "POST /cases throttle per API key: requests per second / burst",
     "RATE_LIMIT_DEFAULT": "throttle of the other routes per API key: requests per second / burst",
+    "AGENTMAIL_INGRESS_MAX_BODY_BYTES": "largest AgentMail webhook accepted at /webhooks/agentmail (413 above)",
     "AUTH_CACHE_SECONDS": "how long a gateway trusts a verified key (revocations evict it at once)",
     "KEY_HASH_SECRET": "HMAC key API keys are hashed with; changing it invalidates every key",
     "WEBHOOK_SECRET_KEYS": "Fernet keys encrypting client webhook secrets at rest; the first encrypts (secret)",
