@@ -29,5 +29,5 @@ async def object_bucket(broker: NatsBroker, bucket: ObjectBucket, *, replicas: i
                 ttl=bucket.ttl_seconds,
                 storage=StorageType.FILE,
                 replicas=replicas,
-            )
+            ),
         )
