@@ -343,7 +343,7 @@ SETTING_HELP: Final[dict[str, str]] = {
     "RATE_LIMIT_CREATE": "POST /cases throttle per API key: requests per second / burst",
     "RATE_LIMIT_DEFAULT": "throttle of the other routes per API key: requests per second / burst",
     "AGENTMAIL_INGRESS_MAX_BODY_BYTES": "largest AgentMail webhook accepted at /webhooks/agentmail (413 above)",
-    "RATE_LIMIT_FAILED_AUTH": "failed authentications (and bad AgentMail signatures) per source address before 429: per second / burst",
+    "RATE_LIMIT_FAILED_AUTH": "failed authentications or AgentMail signatures per source address: per second / burst",
     "TRUSTED_PROXIES": "CIDRs of reverse proxies whose X-Forwarded-For names the client (none by default)",
     "READYZ_CACHE_SECONDS": "how long /readyz reuses its last answer",
     "AUTH_CACHE_SECONDS": "how long a gateway trusts a verified key (revocations evict it at once)",
