@@ -92,6 +92,12 @@ class GatewaySettings(CommonSettings, frozen=True, kw_only=True):
     trusted_proxies: Annotated[list[str], Meta(extra={"cidrs": True})] = msgspec.field(default_factory=list)
     # /readyz answers from a result at most this old, so probing it cannot fan out to every service per request.
     readyz_cache_seconds: Annotated[float, Meta(ge=0)] = 1.0
+    # Slow clients (slowloris): a request's headers must arrive within this of the connection opening (or of the
+    # previous response), and no gap between two pieces of its body may be longer than the body timeout: 408.
+    header_read_timeout_seconds: PositiveSeconds = 10.0
+    body_read_timeout_seconds: PositiveSeconds = 30.0
+    # Connections open at once; the next is answered 503 with Retry-After and closed.
+    max_connections: Annotated[int, Meta(ge=1)] = 2000
     # AgentMail's webhook ingress has its own body limit: a genuine event is never refused for the client limit.
     agentmail_ingress_max_body_bytes: Annotated[int, Meta(ge=1024)] = 64 * 1024 * 1024
 
@@ -345,6 +351,9 @@ SETTING_HELP: Final[dict[str, str]] = {
     "AGENTMAIL_INGRESS_MAX_BODY_BYTES": "largest AgentMail webhook accepted at /webhooks/agentmail (413 above)",
     "RATE_LIMIT_FAILED_AUTH": "failed authentications or AgentMail signatures per source address: per second / burst",
     "TRUSTED_PROXIES": "CIDRs of reverse proxies whose X-Forwarded-For names the client (none by default)",
+    "HEADER_READ_TIMEOUT_SECONDS": "a request's headers must arrive within this (408 after)",
+    "BODY_READ_TIMEOUT_SECONDS": "longest pause while a request body arrives (408 after)",
+    "MAX_CONNECTIONS": "connections a gateway holds at once; the next gets 503 with Retry-After",
     "READYZ_CACHE_SECONDS": "how long /readyz reuses its last answer",
     "AUTH_CACHE_SECONDS": "how long a gateway trusts a verified key (revocations evict it at once)",
     "KEY_HASH_SECRET": "HMAC key API keys are hashed with; changing it invalidates every key",

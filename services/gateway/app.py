@@ -120,4 +120,5 @@ def create_app(
     return RequestIdGuard(
         create_litestar(settings, broker, extra_route_handlers=extra_route_handlers),
         max_header_bytes=settings.max_header_bytes,
+        body_read_timeout_seconds=settings.body_read_timeout_seconds,
     )
