@@ -103,6 +103,11 @@ DEPENDENCY_MISCONFIGURED: Final = Gauge(
     "1 while a dependency refuses this process's own configuration or credentials (the service reports not ready).",
     ["dependency"],
 )
+SHED_REQUESTS: Final = Counter(
+    "caseflow_gateway_shed_requests_total",
+    "Requests answered 503 at once because their route class was at its in-flight bound (admission control).",
+    ["route_class"],
+)
 CASES: Final = Gauge("caseflow_cases", "Cases by status (all clients).", ["status"])
 
 # ---- agentmail_adapter ------------------------------------------------------------------------------------------

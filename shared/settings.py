@@ -92,6 +92,11 @@ class GatewaySettings(CommonSettings, frozen=True, kw_only=True):
     trusted_proxies: Annotated[list[str], Meta(extra={"cidrs": True})] = msgspec.field(default_factory=list)
     # /readyz answers from a result at most this old, so probing it cannot fan out to every service per request.
     readyz_cache_seconds: Annotated[float, Meta(ge=0)] = 1.0
+    # Admission control: requests in flight at once per gateway, for POST /cases and for every other API route;
+    # the next is answered 503 with Retry-After at once. Sized so the last admitted create is still answered
+    # within RPC_TIMEOUT_SECONDS at the embedded stack's measured create rate (bench/README.md).
+    max_in_flight_create: Annotated[int, Meta(ge=1)] = 32
+    max_in_flight_default: Annotated[int, Meta(ge=1)] = 256
     # Slow clients (slowloris): a request's headers must arrive within this of the connection opening (or of the
     # previous response), and no gap between two pieces of its body may be longer than the body timeout: 408.
     header_read_timeout_seconds: PositiveSeconds = 10.0
@@ -351,6 +356,8 @@ SETTING_HELP: Final[dict[str, str]] = {
     "AGENTMAIL_INGRESS_MAX_BODY_BYTES": "largest AgentMail webhook accepted at /webhooks/agentmail (413 above)",
     "RATE_LIMIT_FAILED_AUTH": "failed authentications or AgentMail signatures per source address: per second / burst",
     "TRUSTED_PROXIES": "CIDRs of reverse proxies whose X-Forwarded-For names the client (none by default)",
+    "MAX_IN_FLIGHT_CREATE": "POST /cases requests a gateway works on at once; more are shed (503, Retry-After)",
+    "MAX_IN_FLIGHT_DEFAULT": "other API requests a gateway works on at once; more are shed (503, Retry-After)",
     "HEADER_READ_TIMEOUT_SECONDS": "a request's headers must arrive within this (408 after)",
     "BODY_READ_TIMEOUT_SECONDS": "longest pause while a request body arrives (408 after)",
     "MAX_CONNECTIONS": "connections a gateway holds at once; the next gets 503 with Retry-After",

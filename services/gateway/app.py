@@ -20,6 +20,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ControllerRouterHandler
 
+from services.gateway.admission import AdmissionMiddleware, InFlightLimits
 from services.gateway.auth import KeyCache
 from services.gateway.client_address import TrustedProxies
 from services.gateway.context import GatewayContext
@@ -85,6 +86,11 @@ def create_litestar(
         dependencies={"gateway": Provide(lambda: gateway, sync_to_thread=False)},
         exception_handlers=ErrorResponder(retry_after_seconds=settings.retry_after_seconds).handlers(),
         before_send=[add_rate_limit_headers],
+        middleware=[
+            AdmissionMiddleware(
+                InFlightLimits({"create": settings.max_in_flight_create, "default": settings.max_in_flight_default})
+            )
+        ],
         request_max_body_size=settings.max_body_bytes,
         on_startup=[start_broker],
         on_shutdown=[stop],

@@ -31,7 +31,13 @@ class Readiness(msgspec.Struct, frozen=True, omit_defaults=True):
     problems: dict[str, str] = {}
 
 
-@get("/healthz", operation_id="liveness", tags=["operations"], summary="The gateway process is up")
+@get(
+    "/healthz",
+    operation_id="liveness",
+    tags=["operations"],
+    summary="The gateway process is up",
+    opt={"no_admission": True},
+)
 async def healthz() -> DataEnvelope[Liveness]:
     return ok(Liveness(status="up"))
 
@@ -73,6 +79,7 @@ async def readiness(gateway: GatewayContext) -> Readiness:
 @get(
     "/readyz",
     operation_id="readiness",
+    opt={"no_admission": True},
     tags=["operations"],
     summary="Every service, NATS and MongoDB answer",
     description="503 SERVICE_UNAVAILABLE names the components that are down in `error.details.components`.",
