@@ -180,9 +180,14 @@ def _error_reply(exc: Exception, subject: str) -> Err:
             message=ERROR_SPECS[ErrorCode.SERVICE_UNAVAILABLE].default_message,
             kind=kind,
         )
-    if kind == "terminal":
+    if isinstance(exc, DependencyFailure) and kind == "terminal":
+        # The reason is the dependency's answer to our request (it becomes a case's failureReason), not internals.
         log.error("a dependency refused the request", extra={"subject": subject, "error": str(exc)[:500]})
-        return Err(code=ErrorCode.INTERNAL_ERROR, message="A dependency refused the request.", kind=kind)
+        return Err(
+            code=ErrorCode.INTERNAL_ERROR,
+            message=f"{exc.dependency} refused the request: {exc.reason}"[:500],
+            kind=kind,
+        )
     log.exception("handler failed", extra={"subject": subject})
     return Err(code=ErrorCode.INTERNAL_ERROR, message=ERROR_SPECS[ErrorCode.INTERNAL_ERROR].default_message)
 

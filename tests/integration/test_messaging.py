@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 from pymongo.errors import AutoReconnect
 
 from shared.errors import ErrorCode, ServiceError
-from shared.failures import Misconfigured, Transient
+from shared.failures import Misconfigured, Terminal, Transient
 from shared.logs import request_id_var
 from shared.messaging import (
     PermanentFailure,
@@ -343,6 +343,8 @@ async def test_a_request_handler_failing_on_a_dependency_replies_with_its_kind(
     async def dependency(job: Job) -> None:
         if job.job_id == "mongo":
             raise AutoReconnect("down")
+        if job.job_id == "refused":
+            raise Terminal("agentmail", "400 validation_error: bad recipient")
         raise Misconfigured("agentmail", "401 unknown_api_key")
 
     await service_broker.start()
@@ -351,6 +353,10 @@ async def test_a_request_handler_failing_on_a_dependency_replies_with_its_kind(
         with pytest.raises(ServiceError) as failed:
             await request(raw_broker, f"{subject_prefix}.rpc.dep", Job(job_id), Echo, timeout=5)
         assert (failed.value.code, failed.value.kind) == (ErrorCode.SERVICE_UNAVAILABLE, kind)
+    with pytest.raises(ServiceError) as refused:
+        await request(raw_broker, f"{subject_prefix}.rpc.dep", Job("refused"), Echo, timeout=5)
+    assert (refused.value.code, refused.value.kind) == (ErrorCode.INTERNAL_ERROR, "terminal")
+    assert refused.value.message == "agentmail refused the request: 400 validation_error: bad recipient"
 
 
 def test_the_policy_reads_its_cap_from_the_settings() -> None:
