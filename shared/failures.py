@@ -58,16 +58,21 @@ class DependencyProblems:
         self._lock = threading.Lock()
         self._problems: dict[str, str] = {}
 
-    def report(self, dependency: str, reason: str) -> None:
+    def report(self, dependency: str, reason: str) -> bool:
+        """Record the problem; True when it is new or its reason changed (the caller logs once per change)."""
         with self._lock:
+            changed = self._problems.get(dependency) != reason
             self._problems[dependency] = reason
         metrics.DEPENDENCY_MISCONFIGURED.labels(dependency=dependency).set(1)
+        return changed
 
-    def clear(self, dependency: str) -> None:
+    def clear(self, dependency: str) -> bool:
+        """Forget the problem; True when there was one (the caller logs the recovery)."""
         with self._lock:
             known = self._problems.pop(dependency, None)
         if known is not None:
             metrics.DEPENDENCY_MISCONFIGURED.labels(dependency=dependency).set(0)
+        return known is not None
 
     def current(self) -> dict[str, str]:
         with self._lock:

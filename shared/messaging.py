@@ -4,9 +4,12 @@ Design decisions a reader must know:
 - Request/reply always has an explicit timeout; a timeout, a missing responder or a lost connection becomes
   `ServiceError(SERVICE_UNAVAILABLE)`, which the gateway answers with 503 and `Retry-After`.
 - A JetStream message is acknowledged only after its handler returns. A handler that raises is redelivered
-  with a growing delay (`RetryPolicy`), never dropped (FastStream's NATS default, REJECT_ON_ERROR, would drop
-  it); after `max_deliver` attempts, or on `PermanentFailure`, it is copied to the PARKED stream and
-  terminated, so an operator can inspect it.
+  with a capped, growing delay (`RetryPolicy`), never dropped (FastStream's NATS default, REJECT_ON_ERROR, would
+  drop it). Transient is not poison (shared.failures): a failure classified transient or misconfigured
+  (`failure_kind`: a typed failure, SERVICE_UNAVAILABLE, MongoDB or NATS away) is redelivered for as long as it
+  lasts and never parked. Any other failure is poison and counted per message; at `max_deliver` poison failures,
+  or at once on `PermanentFailure`, the message is copied to the PARKED stream and terminated, so an operator can
+  inspect, replay or drop it (`python -m services.auth.admin parked ...`).
 - The request id travels in the `X-Request-Id` header and is bound to the logging context for every message.
 """
 
@@ -17,9 +20,10 @@ import functools
 import logging
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import msgspec
 import nats.errors
@@ -32,16 +36,32 @@ from nats.aio.client import DEFAULT_INBOX_PREFIX
 from nats.aio.client import Client as NatsClient
 from nats.js.api import ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
-from pymongo.errors import ConnectionFailure, PyMongoError
 
 from shared import metrics
 from shared.contracts.rpc import Err, Ok
 from shared.errors import ERROR_SPECS, ErrorCode, ServiceError
+from shared.failures import DependencyFailure, FailureKind
 from shared.logs import request_id_var
+from shared.mongo import database_unavailable
 from shared.settings import CommonSettings
-from shared.subjects import MSG_ID_HEADER, PARKED, REQUEST_ID_HEADER, Service, StreamSpec, parked_subject
+from shared.subjects import (
+    MSG_ID_HEADER,
+    PARKED,
+    PARKED_CONSUMER_HEADER,
+    PARKED_DELIVERIES_HEADER,
+    PARKED_MSG_ID_HEADER,
+    PARKED_REASON_HEADER,
+    PARKED_SEQUENCE_HEADER,
+    PARKED_STREAM_HEADER,
+    PARKED_SUBJECT_HEADER,
+    REQUEST_ID_HEADER,
+    Service,
+    StreamSpec,
+    parked_subject,
+)
 
 if TYPE_CHECKING:
+    from faststream._internal.context.repository import ContextRepo
     from faststream.message import StreamMessage
     from nats.aio.msg import Msg
 
@@ -51,14 +71,24 @@ log = logging.getLogger("caseflow.messaging")
 REPLY_INBOX_PREFIX: Final = DEFAULT_INBOX_PREFIX.decode() + "."
 
 
-def database_unavailable(exc: BaseException) -> bool:
-    """MongoDB is not reachable right now (a restart, a failover, an operation timeout): the caller may retry,
-    so the reply is SERVICE_UNAVAILABLE (503), not INTERNAL_ERROR."""
-    return isinstance(exc, ConnectionFailure) or (isinstance(exc, PyMongoError) and exc.timeout)
-
-
 class PermanentFailure(Exception):
     """Raised by a durable handler for a message that can never succeed: it is parked at once, not retried."""
+
+
+def failure_kind(exc: BaseException) -> FailureKind | None:
+    """How a handler's failure is classified, once, for both replies and redeliveries: the kind a typed failure
+    carries (shared.failures, `ServiceError.kind`), MongoDB or NATS being away (transient), or None: poison or a
+    bug."""
+    if isinstance(exc, DependencyFailure | ServiceError):
+        return exc.kind
+    if database_unavailable(exc) or isinstance(exc, nats.errors.Error | ConnectionError | TimeoutError):
+        return "transient"
+    return None
+
+
+def retried_while_it_lasts(exc: BaseException) -> bool:
+    """A dependency is away or refuses our configuration: waiting will fix it, so it never counts toward parking."""
+    return failure_kind(exc) in ("transient", "misconfigured")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,15 +96,48 @@ class RetryPolicy:
     backoff_seconds: tuple[float, ...]
     max_deliver: int
     keep_alive_seconds: float = 10.0
+    cap_seconds: float = 300.0
 
     def delay_after(self, failed_delivery: int) -> float:
-        """Delay before redelivering a message whose `failed_delivery`-th delivery (1-based) failed."""
-        index = min(failed_delivery, len(self.backoff_seconds)) - 1
-        return self.backoff_seconds[max(index, 0)]
+        """Delay before redelivering a message whose `failed_delivery`-th delivery (1-based) failed: the listed
+        steps, then the last one doubling, never more than the cap."""
+        steps = self.backoff_seconds
+        delivery = max(failed_delivery, 1)
+        # The exponent is bounded so a message failing for weeks does not overflow a float.
+        beyond = min(max(delivery - len(steps), 0), 64)
+        return min(steps[min(delivery, len(steps)) - 1] * 2.0**beyond, self.cap_seconds)
+
+
+# Poison failures are counted per message by the consuming process (JetStream's num_delivered also counts every
+# transient failure and every redelivery after a crash). Bounded: a message acked elsewhere is forgotten last.
+_POISON_COUNT_CAPACITY: Final = 10_000
+
+
+class PoisonCounts:
+    """How many times each message failed as poison in this process, keyed by (stream, consumer, sequence)."""
+
+    def __init__(self, capacity: int = _POISON_COUNT_CAPACITY) -> None:
+        self._capacity = capacity
+        self._counts: OrderedDict[tuple[str, str, int], int] = OrderedDict()
+
+    def add(self, key: tuple[str, str, int]) -> int:
+        count = self._counts.pop(key, 0) + 1
+        self._counts[key] = count
+        while len(self._counts) > self._capacity:
+            self._counts.popitem(last=False)
+        return count
+
+    def forget(self, key: tuple[str, str, int]) -> None:
+        self._counts.pop(key, None)
 
 
 def _is_jetstream(raw: Msg) -> bool:
     return bool(raw.reply) and raw.reply.startswith("$JS.ACK.")
+
+
+def _message_key(raw: Msg) -> tuple[str, str, int]:
+    meta = raw.metadata
+    return meta.stream, meta.consumer, meta.sequence.stream
 
 
 # A JetStream message is redelivered ACK_WAIT_SECONDS after its consumer stopped acknowledging it (a crash).
@@ -102,19 +165,60 @@ def _outcome_of(decision: HandlerException) -> str:
     return metrics.OUTCOME_OK
 
 
+def _error_reply(exc: Exception, subject: str) -> Err:
+    """The reply to a request whose handler failed, with the failure's kind so the asker knows whether to retry."""
+    if isinstance(exc, ServiceError):
+        return Err.of(exc)
+    kind = failure_kind(exc)
+    if kind in ("transient", "misconfigured"):
+        log.warning(
+            "dependency unavailable while handling a request",
+            extra={"subject": subject, "error": type(exc).__name__, "kind": kind},
+        )
+        return Err(
+            code=ErrorCode.SERVICE_UNAVAILABLE,
+            message=ERROR_SPECS[ErrorCode.SERVICE_UNAVAILABLE].default_message,
+            kind=kind,
+        )
+    if isinstance(exc, DependencyFailure) and kind == "terminal":
+        # The reason is the dependency's answer to our request (it becomes a case's failureReason), not internals.
+        log.error("a dependency refused the request", extra={"subject": subject, "error": str(exc)[:500]})
+        return Err(
+            code=ErrorCode.INTERNAL_ERROR,
+            message=f"{exc.dependency} refused the request: {exc.reason}"[:500],
+            kind=kind,
+        )
+    log.exception("handler failed", extra={"subject": subject})
+    return Err(code=ErrorCode.INTERNAL_ERROR, message=ERROR_SPECS[ErrorCode.INTERNAL_ERROR].default_message)
+
+
+@dataclass(frozen=True, slots=True)
+class FailureHandling:
+    """What ServiceMiddleware needs from its broker, bound once per broker (`create_broker`): where to park, the
+    retry policy, and this process's poison counts (shared by every message the broker handles)."""
+
+    broker: NatsBroker
+    policy: RetryPolicy
+    poison: PoisonCounts
+
+
 class ServiceMiddleware(BaseMiddleware):
     """Binds the request id, turns failures into error replies (RPC) or delayed redeliveries (JetStream), and
-    counts every handled message by subject and outcome (`caseflow_nats_messages_total`)."""
+    counts every handled message by subject and outcome (`caseflow_nats_messages_total`).
 
-    broker: ClassVar[NatsBroker]
-    policy: ClassVar[RetryPolicy]
+    Built per message by FastStream through `functools.partial(ServiceMiddleware, handling=...)`."""
+
+    def __init__(self, msg: Any, /, *, context: ContextRepo, handling: FailureHandling) -> None:
+        super().__init__(msg, context=context)
+        self.handling = handling
 
     async def consume_scope(self, call_next: Callable[[Any], Awaitable[Any]], msg: StreamMessage[Any]) -> Any:
         token = request_id_var.set(msg.headers.get(REQUEST_ID_HEADER))
         raw_message = cast("Msg", msg.raw_message)
+        jetstream = _is_jetstream(raw_message)
         keep_alive = (
-            asyncio.create_task(_keep_alive(raw_message, self.policy.keep_alive_seconds))
-            if _is_jetstream(raw_message)
+            asyncio.create_task(_keep_alive(raw_message, self.handling.policy.keep_alive_seconds))
+            if jetstream
             else None
         )
         started = time.perf_counter()
@@ -122,6 +226,8 @@ class ServiceMiddleware(BaseMiddleware):
         outcome: str = metrics.OUTCOME_OK
         try:
             result = await call_next(msg)
+            if jetstream:
+                self.handling.poison.forget(_message_key(raw_message))
             if isinstance(result, Err):
                 outcome = result.code
             return result
@@ -129,31 +235,18 @@ class ServiceMiddleware(BaseMiddleware):
             outcome = _outcome_of(exc)
             raise
         except Exception as exc:
-            raw = cast("Msg", msg.raw_message)
-            if _is_jetstream(raw):
+            if jetstream:
                 try:
-                    await self._retry_or_park(raw, exc)
+                    await self._retry_or_park(raw_message, exc)
                 except RejectMessage:
                     outcome = metrics.OUTCOME_PARKED
                     raise
                 except NackMessage:
                     outcome = metrics.OUTCOME_RETRIED
                     raise
-            if isinstance(exc, ServiceError):
-                outcome = exc.code
-                return Err.of(exc)
-            if database_unavailable(exc):
-                outcome = ErrorCode.SERVICE_UNAVAILABLE
-                log.warning("MongoDB unavailable while handling a request", extra={"subject": raw.subject})
-                return Err(
-                    code=ErrorCode.SERVICE_UNAVAILABLE,
-                    message=ERROR_SPECS[ErrorCode.SERVICE_UNAVAILABLE].default_message,
-                )
-            outcome = ErrorCode.INTERNAL_ERROR
-            log.exception("handler failed", extra={"subject": raw.subject})
-            if raw.reply:
-                return Err(code=ErrorCode.INTERNAL_ERROR, message="An internal error occurred.")
-            return None
+            reply = _error_reply(exc, raw_message.subject)
+            outcome = reply.code
+            return reply if raw_message.reply else None
         finally:
             # FastStream runs the broker's middlewares on the reply to our own request() too: that is not a
             # handled message, and its subject is a per-request inbox, so counting it would add a series per
@@ -165,39 +258,86 @@ class ServiceMiddleware(BaseMiddleware):
             request_id_var.reset(token)
 
     async def _retry_or_park(self, raw: Msg, exc: Exception) -> None:
+        """Nack with the policy's delay, or park. A transient or misconfigured failure is never parked however
+        long it lasts; every other failure adds one to the message's poison count, and the count reaching
+        CONSUMER_MAX_DELIVER (or a PermanentFailure) parks it."""
+        policy = self.handling.policy
         meta = raw.metadata
         delivered = meta.num_delivered
-        permanent = isinstance(exc, PermanentFailure)
-        if permanent or delivered >= self.policy.max_deliver:
-            log.error(
-                "parking message after failed delivery",
-                exc_info=exc,
-                extra={"subject": raw.subject, "deliveries": delivered, "stream": meta.stream},
+        delay = policy.delay_after(delivered)
+        if retried_while_it_lasts(exc):
+            log.warning(
+                "dependency unavailable; message will be redelivered",
+                extra={
+                    "subject": raw.subject,
+                    "deliveries": delivered,
+                    "retry_in_seconds": delay,
+                    "kind": failure_kind(exc),
+                    "error": str(exc)[:500],
+                },
             )
-            try:
-                await self.broker.connection.jetstream().publish(
-                    parked_subject(meta.stream, meta.consumer),
-                    raw.data,
-                    headers={
-                        # Nats-* headers (expected stream, msg id) belong to the original publish.
-                        **{k: v for k, v in (raw.headers or {}).items() if not k.startswith("Nats-")},
-                        MSG_ID_HEADER: f"{meta.stream}.{meta.sequence.stream}",
-                        "Caseflow-Parked-Subject": raw.subject,
-                        "Caseflow-Parked-Reason": f"{type(exc).__name__}: {exc}"[:500],
-                        "Caseflow-Parked-Deliveries": str(delivered),
-                    },
-                )
-            except Exception:
-                log.exception("could not park message; it will be redelivered")
-                raise NackMessage(delay=self.policy.delay_after(delivered)) from exc
+            raise NackMessage(delay=delay) from exc
+        key = _message_key(raw)
+        poisoned = self.handling.poison.add(key)
+        if isinstance(exc, PermanentFailure) or poisoned >= policy.max_deliver:
+            await self._park(raw, exc, poison_failures=poisoned)
+            self.handling.poison.forget(key)
             raise RejectMessage() from exc
-        delay = self.policy.delay_after(delivered)
         log.warning(
             "handler failed; message will be redelivered",
             exc_info=exc,
-            extra={"subject": raw.subject, "deliveries": delivered, "retry_in_seconds": delay},
+            extra={
+                "subject": raw.subject,
+                "deliveries": delivered,
+                "poison_failures": poisoned,
+                "retry_in_seconds": delay,
+            },
         )
         raise NackMessage(delay=delay) from exc
+
+    async def _park(self, raw: Msg, exc: Exception, *, poison_failures: int) -> None:
+        meta = raw.metadata
+        original = raw.headers or {}
+        log.error(
+            "parking message after failed delivery",
+            exc_info=exc,
+            extra={
+                "subject": raw.subject,
+                "deliveries": meta.num_delivered,
+                "poison_failures": poison_failures,
+                "stream": meta.stream,
+            },
+        )
+        headers = {
+            # Nats-* headers (expected stream, msg id) belong to the original publish; its msg id is kept aside.
+            **{k: v for k, v in original.items() if not k.startswith("Nats-")},
+            MSG_ID_HEADER: f"{meta.stream}.{meta.sequence.stream}",
+            PARKED_SUBJECT_HEADER: raw.subject,
+            PARKED_STREAM_HEADER: meta.stream,
+            PARKED_CONSUMER_HEADER: meta.consumer,
+            PARKED_SEQUENCE_HEADER: str(meta.sequence.stream),
+            PARKED_REASON_HEADER: f"{type(exc).__name__}: {exc}"[:500],
+            PARKED_DELIVERIES_HEADER: str(meta.num_delivered),
+        }
+        if MSG_ID_HEADER in original:
+            headers[PARKED_MSG_ID_HEADER] = original[MSG_ID_HEADER]
+        try:
+            await self.handling.broker.connection.jetstream().publish(
+                parked_subject(meta.stream, meta.consumer), raw.data, headers=headers
+            )
+        except Exception:
+            log.exception("could not park message; it will be redelivered")
+            raise NackMessage(delay=self.handling.policy.delay_after(meta.num_delivered)) from exc
+        metrics.MESSAGES_PARKED.labels(stream=meta.stream, consumer=meta.consumer).inc()
+
+
+def retry_policy(settings: CommonSettings) -> RetryPolicy:
+    return RetryPolicy(
+        tuple(settings.consumer_backoff_seconds),
+        settings.consumer_max_deliver,
+        settings.consumer_keep_alive_seconds,
+        settings.consumer_backoff_cap_seconds,
+    )
 
 
 def create_broker(settings: CommonSettings, service: Service) -> NatsBroker:
@@ -214,19 +354,8 @@ def create_broker(settings: CommonSettings, service: Service) -> NatsBroker:
         logger=logging.getLogger("caseflow.broker"),
         log_level=logging.DEBUG,
     )
-    middleware = type(
-        "BoundServiceMiddleware",
-        (ServiceMiddleware,),
-        {
-            "broker": broker,
-            "policy": RetryPolicy(
-                tuple(settings.consumer_backoff_seconds),
-                settings.consumer_max_deliver,
-                settings.consumer_keep_alive_seconds,
-            ),
-        },
-    )
-    broker.add_middleware(cast("Any", middleware))
+    handling = FailureHandling(broker=broker, policy=retry_policy(settings), poison=PoisonCounts())
+    broker.add_middleware(cast("Any", functools.partial(ServiceMiddleware, handling=handling)))
     return broker
 
 
@@ -355,9 +484,10 @@ def durable_subscriber(
         broker,
         parked_subject(stream.name, durable),
         None,
-        description=f"Messages of {stream.name} whose `{durable}` handler kept failing (or failed permanently), "
-        "parked by ServiceMiddleware on the PARKED stream for an operator: the original body unchanged, with "
-        "Caseflow-Parked-Subject, Caseflow-Parked-Reason and Caseflow-Parked-Deliveries headers.",
+        description=f"Messages of {stream.name} whose `{durable}` handler failed as poison (not an outage) "
+        "CONSUMER_MAX_DELIVER times, or permanently, parked by ServiceMiddleware on the PARKED stream for an operator "
+        "(`services.auth.admin parked`): the original body unchanged, with Caseflow-Parked-Subject, -Stream, "
+        "-Consumer, -Sequence, -Msg-Id, -Reason and -Deliveries headers.",
     )
     return subscriber
 

@@ -74,6 +74,12 @@ CONSUMER_REDELIVERED: Final = Gauge(
     "Messages the durable consumer has outstanding that were delivered more than once.",
     ["stream", "consumer"],
 )
+MESSAGES_PARKED: Final = Counter(
+    "caseflow_messages_parked",
+    "JetStream messages moved to the PARKED stream (poison: undecodable, contract-violating, a bug, a permanent "
+    "failure), by the stream and durable consumer they were parked from.",
+    ["stream", "consumer"],
+)
 
 # ---- gateway ----------------------------------------------------------------------------------------------------
 

@@ -2,6 +2,8 @@
 
 Code here and in every `store.py` keeps to the operations listed in docs/storage.md so that the embedded
 wire-protocol server (mongoeco) and a real MongoDB behave the same; the storage conformance test checks them.
+Which MongoDB errors are an outage (transient: retried for as long as it lasts, never parked) is decided here,
+once (`database_unavailable`).
 """
 
 from __future__ import annotations
@@ -13,13 +15,19 @@ from typing import Any
 
 from pymongo import AsyncMongoClient, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import PyMongoError
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 from shared.settings import CommonSettings
 
 log = logging.getLogger("caseflow.mongo")
 
 type Document = dict[str, Any]
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """MongoDB is not reachable right now (a restart, a failover, an operation timeout): a transient failure, so
+    a request is answered SERVICE_UNAVAILABLE (503), not INTERNAL_ERROR, and a message is redelivered."""
+    return isinstance(exc, ConnectionFailure) or (isinstance(exc, PyMongoError) and exc.timeout)
 
 
 def create_mongo_client(settings: CommonSettings, *, app_name: str) -> AsyncMongoClient[Document]:

@@ -57,12 +57,15 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     # How long a stopping service waits for in-flight messages before exiting.
     shutdown_grace_seconds: PositiveSeconds = 15.0
     jetstream_replicas: Annotated[int, Meta(ge=1, le=5)] = 1
-    # Redelivery of a JetStream message whose handler failed: delay before the n-th retry (the last value
-    # repeats), and the delivery count after which the message is parked on the PARKED stream.
+    # Redelivery of a JetStream message whose handler failed: delay before the n-th retry (then doubling up to
+    # the cap below), and the count of poison failures after which the message is parked on the PARKED stream.
     consumer_backoff_seconds: Annotated[list[PositiveSeconds], Meta(min_length=1)] = msgspec.field(
         default_factory=lambda: [1.0, 2.0, 5.0, 15.0, 30.0, 60.0]
     )
     consumer_max_deliver: Annotated[int, Meta(ge=1, le=1000)] = 20
+    # A failure of a dependency (transient or misconfigured) is redelivered for as long as it lasts, never parked:
+    # after the list above the delay keeps doubling up to this cap, so a long outage costs one retry per cap.
+    consumer_backoff_cap_seconds: PositiveSeconds = 300.0
     # While a handler runs, the consumer tells JetStream "in progress" this often (well under its 30 s ack
     # wait), so slow handlers are not redelivered under themselves and crashed ones are, within 30 s.
     consumer_keep_alive_seconds: PositiveSeconds = 10.0
@@ -340,8 +343,9 @@ SETTING_HELP: Final[dict[str, str]] = {
     "RPC_TIMEOUT_SECONDS": "deadline of a request between services; a miss is a 503 to the client",
     "SHUTDOWN_GRACE_SECONDS": "how long SIGTERM waits for in-flight work",
     "JETSTREAM_REPLICAS": "replicas of each stream (3 on a NATS cluster)",
-    "CONSUMER_BACKOFF_SECONDS": "delays before redelivering a message whose handler failed (the last repeats)",
-    "CONSUMER_MAX_DELIVER": "deliveries before a failing message is parked on the PARKED stream",
+    "CONSUMER_BACKOFF_SECONDS": "delays before redelivering a failed message (then doubling up to the cap)",
+    "CONSUMER_MAX_DELIVER": "deliveries with poison failures (not outages) before a message is parked",
+    "CONSUMER_BACKOFF_CAP_SECONDS": "longest redelivery delay; an outage is retried this often, never parked",
     "CONSUMER_KEEP_ALIVE_SECONDS": "how often a running handler tells JetStream it is still working",
     "MONGO_TIMEOUT_SECONDS": "deadline of each MongoDB operation and server selection",
     "METRICS_PORT": "Prometheus metrics port of the process (0: off)",

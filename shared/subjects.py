@@ -73,12 +73,12 @@ AGENTMAIL_EVENTS: Final = StreamSpec(
     max_age_seconds=14 * DAY,
     description="Verified AgentMail events: messages received, delivery events.",
 )
-# Messages whose handler kept failing, kept for an operator (`nats stream view PARKED`).
+# Messages whose handler kept failing as poison, kept for an operator (`python -m services.auth.admin parked`).
 PARKED: Final = StreamSpec(
     name="PARKED",
     subjects=("parked.>",),
     max_age_seconds=30 * DAY,
-    description="Poison messages parked after the consumer's maximum deliveries.",
+    description="Poison messages parked after the consumer's maximum poison failures (never for an outage).",
 )
 
 ALL_STREAMS: Final = (CASE_COMMANDS, CASE_EVENTS, AGENTMAIL_EVENTS, PARKED)
@@ -120,3 +120,12 @@ def parked_subject(stream: str, consumer: str) -> str:
 # Headers carried on every message.
 REQUEST_ID_HEADER: Final = "X-Request-Id"
 MSG_ID_HEADER: Final = "Nats-Msg-Id"
+
+# Headers of a parked message: where it came from (its replay goes back there) and why it was parked.
+PARKED_SUBJECT_HEADER: Final = "Caseflow-Parked-Subject"
+PARKED_STREAM_HEADER: Final = "Caseflow-Parked-Stream"
+PARKED_CONSUMER_HEADER: Final = "Caseflow-Parked-Consumer"
+PARKED_SEQUENCE_HEADER: Final = "Caseflow-Parked-Sequence"  # its sequence in the original stream
+PARKED_MSG_ID_HEADER: Final = "Caseflow-Parked-Msg-Id"  # the original publish's Nats-Msg-Id
+PARKED_REASON_HEADER: Final = "Caseflow-Parked-Reason"
+PARKED_DELIVERIES_HEADER: Final = "Caseflow-Parked-Deliveries"  # JetStream's num_delivered when parked

@@ -23,7 +23,8 @@ from faststream.nats import NatsBroker
 
 from services.agentmail_adapter.client import (
     AgentMailClient,
-    AgentMailError,
+    AgentMailMisconfigured,
+    AgentMailRefused,
     AgentMailUnavailable,
     MessageRejected,
     SendResult,
@@ -89,15 +90,25 @@ def idempotency_key(case_id: str, attempt: int) -> str:
 
 @contextmanager
 def provider_errors(*, transient: ErrorCode = ErrorCode.SERVICE_UNAVAILABLE) -> Iterator[None]:
-    """AgentMail failures as registry errors: `transient` once retries are exhausted, INTERNAL_ERROR otherwise."""
+    """AgentMail failures as registry errors carrying the client's failure class (`kind`), so the asker retries
+    (transient, misconfigured) or gives up with the reason (terminal) without reading codes."""
     try:
         yield
     except AgentMailUnavailable as exc:
         log.warning("AgentMail unavailable", extra={"error": str(exc)})
-        raise ServiceError(transient, "AgentMail is unavailable; retry later.") from exc
-    except AgentMailError as exc:
+        raise ServiceError(transient, "AgentMail is unavailable; retry later.", kind="transient") from exc
+    except AgentMailMisconfigured as exc:
+        # Logged once per change by the client, which also reports the adapter not ready.
+        raise ServiceError(
+            ErrorCode.SERVICE_UNAVAILABLE,
+            "AgentMail refuses the adapter's credentials; waiting for an operator.",
+            kind="misconfigured",
+        ) from exc
+    except AgentMailRefused as exc:
         log.error("AgentMail refused the call", extra={"error": str(exc)})
-        raise ServiceError(ErrorCode.INTERNAL_ERROR) from exc
+        raise ServiceError(
+            ErrorCode.INTERNAL_ERROR, f"AgentMail refused the request: {exc.reason}"[:500], kind="terminal"
+        ) from exc
 
 
 @contextmanager

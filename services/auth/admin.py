@@ -8,7 +8,8 @@ unreachable the change still stands and gateways pick it up when their cached en
 says on stderr.
 
 `usage` is the one command that needs a running service: usage counters belong to billing, so it asks billing
-over NATS (USAGE_REPORT) with the plans auth holds, and joins the answer with the clients' names.
+over NATS (USAGE_REPORT) with the plans auth holds, and joins the answer with the clients' names. `parked ...`
+works on the PARKED stream over NATS only (services.auth.admin_parked).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import nats.errors
 from nats.aio.client import Client as NatsClient
 from pymongo.errors import PyMongoError
 
+from services.auth import admin_parked
 from services.auth.accounts import AccountError, Accounts, ClientPlan, KeyState, MonthlyUsage, Output
 from services.auth.secrets import SecretCipher, UndecryptableSecret
 from services.auth.store import INDEXES, AuthStore, Client
@@ -121,13 +123,16 @@ EXAMPLES = f"""examples:
   {PROG} list-clients --format table
   {PROG} revoke-key key_...
   {PROG} usage --month 2025-06 --format table
+  {PROG} parked list --format table
+  {PROG} parked replay 42
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Manage Caseflow clients and API keys, and report their usage.\nSettings (MONGO_URL, MONGO_DB, "
+        description="Manage Caseflow clients and API keys, report their usage, and handle parked messages.\n"
+        "Settings (MONGO_URL, MONGO_DB, "
         "NATS_URL, KEY_HASH_SECRET) come from the environment, as for the auth service.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -157,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--month", type=_usage_month, help="the UTC month as YYYY-MM (default: the current month)"
     )
     subparsers["usage"].add_argument("--client", dest="client_id", metavar="CLIENT", help="only this client (cli_...)")
+    admin_parked.add_parser(commands, output)
     return parser
 
 
@@ -261,7 +267,17 @@ def monthly_usage(clients: Sequence[Client], report: UsageReport) -> list[Monthl
     ]
 
 
+async def run_parked(settings: AuthSettings, args: argparse.Namespace) -> Result:
+    try:
+        async with nats_connection(settings.nats_url) as connection:
+            return await admin_parked.run(connection, args)
+    except (OSError, TimeoutError, nats.errors.Error) as exc:
+        raise ServiceUnavailable(f"NATS could not be reached at NATS_URL ({type(exc).__name__})") from None
+
+
 async def run(settings: AuthSettings, args: argparse.Namespace) -> Result:
+    if args.command == admin_parked.COMMAND:
+        return await run_parked(settings, args)
     mongo = create_mongo_client(settings, app_name="caseflow-auth-admin")
     try:
         db = mongo[settings.mongo_db]

@@ -58,7 +58,7 @@ from shared.contracts.case import (
     CaseCreatedCommand,
     InputProvidedCommand,
 )
-from shared.errors import ErrorCode, ServiceError
+from shared.errors import ServiceError
 from shared.logs import case_id_var, client_id_var
 from shared.messaging import durable_subscriber, request
 from shared.settings import CaseSettings
@@ -192,9 +192,9 @@ class Worker:
                     timeout=self.settings.send_timeout_seconds,
                 )
         except ServiceError as exc:
-            if exc.code is ErrorCode.INVALID_REQUEST:
+            if exc.kind == "terminal":
                 return SendFailed(attempt=command.attempt, reason=exc.message)
-            raise  # transient: redelivered with backoff
+            raise  # transient or misconfigured: redelivered with capped backoff for as long as it lasts
         if isinstance(outcome, agentmail.Rejected):
             return SendRejected(attempt=command.attempt, reason=outcome.reason)
         return EmailSent(

@@ -23,6 +23,7 @@ import uvicorn
 from fast_depends.msgspec import MsgSpecSerializer
 from faststream.nats import NatsBroker
 from nats.js.errors import NotFoundError
+from prometheus_client import REGISTRY
 from pymongo.asynchronous.database import AsyncDatabase
 from svix.webhooks import Webhook
 
@@ -59,6 +60,7 @@ from shared.contracts.agentmail import (
     Transcript,
 )
 from shared.errors import ErrorCode, ServiceError
+from shared.failures import DEPENDENCY_PROBLEMS
 from shared.messaging import create_broker, ensure_streams, request
 from shared.mongo import Document, ensure_indexes
 from shared.settings import AgentMailSettings, GatewaySettings, load_settings
@@ -251,11 +253,56 @@ async def test_send_email__agentmail_down_after_retries_is_service_unavailable(
         await send_or_reply(client, SEND, first_email("case-d"))
     assert error.value.code is ErrorCode.SERVICE_UNAVAILABLE
     assert len(await sim.calls("send")) == 2  # AGENTMAIL_MAX_RETRIES=1
-    await sim.clear_faults()
-    await sim.arm_fault("send", status=400)
+    assert error.value.kind == "transient"
+
+
+async def test_send_email__a_400_is_a_terminal_reply_with_the_reason_and_not_retried(
+    adapter: MessageStore, client: NatsBroker, sim: SimulatorControl
+) -> None:
+    await sim.arm_fault("send", count=3, status=400, message="to: not an address")
     with pytest.raises(ServiceError) as refused:
-        await send_or_reply(client, SEND, first_email("case-d"))
-    assert refused.value.code is ErrorCode.INTERNAL_ERROR
+        await send_or_reply(client, SEND, first_email("case-400"))
+    assert (refused.value.code, refused.value.kind) == (ErrorCode.INTERNAL_ERROR, "terminal")
+    assert "400 validation_error: to: not an address" in refused.value.message
+    assert len(await sim.calls("send")) == 1
+    assert await sim.outbox() == []
+
+
+async def test_send_email__refused_credentials_are_misconfigured_reported_not_ready_and_cleared_by_a_success(
+    adapter: MessageStore, client: NatsBroker, sim: SimulatorControl
+) -> None:
+    await sim.arm_fault("send", count=2, status=401, code="unknown_api_key")
+    try:
+        for _ in range(2):
+            with pytest.raises(ServiceError) as refused:
+                await send_or_reply(client, SEND, first_email("case-401"))
+            assert (refused.value.code, refused.value.kind) == (ErrorCode.SERVICE_UNAVAILABLE, "misconfigured")
+        # What the adapter's health report carries (shared.runtime), so the gateway's /readyz says not ready.
+        assert "unknown_api_key" in DEPENDENCY_PROBLEMS.current()["agentmail"]
+        assert REGISTRY.get_sample_value("caseflow_dependency_misconfigured", {"dependency": "agentmail"}) == 1
+        sent = await send_or_reply(client, SEND, first_email("case-401"))
+        assert isinstance(sent, Sent)
+        assert "agentmail" not in DEPENDENCY_PROBLEMS.current()
+        assert REGISTRY.get_sample_value("caseflow_dependency_misconfigured", {"dependency": "agentmail"}) == 0
+        assert [c["status"] for c in await sim.calls("send")] == [401, 401, 200]
+    finally:
+        DEPENDENCY_PROBLEMS.clear("agentmail")
+
+
+async def test_send_email__a_403_on_our_keys_permissions_is_misconfigured_and_a_bare_403_terminal(
+    adapter: MessageStore, client: NatsBroker, sim: SimulatorControl
+) -> None:
+    await sim.arm_fault("send", status=403, code="missing_permission")
+    await sim.arm_fault("send", status=403, code="forbidden")
+    try:
+        with pytest.raises(ServiceError) as permission:
+            await send_or_reply(client, SEND, first_email("case-403"))
+        assert permission.value.kind == "misconfigured"
+        with pytest.raises(ServiceError) as forbidden:
+            await send_or_reply(client, SEND, first_email("case-403"))
+        assert forbidden.value.kind == "terminal"
+    finally:
+        DEPENDENCY_PROBLEMS.clear("agentmail")
 
 
 async def test_reply_email__stays_in_the_thread_and_the_transcript_lists_the_thread_in_order(

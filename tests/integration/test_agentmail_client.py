@@ -1,5 +1,6 @@
 """The adapter's AgentMail client against the simulator over real HTTP: every call in the subset, the retry
-policy (429 with Retry-After, 5xx, timeouts under one Idempotency-Key; never 400/422), rejections, and paging.
+policy (408, 409, 429 with Retry-After, 5xx, timeouts under one Idempotency-Key; never 400/422), the failure
+class of each answer (transient, misconfigured, terminal), rejections, and paging.
 
 The client's `sleep` is replaced by one that records the waits the policy chose and then really waits (for at
 most a few milliseconds), so the tests assert the policy's decisions without measuring time.
@@ -17,10 +18,13 @@ import pytest
 from services.agentmail_adapter.client import (
     AgentMailClient,
     AgentMailError,
+    AgentMailMisconfigured,
+    AgentMailRefused,
     AgentMailUnavailable,
     MessageRejected,
 )
 from services.agentmail_adapter.models import CreateInbox, CreateWebhook, ReplyMessage, SendMessage, SentMessage
+from shared.failures import DEPENDENCY_PROBLEMS
 from shared.settings import AgentMailSettings, load_settings
 from tests.support.processes import Simulator, free_port
 from tests.support.simulator import INBOX, SimulatorControl, running_simulator
@@ -180,7 +184,8 @@ async def test_400_and_422_are_final_and_not_retried(
     await sim.arm_fault("send", count=3, status=status)
     with pytest.raises(AgentMailError) as error:
         await send(client)
-    assert not isinstance(error.value, AgentMailUnavailable)
+    assert isinstance(error.value, AgentMailRefused)
+    assert error.value.kind == "terminal"
     assert error.value.status == status
     assert len(await sim.calls("send")) == 1
     assert waits == []
@@ -238,16 +243,30 @@ async def test_403_message_rejected_is_a_typed_rejection_and_other_403s_are_erro
     with pytest.raises(AgentMailError) as forbidden:
         await send(client, key="case-3.1")
     assert forbidden.value.code == "missing_permission"
+    assert isinstance(forbidden.value, AgentMailMisconfigured)
+    DEPENDENCY_PROBLEMS.clear("agentmail")
 
 
 async def test_a_wrong_api_key_is_a_final_401(simulator: Simulator) -> None:
     mail = AgentMailClient(settings_for(simulator, AGENTMAIL_API_KEY="am_wrong"))
     try:
-        with pytest.raises(AgentMailError) as error:
+        with pytest.raises(AgentMailMisconfigured) as error:
             await mail.get_inbox(INBOX)
+        assert "unknown_api_key" in DEPENDENCY_PROBLEMS.current()["agentmail"]
     finally:
         await mail.aclose()
-    assert (error.value.status, error.value.code) == (401, "unknown_api_key")
+        DEPENDENCY_PROBLEMS.clear("agentmail")
+    assert (error.value.status, error.value.code, error.value.kind) == (401, "unknown_api_key", "misconfigured")
+
+
+async def test_408_and_409_are_retried_under_the_same_key(
+    client: AgentMailClient, sim: SimulatorControl, waits: RecordedWaits
+) -> None:
+    await sim.arm_fault("send", count=1, status=408)
+    await sim.arm_fault("send", count=1, status=409)
+    await send(client)
+    assert [c["status"] for c in await sim.calls("send")] == [408, 409, 200]
+    assert len(waits) == 2
 
 
 async def test_a_50_message_thread_reads_the_same_paged_and_unpaged(

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
 from collections.abc import AsyncIterator
 
 import msgspec
+import nats.errors
 import pytest
 from faststream.nats import NatsBroker
+from prometheus_client import REGISTRY
+from pymongo.errors import AutoReconnect
 
 from shared.errors import ErrorCode, ServiceError
+from shared.failures import Misconfigured, Terminal, Transient
 from shared.logs import request_id_var
 from shared.messaging import (
     PermanentFailure,
@@ -18,9 +24,10 @@ from shared.messaging import (
     ensure_streams,
     publish_durable,
     request,
+    retry_policy,
 )
 from shared.settings import CommonSettings, load_settings
-from shared.subjects import Service, StreamSpec
+from shared.subjects import PARKED_MSG_ID_HEADER, Service, StreamSpec
 from tests.support.processes import NatsServer
 
 
@@ -164,8 +171,12 @@ async def test_poison_message_is_parked_after_max_deliveries_and_permanent_failu
         parked_ids.add(msgspec.json.decode(message.data, type=Job).job_id)
         assert message.headers is not None
         assert message.headers["Caseflow-Parked-Subject"] == f"{subject_prefix}.work.jobs"
+        assert message.headers[PARKED_MSG_ID_HEADER] == msgspec.json.decode(message.data, type=Job).job_id
     assert parked_ids == {"poison", "permanent"}
     assert attempts == {"poison": 4, "permanent": 1}
+    assert (
+        REGISTRY.get_sample_value("caseflow_messages_parked_total", {"stream": stream.name, "consumer": "worker"}) == 2
+    )
     await parked.unsubscribe()
 
 
@@ -222,3 +233,132 @@ async def test_a_handler_slower_than_the_ack_wait_is_kept_alive_not_redelivered(
         assert deliveries == ["slow-1"]
     finally:
         await broker.stop()
+
+
+# ---- transient is not poison ------------------------------------------------------------------------------
+
+# Every way a dependency can be away or refuse our configuration, as a handler sees it.
+OUTAGES: tuple[Exception, ...] = (
+    Transient("agentmail", "503 service_unavailable"),
+    Misconfigured("agentmail", "401 unknown_api_key"),
+    ServiceError(ErrorCode.SERVICE_UNAVAILABLE),
+    AutoReconnect("mongodb is restarting"),
+    nats.errors.TimeoutError(),
+)
+
+
+@pytest.fixture
+async def fast_broker(nats_server: NatsServer) -> AsyncIterator[NatsBroker]:
+    """Parks at the 4th poison failure; redelivers after 0.02 s, 0.04 s, then doubling up to 0.08 s."""
+    settings = load_settings(
+        CommonSettings,
+        {
+            "NATS_URL": nats_server.url,
+            "CONSUMER_BACKOFF_SECONDS": "0.02,0.04",
+            "CONSUMER_BACKOFF_CAP_SECONDS": "0.08",
+            "CONSUMER_MAX_DELIVER": "4",
+        },
+    )
+    broker = create_broker(settings, Service.CASE)
+    yield broker
+    await broker.stop()
+
+
+def redelivery_delays(records: list[logging.LogRecord]) -> list[float]:
+    return [record.retry_in_seconds for record in records if hasattr(record, "retry_in_seconds")]
+
+
+async def test_a_dependency_failing_more_often_than_max_deliver_is_never_parked_and_the_message_succeeds_once_back(
+    fast_broker: NatsBroker, stream: StreamSpec, subject_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="caseflow.messaging")
+    outages = itertools.cycle(OUTAGES)
+    failures = 32  # eight times CONSUMER_MAX_DELIVER
+    deliveries: list[int] = []
+    done = asyncio.Event()
+
+    @durable_subscriber(fast_broker, subject=f"{subject_prefix}.work.jobs", stream=stream, durable="worker")
+    async def work(job: Job) -> None:
+        deliveries.append(1)
+        if len(deliveries) <= failures:
+            raise next(outages)
+        done.set()
+
+    await fast_broker.connect()
+    await ensure_streams(fast_broker, [stream], replicas=1)
+    js = fast_broker.connection.jetstream()
+    parked = await js.subscribe(f"parked.{stream.name}.worker")
+    await fast_broker.start()
+    await fast_broker.connection.flush()
+    await publish_durable(fast_broker, f"{subject_prefix}.work.jobs", Job("outage"), stream=stream, msg_id="outage")
+    await asyncio.wait_for(done.wait(), timeout=30)
+    await asyncio.sleep(0.5)  # a wrongly un-acked message would come back within this
+    assert len(deliveries) == failures + 1
+    with pytest.raises(nats.errors.TimeoutError):
+        await parked.next_msg(timeout=0.5)
+    info = await js.consumer_info(stream.name, "worker")
+    assert (info.num_ack_pending, info.num_pending) == (0, 0)
+    # The nak delays the policy chose: the listed steps, then doubling, capped at CONSUMER_BACKOFF_CAP_SECONDS.
+    delays = redelivery_delays(caplog.records)
+    assert delays == [0.02, 0.04] + [0.08] * (failures - 2)
+    assert (
+        REGISTRY.get_sample_value("caseflow_messages_parked_total", {"stream": stream.name, "consumer": "worker"})
+        is None
+    )
+    await parked.unsubscribe()
+
+
+async def test_only_poison_failures_count_toward_parking(
+    fast_broker: NatsBroker, stream: StreamSpec, subject_prefix: str
+) -> None:
+    attempts: list[str] = []
+
+    @durable_subscriber(fast_broker, subject=f"{subject_prefix}.work.jobs", stream=stream, durable="worker")
+    async def work(job: Job) -> None:
+        attempts.append("outage" if len(attempts) < 6 else "poison")
+        if len(attempts) <= 6:
+            raise Transient("mongodb", "not reachable")
+        raise KeyError("a bug")
+
+    await fast_broker.connect()
+    await ensure_streams(fast_broker, [stream], replicas=1)
+    js = fast_broker.connection.jetstream()
+    parked = await js.subscribe(f"parked.{stream.name}.worker")
+    await fast_broker.start()
+    await fast_broker.connection.flush()
+    await publish_durable(fast_broker, f"{subject_prefix}.work.jobs", Job("mixed"), stream=stream, msg_id="mixed")
+    message = await parked.next_msg(timeout=15)
+    assert message.headers is not None
+    # Six outage deliveries did not count: parked at the 4th poison failure, the 10th delivery in all.
+    assert attempts == ["outage"] * 6 + ["poison"] * 4
+    assert message.headers["Caseflow-Parked-Deliveries"] == "10"
+    assert message.headers["Caseflow-Parked-Reason"].startswith("KeyError")
+    await parked.unsubscribe()
+
+
+async def test_a_request_handler_failing_on_a_dependency_replies_with_its_kind(
+    service_broker: NatsBroker, raw_broker: NatsBroker, subject_prefix: str
+) -> None:
+    @service_broker.subscriber(f"{subject_prefix}.rpc.dep", queue="dep")
+    async def dependency(job: Job) -> None:
+        if job.job_id == "mongo":
+            raise AutoReconnect("down")
+        if job.job_id == "refused":
+            raise Terminal("agentmail", "400 validation_error: bad recipient")
+        raise Misconfigured("agentmail", "401 unknown_api_key")
+
+    await service_broker.start()
+    await service_broker.connection.flush()
+    for job_id, kind in (("mongo", "transient"), ("key", "misconfigured")):
+        with pytest.raises(ServiceError) as failed:
+            await request(raw_broker, f"{subject_prefix}.rpc.dep", Job(job_id), Echo, timeout=5)
+        assert (failed.value.code, failed.value.kind) == (ErrorCode.SERVICE_UNAVAILABLE, kind)
+    with pytest.raises(ServiceError) as refused:
+        await request(raw_broker, f"{subject_prefix}.rpc.dep", Job("refused"), Echo, timeout=5)
+    assert (refused.value.code, refused.value.kind) == (ErrorCode.INTERNAL_ERROR, "terminal")
+    assert refused.value.message == "agentmail refused the request: 400 validation_error: bad recipient"
+
+
+def test_the_policy_reads_its_cap_from_the_settings() -> None:
+    policy = retry_policy(load_settings(CommonSettings, {"CONSUMER_BACKOFF_CAP_SECONDS": "7"}))
+    assert policy.delay_after(1000) == 7.0

@@ -80,7 +80,8 @@ async def test_durable_messages_count_as_retried_then_ok_or_parked(
             raise PermanentFailure("can never work")
         if failures[job.job_id] > 0:
             failures[job.job_id] -= 1
-            raise ConnectionError("transient")
+            # An outage is retried for as long as it lasts; anything else is poison and parked at the 4th.
+            raise ConnectionError("transient") if job.job_id == "flaky" else ValueError("poison")
         finished.set()
 
     await service_broker.connect()

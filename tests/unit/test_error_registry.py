@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from shared.errors import ERROR_SPECS, ErrorCode, ServiceError, http_status_of
+from shared.contracts.rpc import Err, Ok
+from shared.errors import ERROR_SPECS, ErrorCode, ServiceError, default_kind, http_status_of
 
 API_MD = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 _ROW = re.compile(r"^\| (\d{3}) \| ([A-Z_]+)(?: \([a-z ]+\))? \|", re.MULTILINE)
@@ -36,3 +38,20 @@ def test_code_maps_to_contract_status(code: str, status: int) -> None:
 def test_service_error_uses_default_message_unless_given() -> None:
     assert ServiceError(ErrorCode.CASE_NOT_FOUND).message == "Case not found."
     assert ServiceError(ErrorCode.CASE_NOT_FOUND, "gone").message == "gone"
+
+
+def test_every_code_has_a_failure_kind_by_default_and_a_reply_carries_an_explicit_one() -> None:
+    assert default_kind(ErrorCode.SERVICE_UNAVAILABLE) == "transient"
+    assert default_kind(ErrorCode.RATE_LIMITED) == "transient"
+    assert default_kind(ErrorCode.INVALID_REQUEST) == "terminal"
+    assert default_kind(ErrorCode.CASE_NOT_FOUND) == "terminal"
+    assert default_kind(ErrorCode.INTERNAL_ERROR) is None
+    refused = ServiceError(ErrorCode.INTERNAL_ERROR, "AgentMail refused the request", kind="terminal")
+    wire = msgspec.json.encode(Err.of(refused))
+    decoded = msgspec.json.decode(wire, type=Ok[int] | Err)
+    assert isinstance(decoded, Err)
+    assert decoded.to_exception().kind == "terminal"
+    # A reply from a service that does not send a kind gets the code's default.
+    legacy = msgspec.json.decode(b'{"type":"err","code":"SERVICE_UNAVAILABLE","message":"x"}', type=Ok[int] | Err)
+    assert isinstance(legacy, Err)
+    assert legacy.to_exception().kind == "transient"

@@ -7,8 +7,7 @@ from shared.failures import DependencyProblems, Misconfigured, Terminal, Transie
 
 
 def _gauge(dependency: str) -> float:
-    value: float = metrics.DEPENDENCY_MISCONFIGURED.labels(dependency=dependency)._value.get()
-    return value
+    return float(metrics.DEPENDENCY_MISCONFIGURED.labels(dependency=dependency)._value.get())
 
 
 def test_reported_problem__listed_and_counted_until_cleared() -> None:
@@ -28,3 +27,12 @@ def test_failure_kinds__carried_by_type() -> None:
         "terminal",
     ]
     assert str(Terminal("agentmail", "400 invalid recipient")) == "agentmail: 400 invalid recipient"
+
+
+def test_report_and_clear_say_whether_anything_changed__so_callers_log_once_per_change() -> None:
+    problems = DependencyProblems()
+    assert problems.report("agentmail-once", "401 unknown_api_key") is True
+    assert problems.report("agentmail-once", "401 unknown_api_key") is False
+    assert problems.report("agentmail-once", "403 missing_permission") is True
+    assert problems.clear("agentmail-once") is True
+    assert problems.clear("agentmail-once") is False
