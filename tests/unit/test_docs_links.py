@@ -7,6 +7,7 @@ checked against GitHub's heading slugs.
 
 from __future__ import annotations
 
+import itertools
 import re
 import subprocess
 from collections import Counter
@@ -39,7 +40,7 @@ def anchors(document: Path) -> frozenset[str]:
     tokens = MarkdownIt("commonmark").enable("table").parse(document.read_text())
     seen: Counter[str] = Counter()
     found = set()
-    for opening, inline in zip(tokens, tokens[1:], strict=False):
+    for opening, inline in itertools.pairwise(tokens):
         if opening.type == "heading_open":
             base = slug(inline.content)
             found.add(f"{base}-{seen[base]}" if seen[base] else base)

@@ -12,11 +12,12 @@ from __future__ import annotations
 import functools
 import html
 from pathlib import Path
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 from litestar import MediaType, Request, Response, Router, get
 from litestar.exceptions import NotFoundException
 from litestar.openapi.plugins import OpenAPIRenderPlugin
+from litestar.params import PathParameter
 
 STATIC_DIR: Final = Path(__file__).resolve().parent.parent / "static"
 ASSETS_PATH: Final = "/docs/assets"
@@ -79,7 +80,7 @@ def api_docs(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 
 @get(f"{ASSETS_PATH}/{{name:str}}", include_in_schema=False, sync_to_thread=False)
-def docs_asset(name: str) -> Response[bytes]:
+def docs_asset(name: Annotated[str, PathParameter(max_length=64)]) -> Response[bytes]:
     asset = ASSETS.get(name)
     if asset is None:
         raise NotFoundException()
