@@ -85,7 +85,9 @@ def test_piped_demo_prints_each_status_change_as_it_happens_then_the_table(
         assert seen[behaviour][-1].split(" -> ")[-1] == status, (behaviour, seen[behaviour])
     assert seen["silent"][-1] == "RUNNING -> FAILED", seen["silent"]  # ended while the demo watched
     # The ask case visibly waited for the client's answer, which the demo gave.
-    assert "INPUT_NEEDED -> RUNNING" in seen["ask"], seen["ask"]
+    # (The demo answers only after it has seen INPUT_NEEDED, so that state is always printed; what follows it may
+    # be RUNNING or, between two polls, already COMPLETED.)
+    assert any(change.startswith("INPUT_NEEDED -> ") for change in seen["ask"]), seen["ask"]
     assert_every_case_ended_as_scripted(output)
 
 
