@@ -1,6 +1,7 @@
 """`/docs` in a real browser against the running stack: every operation is rendered, nothing is loaded from
-anywhere but the gateway, and the page neither logs an error nor trips its Content-Security-Policy. Saves the
-screenshot the README shows (docs/img/api-reference.png)."""
+anywhere but the gateway, the page neither logs an error nor trips its Content-Security-Policy (which does stop a
+foreign or inline script), and "Try it out" reaches the live gateway. Saves the screenshot the README shows
+(docs/img/api-reference.png)."""
 
 from __future__ import annotations
 
@@ -79,3 +80,21 @@ async def test_the_policy_stops_a_script_from_another_origin(browser_page: Brows
     assert blocked.startswith("script-src")
     assert await page.evaluate("window.inlineRan === undefined")
     assert browser_page.foreign_requests == []  # refused by the page itself, before any request
+
+
+async def test_try_it_out_calls_the_live_gateway_from_the_page(browser_page: BrowserPage) -> None:
+    page = browser_page.page
+    await page.goto("/docs")
+    operation = page.locator(".opblock-get", has=page.locator('.opblock-summary-path[data-path="/healthz"]'))
+    await operation.locator(".opblock-summary").click()
+    await operation.get_by_role("button", name="Try it out").click()
+    async with page.expect_response(browser_page.url("/healthz")) as answered:
+        await operation.get_by_role("button", name="Execute").click()
+    response = await answered.value
+    assert response.status == 200
+    assert await response.json() == {"ok": True, "data": {"status": "up"}}
+    # The page shows what the gateway answered, request id included.
+    await operation.locator(".live-responses-table .response-col_status", has_text="200").wait_for()
+    assert "x-request-id" in (await operation.locator(".live-responses-table").inner_text()).lower()
+    assert browser_page.foreign_requests == []
+    assert browser_page.console_errors == []
