@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import os
 import re
 import sys
@@ -84,6 +85,19 @@ class GatewaySettings(CommonSettings, frozen=True, kw_only=True):
     rate_limit_default: Annotated[str, Meta(pattern=RATE_PATTERN)] = "50/100"
     # How long a verified API key is trusted without asking auth again; revocations evict it at once.
     auth_cache_seconds: Annotated[float, Meta(ge=0)] = 30.0
+    # Requests that fail authentication (or AgentMail signature checks), per source address, before the address
+    # is answered 429 without a lookup: requests per second / burst.
+    rate_limit_failed_auth: Annotated[str, Meta(pattern=RATE_PATTERN)] = "1/20"
+    # Reverse proxies whose X-Forwarded-For is believed (CIDRs, comma-separated); none by default.
+    trusted_proxies: Annotated[list[str], Meta(extra={"cidrs": True})] = msgspec.field(default_factory=list)
+    # /readyz answers from a result at most this old, so probing it cannot fan out to every service per request.
+    readyz_cache_seconds: Annotated[float, Meta(ge=0)] = 1.0
+    # Slow clients (slowloris): a request's headers must arrive within this of the connection opening (or of the
+    # previous response), and no gap between two pieces of its body may be longer than the body timeout: 408.
+    header_read_timeout_seconds: PositiveSeconds = 10.0
+    body_read_timeout_seconds: PositiveSeconds = 30.0
+    # Connections open at once; the next is answered 503 with Retry-After and closed.
+    max_connections: Annotated[int, Meta(ge=1)] = 2000
     # AgentMail's webhook ingress has its own body limit: a genuine event is never refused for the client limit.
     agentmail_ingress_max_body_bytes: Annotated[int, Meta(ge=1024)] = 64 * 1024 * 1024
 
@@ -213,8 +227,21 @@ def load_settings[S: CommonSettings](cls: type[S], environ: Mapping[str, str] | 
         problem = message.split(" - at `", 1)[0]
         raise SettingsError(variable, problem) from None
     _refuse_weak_signing_secrets(settings)
+    _refuse_bad_networks(settings)
     _refuse_dev_secrets_in_production(settings)
     return settings
+
+
+def _refuse_bad_networks(settings: CommonSettings) -> None:
+    hints = get_type_hints(type(settings), include_extras=True)
+    for field in msgspec.structs.fields(settings):
+        if not field_extra(hints[field.name]).get("cidrs"):
+            continue
+        for cidr in getattr(settings, field.name):
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise SettingsError(env_var(field.name), f"{cidr!r} is not an IP address or CIDR network") from None
 
 
 def whsec_key_bytes(secret: str) -> bytes | None:
@@ -322,6 +349,12 @@ SETTING_HELP: Final[dict[str, str]] = {
     "RATE_LIMIT_CREATE": "POST /cases throttle per API key: requests per second / burst",
     "RATE_LIMIT_DEFAULT": "throttle of the other routes per API key: requests per second / burst",
     "AGENTMAIL_INGRESS_MAX_BODY_BYTES": "largest AgentMail webhook accepted at /webhooks/agentmail (413 above)",
+    "RATE_LIMIT_FAILED_AUTH": "failed authentications or AgentMail signatures per source address: per second / burst",
+    "TRUSTED_PROXIES": "CIDRs of reverse proxies whose X-Forwarded-For names the client (none by default)",
+    "HEADER_READ_TIMEOUT_SECONDS": "a request's headers must arrive within this (408 after)",
+    "BODY_READ_TIMEOUT_SECONDS": "longest pause while a request body arrives (408 after)",
+    "MAX_CONNECTIONS": "connections a gateway holds at once; the next gets 503 with Retry-After",
+    "READYZ_CACHE_SECONDS": "how long /readyz reuses its last answer",
     "AUTH_CACHE_SECONDS": "how long a gateway trusts a verified key (revocations evict it at once)",
     "KEY_HASH_SECRET": "HMAC key API keys are hashed with; changing it invalidates every key",
     "WEBHOOK_SECRET_KEYS": "Fernet keys encrypting client webhook secrets at rest; the first encrypts (secret)",

@@ -62,6 +62,8 @@ def test_follow_up_hour_seconds_is_read_from_the_environment() -> None:
         (AgentMailSettings, "AGENTMAIL_WEBHOOK_SECRET", "whsec_" + base64.b64encode(b"x" * 23).decode()),
         (AgentMailSettings, "AGENTMAIL_WEBHOOK_SECRET", "whsec_not*base64"),
         (WebhookSettings, "WEBHOOK_ALLOW_PRIVATE", "perhaps"),
+        (GatewaySettings, "TRUSTED_PROXIES", "10.0.0.0/8,not-a-network"),
+        (GatewaySettings, "RATE_LIMIT_FAILED_AUTH", "lots"),
         (AuthSettings, "KEY_HASH_SECRET", "short"),
     ],
 )

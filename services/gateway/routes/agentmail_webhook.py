@@ -20,6 +20,7 @@ from litestar.di import NamedDependency
 
 from services.gateway.context import GatewayContext
 from services.gateway.envelope import DataEnvelope, ok
+from services.gateway.guards import FAILED_AUTH, RateLimited
 from services.gateway.openapi import error_responses
 from shared.blobs import object_bucket
 from shared.contracts.agentmail import (
@@ -50,6 +51,7 @@ log = logging.getLogger("caseflow.gateway.agentmail")
     responses=error_responses(
         ErrorCode.INVALID_REQUEST,
         ErrorCode.PAYLOAD_TOO_LARGE,
+        ErrorCode.RATE_LIMITED,
         ErrorCode.INTERNAL_ERROR,
         ErrorCode.SERVICE_UNAVAILABLE,
     ),
@@ -57,17 +59,31 @@ log = logging.getLogger("caseflow.gateway.agentmail")
 async def agentmail_webhook(
     request: Request[Any, Any, Any], gateway: NamedDependency[GatewayContext]
 ) -> DataEnvelope[WebhookAccepted]:
+    # Bad signatures are counted per source like failed logins: a forger is answered 429 before costing more.
+    source = "agentmail:" + gateway.source_of(request.client.host if request.client else None, request.headers)
+    guard = gateway.throttle.peek(caller=source, route_class=FAILED_AUTH)
+    if not guard.allowed:
+        raise RateLimited(guard)
     body = await _read_body(request, limit=gateway.settings.agentmail_ingress_max_body_bytes)
     headers = {name: request.headers[name] for name in WEBHOOK_SIGNATURE_HEADERS if name in request.headers}
+    try:
+        return ok(await _forward(gateway, body, headers))
+    except ServiceError as exc:
+        if exc.code is ErrorCode.INVALID_REQUEST:
+            gateway.throttle.take(caller=source, route_class=FAILED_AUTH)
+        raise
+
+
+async def _forward(gateway: GatewayContext, body: bytes, headers: dict[str, str]) -> WebhookAccepted:
     if len(body) <= INLINE_WEBHOOK_BODY_BYTES:
-        return ok(await _ingest(gateway, IngestWebhook(body=body, headers=headers)))
+        return await _ingest(gateway, IngestWebhook(body=body, headers=headers))
     # Too large for one NATS message: the adapter reads the exact bytes from the object store to verify them.
     bodies = await object_bucket(gateway.broker, AGENTMAIL_INGRESS_BODIES)
     name = uuid.uuid4().hex
     await bodies.put(name, body)
     try:
         log.info("large AgentMail webhook forwarded through the object store", extra={"bytes": len(body)})
-        return ok(await _ingest(gateway, IngestWebhook(body=b"", headers=headers, body_object=name)))
+        return await _ingest(gateway, IngestWebhook(body=b"", headers=headers, body_object=name))
     finally:
         try:
             await bodies.delete(name)
