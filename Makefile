@@ -8,8 +8,11 @@ PYTHON ?= $(shell command -v python3.13 2>/dev/null || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Debian's Chromium, driven by Playwright in tests/browser (Playwright's own browser download is never used).
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help install run status test test-faults demo bench lint format docs up down lock clean
+.PHONY: help install run status test test-faults test-browser demo bench lint format docs up down lock clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -30,10 +33,14 @@ status: $(STAMP)  ## which processes of a running `make run` are up (supervisorc
 	@$(BIN)/python -m deploy.local_stack status
 
 test: $(STAMP)  ## run the test suite (starts its own NATS, MongoDB, simulator and services)
-	$(BIN)/python -m pytest --ignore=tests/faults $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --ignore=tests/faults --ignore=tests/browser $(PYTEST_ARGS)
 
 test-faults: $(STAMP)  ## crash, outage and restart tests on a stack of their own (CI runs them too)
 	$(BIN)/python -m pytest tests/faults $(PYTEST_ARGS)
+
+test-browser: $(STAMP)  ## headless-Chromium tests (tests/browser); installs Debian's chromium with apt-get if missing
+	@test -x $(CHROMIUM) || { $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y chromium; }
+	CHROMIUM_PATH=$(CHROMIUM) $(BIN)/python -m pytest tests/browser $(PYTEST_ARGS)
 
 demo: $(STAMP)  ## against a running `make run`: one case per scripted counterparty, followed live
 	$(BIN)/python -m deploy.demo

@@ -52,12 +52,12 @@ class StreamSpec:
 
 DAY: Final = 86_400.0
 
-# Commands to the case service (created, input provided, cancel).
+# Commands to the case worker (created, input provided, send one email); cancel is a request, not a command.
 CASE_COMMANDS: Final = StreamSpec(
     name="CASE_COMMANDS",
     subjects=("case.cmd.>",),
     max_age_seconds=14 * DAY,
-    description="Durable commands for the case worker: created, input provided, cancel.",
+    description="Durable commands for the case worker: created, input provided, send an email.",
 )
 # Case state changes that clients may hear about (webhooks).
 CASE_EVENTS: Final = StreamSpec(

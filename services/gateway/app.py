@@ -16,7 +16,6 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ControllerRouterHandler
 
@@ -29,6 +28,7 @@ from services.gateway.guards import FAILED_AUTH, add_rate_limit_headers
 from services.gateway.memo import Memo
 from services.gateway.request_id import RequestIdGuard
 from services.gateway.routes import ROUTES
+from services.gateway.routes.docs import ReferenceRenderPlugin, schema_router
 from services.gateway.throttle import RateLimit, Throttle
 from shared.contracts.auth import KEYS_CHANGED, KeysChanged
 from shared.messaging import connect_with_retry, nats_client
@@ -100,7 +100,8 @@ def create_litestar(
             description="Delegate an email follow-up task to an agent. Every response uses the "
             '`{"ok": true, "data": ...}` / `{"ok": false, "error": {"code", "message"}}` envelope.',
             path="/schema",
-            render_plugins=[ScalarRenderPlugin(path="/")],
+            render_plugins=[ReferenceRenderPlugin()],
+            openapi_router=schema_router("/schema"),
             components=Components(
                 security_schemes={
                     "apiKey": SecurityScheme(

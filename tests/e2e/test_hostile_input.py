@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -142,7 +143,8 @@ async def test_bad_query_numbers_are_400(hostile: tuple[httpx.AsyncClient, dict[
         assert_refused(await http.get("/cases", params=params))
 
 
-def raw_request(stack: Stack, request: bytes) -> tuple[int, bytes]:
+def raw_request(stack: Stack, request: bytes) -> tuple[int, bytes, bytes]:
+    """(status, head, body) of one raw HTTP exchange."""
     port = int(stack.gateway_url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(request)
@@ -151,7 +153,7 @@ def raw_request(stack: Stack, request: bytes) -> tuple[int, bytes]:
             chunks.append(chunk)
     response = b"".join(chunks)
     head, _, body = response.partition(b"\r\n\r\n")
-    return int(head.split(b" ")[1]), body
+    return int(head.split(b" ")[1]), head, body
 
 
 @pytest.mark.parametrize(
@@ -165,6 +167,7 @@ def raw_request(stack: Stack, request: bytes) -> tuple[int, bytes]:
     ids=["huge-header", "many-headers", "garbage-request-line", "bad-content-length"],
 )
 def test_malformed_http_gets_an_envelope(stack: Stack, request_bytes: bytes) -> None:
-    status, body = raw_request(stack, request_bytes)
+    status, head, body = raw_request(stack, request_bytes)
     assert status == 400
     assert body.startswith(b'{"ok":false,"error":{"code":"INVALID_REQUEST"')
+    assert re.search(rb"(?im)^x-request-id: [0-9a-f]{32}\r?$", head), head

@@ -6,7 +6,7 @@ from litestar.types import ControllerRouterHandler
 
 from services.gateway.routes.agentmail_webhook import agentmail_webhook
 from services.gateway.routes.cases import CasesController, UsageController
-from services.gateway.routes.docs import api_docs
+from services.gateway.routes.docs import api_docs, docs_asset
 from services.gateway.routes.health import healthz, readyz
 from services.gateway.routes.webhook_deliveries import WebhookDeliveriesController
 
@@ -14,6 +14,7 @@ ROUTES: list[ControllerRouterHandler] = [
     healthz,
     readyz,
     api_docs,
+    docs_asset,
     CasesController,
     UsageController,
     agentmail_webhook,
