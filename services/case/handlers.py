@@ -20,7 +20,7 @@ from typing import get_args
 import msgspec
 from faststream.nats import NatsBroker
 
-from services.case import domain
+from services.case import domain, lifecycle
 from services.case.model import CaseRecord, SendEmailCommand
 from services.case.outbox import OutboxRelay
 from services.case.store import CaseStore, IdempotencyStore, PageCursor, WriteConflict
@@ -218,18 +218,23 @@ class CaseApi:
             raise ServiceError(ErrorCode.INVALID_REQUEST, "inputRequestId: must not be blank")
         if not provided_context:
             raise ServiceError(ErrorCode.INVALID_REQUEST, "providedContext: must not be blank")
+        answer = lifecycle.InputProvided(input_request_id=input_request_id, provided_context=provided_context)
         updated = await self._update(
             command.case_id,
             command.client_id,
-            lambda record: domain.resolve_input(
-                record, input_request_id=input_request_id, provided_context=provided_context, now=now_ms()
-            ),
+            lambda record: lifecycle.apply_request(record, answer, lifecycle.Clock.of(self.settings, now_ms())),
         )
         await self._publish_soon(updated)
         return case.InputAccepted(case_id=updated.case_id, input_request_id=input_request_id, accepted=True)
 
     async def cancel(self, ref: case.CaseRef) -> case.CaseView:
-        updated = await self._update(ref.case_id, ref.client_id, lambda record: domain.cancel(record, now=now_ms()))
+        updated = await self._update(
+            ref.case_id,
+            ref.client_id,
+            lambda record: lifecycle.apply_request(
+                record, lifecycle.CancelRequested(), lifecycle.Clock.of(self.settings, now_ms())
+            ),
+        )
         await self._publish_soon(updated)
         return domain.view(updated)
 
