@@ -33,7 +33,7 @@ from services.case import domain
 from services.case.agent.rules import RulesAgent
 from services.case.model import CaseRecord, to_document
 from services.case.outbox import OutboxRelay
-from services.case.store import CaseStore
+from services.case.store import CaseStore, UnmatchedStore
 from services.case.worker import EventFor, Worker
 from shared.contracts.case import NOTHING_SCHEDULED, NewCase
 from shared.messaging import connect_with_retry, create_broker, ensure_streams
@@ -150,7 +150,12 @@ async def run_scheduler(
             mongo = create_mongo_client(settings, app_name="bench-scheduler")
             store = CaseStore(mongo[SCHEDULER_DB])
             worker = TimedWorker(
-                broker=broker, store=store, relay=OutboxRelay(broker, store), agent=RulesAgent(), settings=settings
+                broker=broker,
+                store=store,
+                relay=OutboxRelay(broker, store),
+                agent=RulesAgent(),
+                settings=settings,
+                unmatched=UnmatchedStore(mongo[SCHEDULER_DB]),
             )
             try:
                 await connect_with_retry(broker)

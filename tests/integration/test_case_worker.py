@@ -70,7 +70,7 @@ def repairs(kind: RepairKind) -> float:
 async def case_events(harness: CaseHarness, case_id: str) -> list[str]:
     js = harness.client.connection.jetstream()
     info = await js.stream_info(CASE_EVENTS.name)
-    types = []
+    types: list[str] = []
     for sequence in range(info.state.first_seq, info.state.last_seq + 1):
         stored = await js.get_msg(CASE_EVENTS.name, sequence)
         event = msgspec.json.decode(stored.data or b"{}", type=case.CaseEvent)
@@ -184,12 +184,12 @@ async def test_a_second_thread_is_recorded_and_the_transcript_and_delivery_event
         case.CaseView,
         timeout=5,
     )
-    assert view.conversation_messages is not None
+    assert isinstance(view.conversation_messages, list)
     assert [(m.direction, m.message_id) for m in view.conversation_messages] == [
         ("outbound", f"<{case_id}.1@stub.example>"),
         ("inbound", fresh.message_id),
     ]
-    assert view.conversation_thread is not None
+    assert isinstance(view.conversation_thread, str)
     assert "Thanks, I will look into it." in view.conversation_thread
 
     # A bounce in the second thread reaches the case.
