@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final
 
+import msgspec
 from faststream.nats import NatsBroker
 
 from services.agentmail_adapter.client import (
@@ -228,6 +229,9 @@ def register_handlers(
                 message = await mail.get_message(message.inbox_id, message.message_id)
             text = body_text(message) or ""
         received = message_received(event_id, message, text)
+        # The thread → case map from our own record of the sends, so a reply finds its case even before the
+        # case service has written its send's confirmation.
+        received = msgspec.structs.replace(received, case_id=await store.case_of_thread(received.thread_id))
         await store.record(_inbound(received))
         await publish_durable(broker, MESSAGE_RECEIVED, received, stream=AGENTMAIL_EVENTS, msg_id=event_id)
 

@@ -281,6 +281,8 @@ class Worker:
     async def _match(self, message: agentmail.MessageReceived) -> MessageMatch:
         """The message's case; when none is certain yet, looked up again after each configured delay (the
         thread of a case's first email is recorded when its send is confirmed, which a fast reply can beat)."""
+        if message.case_id is not None and await self.store.get(message.case_id) is not None:
+            return MessageMatch(case_id=message.case_id)  # the adapter knows the thread from our own send
         delays = [*self.settings.thread_match_retry_seconds, None]
         for delay in delays:
             match = await self.store.case_for_message(

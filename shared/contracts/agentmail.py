@@ -135,6 +135,9 @@ class MessageReceived(Contract, frozen=True):
     auto_submitted: bool = False
     in_reply_to: str | None = None
     attachments: list[AttachmentInfo] = []
+    # The case that sent an email in this thread, from the adapter's own record of its sends (None when the
+    # thread holds none of ours: a fresh email, or one whose send is not yet recorded).
+    case_id: str | None = None
 
 
 class DeliveryEvent(Contract, frozen=True):

@@ -320,6 +320,7 @@ async def test_a_scripted_reply_arrives_through_the_gateway_as_one_message_recei
     [event] = await eventually(reply_event, what="MessageReceived for the scripted reply")
     assert event.from_address == "agree.jane@sim.example"
     assert event.in_reply_to == sent.message_id
+    assert event.case_id == "case-g"  # the thread → case map from the adapter's record of the send
     assert "attached" in event.text
     assert ">" not in event.text  # extracted_text: the reply without the quoted email
     assert not event.auto_submitted

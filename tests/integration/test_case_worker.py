@@ -109,6 +109,17 @@ async def test_a_reply_arriving_before_the_first_email_is_confirmed_is_judged_no
     assert (await harness.case(other)).handled_message_ids == []
 
 
+async def test_a_reply_the_adapter_knows_the_case_of_is_taken_by_that_case_at_once(harness: CaseHarness) -> None:
+    first, second = await harness.running(VENDOR), await harness.running(VENDOR)
+    # The adapter recorded our send in this thread; the case document does not have it yet.
+    known = await harness.deliver(thread_id="th-unrecorded", text=SIGNED, from_address=VENDOR, case_id=second)
+    done = await harness.until(second, lambda record: record.status == "COMPLETED")
+    assert known.message_id in done.handled_message_ids
+    assert "th-unrecorded" in done.thread_ids
+    assert (await harness.case(first)).status == "RUNNING"
+    assert await harness.db[UNMATCHED_MESSAGES].count_documents({}) == 0
+
+
 async def test_a_fresh_email_from_a_counterparty_with_two_open_cases_is_stored_unmatched_and_listed(
     harness: CaseHarness, mongo_url: str, mongo_db: AsyncDatabase[Document]
 ) -> None:

@@ -181,7 +181,13 @@ class CaseHarness:
         return case_id
 
     async def deliver(
-        self, *, thread_id: str, text: str, from_address: str, in_reply_to: str | None = None
+        self,
+        *,
+        thread_id: str,
+        text: str,
+        from_address: str,
+        in_reply_to: str | None = None,
+        case_id: str | None = None,
     ) -> agentmail.MessageReceived:
         """A counterparty email as the real adapter hands it over: stored for transcripts, then published."""
         message = agentmail.MessageReceived(
@@ -195,6 +201,7 @@ class CaseHarness:
             text=text,
             received_at=now_ms(),
             in_reply_to=in_reply_to,
+            case_id=case_id,
         )
         await self.publish(message)
         return message
