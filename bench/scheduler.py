@@ -31,6 +31,7 @@ from bench.report import Phase, Scenario, phase_of
 from bench.stats import summarise
 from services.case import domain
 from services.case.agent.rules import RulesAgent
+from services.case.lifecycle import Clock
 from services.case.model import CaseRecord, to_document
 from services.case.outbox import OutboxRelay
 from services.case.store import CaseStore, UnmatchedStore
@@ -95,10 +96,10 @@ class TimedWorker(Worker):
 
     claim_ms: list[float] = field(default_factory=list)
 
-    async def apply(self, case_id: str, event_for: EventFor) -> CaseRecord | None:
+    async def apply(self, case_id: str, event_for: EventFor, *, clock: Clock | None = None) -> CaseRecord | None:
         started = time.perf_counter()
         try:
-            return await super().apply(case_id, event_for)
+            return await super().apply(case_id, event_for, clock=clock)
         finally:
             self.claim_ms.append((time.perf_counter() - started) * 1000)
 

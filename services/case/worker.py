@@ -98,7 +98,7 @@ class Worker:
         deadline = timeout or self.settings.rpc_timeout_seconds
         return await request(self.broker, subject, payload, reply_type, timeout=deadline)
 
-    async def apply(self, case_id: str, event_for: EventFor) -> CaseRecord | None:
+    async def apply(self, case_id: str, event_for: EventFor, *, clock: Clock | None = None) -> CaseRecord | None:
         """Load, build the event (I/O allowed: the agent writes or judges, the adapter sends), then transition,
         store under a version check and relay.
 
@@ -117,7 +117,7 @@ class Worker:
             return case
         # A WriteConflict propagates: the message is redelivered (with backoff) onto a calmer case.
         written = await self.store.write_change(
-            case_id, lambda current: transition(current, event, self.clock()), loaded=case
+            case_id, lambda current: transition(current, event, clock or self.clock()), loaded=case
         )
         if written is None:
             return None
@@ -283,15 +283,14 @@ class Worker:
         thread of a case's first email is recorded when its send is confirmed, which a fast reply can beat)."""
         if message.case_id is not None and await self.store.get(message.case_id) is not None:
             return MessageMatch(case_id=message.case_id)  # the adapter knows the thread from our own send
-        delays = [*self.settings.thread_match_retry_seconds, None]
-        for delay in delays:
+        for delay in self.settings.thread_match_retry_seconds:
             match = await self.store.case_for_message(
                 thread_id=message.thread_id, counterparty_address=message.from_address
             )
-            if match.case_id is not None or delay is None:
+            if match.case_id is not None:
                 return match
             await asyncio.sleep(delay)
-        raise AssertionError("unreachable: the last delay is None")  # pragma: no cover
+        return await self.store.case_for_message(thread_id=message.thread_id, counterparty_address=message.from_address)
 
     async def _store_unmatched(self, message: agentmail.MessageReceived, match: MessageMatch) -> None:
         reason: Literal["no_case", "ambiguous"] = "ambiguous" if len(match.candidates) > 1 else "no_case"
@@ -366,16 +365,17 @@ class Worker:
             async def due(_: CaseRecord) -> Event:
                 return FollowUpDue()
 
+            clock = self.clock()
             try:
                 before = await self.store.get(case_id)
-                after = await self.apply(case_id, due)
+                after = await self.apply(case_id, due, clock=clock)
             except Exception:
                 log.exception("scheduling a due case failed; it stays due", extra={"case_id": case_id})
                 continue
             if before is None or after is None or after.version == before.version:
                 continue
             changed += 1
-            for kind in repairs_due(before, self.clock()):
+            for kind in repairs_due(before, clock):
                 metrics.RECONCILER_REPAIRS.labels(kind=kind).inc()
                 log.warning("reconciler requested a step again", extra={"case_id": case_id, "repair": kind})
         return changed
