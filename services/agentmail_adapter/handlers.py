@@ -211,6 +211,8 @@ def register_handlers(
         if event.event_type == MESSAGE_RECEIVED_TYPE and event.message is not None:
             await accept_message(event.event_id, event.message)
         elif (delivery := delivery_event(event)) is not None:
+            sent = await store.find(delivery.message_id)
+            delivery = msgspec.structs.replace(delivery, case_id=sent.case_id if sent is not None else None)
             await publish_durable(broker, DELIVERY_EVENT, delivery, stream=AGENTMAIL_EVENTS, msg_id=event.event_id)
         else:
             log.info("AgentMail event ignored", extra={"event_type": event.event_type, "event_id": event.event_id})

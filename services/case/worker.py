@@ -345,14 +345,27 @@ class Worker:
     async def on_delivery(self, delivery: agentmail.DeliveryEvent) -> None:
         if delivery.kind == "delivered":
             return
-        case_id = await self.store.case_for_thread(delivery.thread_id)
+        case_id = await self._case_of_delivery(delivery)
         if case_id is None:
+            log.warning("delivery event for a message of no case", extra={"message_id": delivery.message_id})
             return
 
         async def failed(_: CaseRecord) -> Event:
             return DeliveryFailed(kind=delivery.kind, message_id=delivery.message_id, detail=delivery.detail)  # type: ignore[arg-type]
 
         await self.apply(case_id, failed)
+
+    async def _case_of_delivery(self, delivery: agentmail.DeliveryEvent) -> str | None:
+        """The case that sent the message: as the adapter recorded it, else by thread, looked up again after
+        each configured delay (a fast bounce can beat the write of its send's confirmation)."""
+        if delivery.case_id is not None and await self.store.get(delivery.case_id) is not None:
+            return delivery.case_id
+        for delay in self.settings.thread_match_retry_seconds:
+            case_id = await self.store.case_for_thread(delivery.thread_id)
+            if case_id is not None:
+                return case_id
+            await asyncio.sleep(delay)
+        return await self.store.case_for_thread(delivery.thread_id)
 
     # ---- scheduler ---------------------------------------------------------------------------------------
 

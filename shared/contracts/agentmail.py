@@ -150,3 +150,5 @@ class DeliveryEvent(Contract, frozen=True):
     thread_id: str
     at: int  # Unix ms
     detail: str = ""  # bounce type/sub-type, complaint type or rejection reason
+    # The case that sent the message, from the adapter's own record of its sends (None when not recorded).
+    case_id: str | None = None

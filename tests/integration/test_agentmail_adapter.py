@@ -350,6 +350,8 @@ async def test_delivery_webhooks_become_delivery_events(
     assert events[delivered.message_id].kind == "delivered"
     assert events[delivered.message_id].thread_id == delivered.thread_id
     assert events[delivered.message_id].inbox_id == INBOX
+    # The case that sent each message, from the adapter's record of the send.
+    assert (events[bounced.message_id].case_id, events[delivered.message_id].case_id) == ("case-b", "case-ok")
 
 
 @pytest.mark.parametrize(

@@ -203,7 +203,7 @@ async def test_a_second_thread_is_recorded_and_the_transcript_and_delivery_event
     assert isinstance(view.conversation_thread, str)
     assert "Thanks, I will look into it." in view.conversation_thread
 
-    # A bounce in the second thread reaches the case.
+    # A bounce in the second thread reaches the case (by thread: the event names no case).
     bounce = agentmail.DeliveryEvent(
         event_id="evt-bounce", kind="bounced", inbox_id="x", message_id="<m>", thread_id="th-second", at=now_ms()
     )
@@ -213,6 +213,27 @@ async def test_a_second_thread_is_recorded_and_the_transcript_and_delivery_event
 
 
 # ---- one email in flight -------------------------------------------------------------------------------------
+
+
+async def test_a_bounce_arriving_before_the_send_is_confirmed_fails_the_case(harness: CaseHarness) -> None:
+    async def bounce_before_the_confirmation(sent: agentmail.SendEmail | agentmail.ReplyEmail, thread_id: str) -> None:
+        bounce = agentmail.DeliveryEvent(
+            event_id=f"evt-bounce-{sent.case_id}",
+            kind="bounced",
+            inbox_id="x",
+            message_id=f"<{sent.case_id}.1@stub.example>",
+            thread_id=thread_id,
+            at=now_ms(),
+        )
+        await publish_durable(
+            harness.client, agentmail.DELIVERY_EVENT, bounce, stream=AGENTMAIL_EVENTS, msg_id=bounce.event_id
+        )
+        await asyncio.sleep(0.3)
+
+    harness.adapter.before_answer = bounce_before_the_confirmation
+    case_id = await harness.create(VENDOR)
+    failed = await harness.until(case_id, lambda record: record.status == "FAILED")
+    assert (failed.result_status, failed.attempt_count) == ("BOUNCED", 1)
 
 
 async def test_a_reply_judged_while_a_follow_up_is_in_flight_goes_out_under_its_own_attempt(
