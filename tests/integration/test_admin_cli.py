@@ -38,6 +38,7 @@ SUBCOMMANDS = (
     "set-plan",
     "rotate-webhook-secret",
     "list-clients",
+    "unmatched",
 )
 
 
