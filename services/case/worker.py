@@ -115,9 +115,12 @@ class Worker:
         event = await event_for(case)
         if event is None:
             return case
-        # A WriteConflict propagates: the message is redelivered (with backoff) onto a calmer case.
+        # A send's outcome follows the claim written while the event was built: read afresh rather than try
+        # a write that is sure to conflict. A WriteConflict propagates: the message is redelivered (with
+        # backoff) onto a calmer case.
+        sent = isinstance(event, EmailSent | SendRejected | SendFailed)
         written = await self.store.write_change(
-            case_id, lambda current: transition(current, event, clock or self.clock()), loaded=case
+            case_id, lambda current: transition(current, event, clock or self.clock()), loaded=None if sent else case
         )
         if written is None:
             return None
