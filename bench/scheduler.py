@@ -31,9 +31,10 @@ from bench.report import Phase, Scenario, phase_of
 from bench.stats import summarise
 from services.case import domain
 from services.case.agent.rules import RulesAgent
+from services.case.lifecycle import Clock
 from services.case.model import CaseRecord, to_document
 from services.case.outbox import OutboxRelay
-from services.case.store import CaseStore
+from services.case.store import CaseStore, UnmatchedStore
 from services.case.worker import EventFor, Worker
 from shared.contracts.case import NOTHING_SCHEDULED, NewCase
 from shared.messaging import connect_with_retry, create_broker, ensure_streams
@@ -95,10 +96,10 @@ class TimedWorker(Worker):
 
     claim_ms: list[float] = field(default_factory=list)
 
-    async def apply(self, case_id: str, event_for: EventFor) -> CaseRecord | None:
+    async def apply(self, case_id: str, event_for: EventFor, *, clock: Clock | None = None) -> CaseRecord | None:
         started = time.perf_counter()
         try:
-            return await super().apply(case_id, event_for)
+            return await super().apply(case_id, event_for, clock=clock)
         finally:
             self.claim_ms.append((time.perf_counter() - started) * 1000)
 
@@ -150,7 +151,12 @@ async def run_scheduler(
             mongo = create_mongo_client(settings, app_name="bench-scheduler")
             store = CaseStore(mongo[SCHEDULER_DB])
             worker = TimedWorker(
-                broker=broker, store=store, relay=OutboxRelay(broker, store), agent=RulesAgent(), settings=settings
+                broker=broker,
+                store=store,
+                relay=OutboxRelay(broker, store),
+                agent=RulesAgent(),
+                settings=settings,
+                unmatched=UnmatchedStore(mongo[SCHEDULER_DB]),
             )
             try:
                 await connect_with_retry(broker)

@@ -115,6 +115,16 @@ SHED_REQUESTS: Final = Counter(
     ["route_class"],
 )
 CASES: Final = Gauge("caseflow_cases", "Cases by status (all clients).", ["status"])
+RECONCILER_REPAIRS: Final = Counter(
+    "caseflow_reconciler_repairs",
+    "Steps the scheduler requested again because they outlived their lease, by kind (see lifecycle.REPAIR_KINDS).",
+    ["kind"],
+)
+UNMATCHED_MESSAGES: Final = Counter(
+    "caseflow_unmatched_messages",
+    "Inbound messages stored as unmatched (no case, or several open cases of the sender), by reason.",
+    ["reason"],
+)
 
 # ---- agentmail_adapter ------------------------------------------------------------------------------------------
 

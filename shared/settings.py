@@ -159,6 +159,17 @@ class CaseSettings(CommonSettings, frozen=True, kw_only=True):
     send_timeout_seconds: PositiveSeconds = 45.0
     # How often the scheduler looks for due cases (follow-ups are precise to about this).
     scheduler_interval_seconds: PositiveSeconds = 1.0
+    # Leases of the steps that wait for a message (real time, not scaled by FOLLOW_UP_HOUR_SECONDS): once one
+    # passes, the scheduler's reconciler requests the step again from the case document. Each must exceed the
+    # step's normal duration (a send: SEND_TIMEOUT_SECONDS; an answer or a reply: one judgement by the model).
+    send_lease_seconds: PositiveSeconds = 300.0
+    input_lease_seconds: PositiveSeconds = 300.0
+    reply_lease_seconds: PositiveSeconds = 300.0
+    # A reply whose thread is not yet on any case (its first email's confirmation not yet written) is looked up
+    # again after each of these delays before it is stored as unmatched.
+    thread_match_retry_seconds: Annotated[list[Annotated[float, Meta(ge=0)]], Meta(max_length=20)] = msgspec.field(
+        default_factory=lambda: [0.5, 1.0, 2.0, 4.0]
+    )
 
 
 class AgentMailSettings(CommonSettings, frozen=True, kw_only=True):
@@ -386,6 +397,10 @@ SETTING_HELP: Final[dict[str, str]] = {
     "IDEMPOTENCY_TTL_HOURS": "how long an Idempotency-Key replays its create",
     "SEND_TIMEOUT_SECONDS": "deadline for the adapter to send one email, its retries included",
     "SCHEDULER_INTERVAL_SECONDS": "how often due follow-ups are looked for",
+    "SEND_LEASE_SECONDS": "a requested email not confirmed within this is requested again (same attempt)",
+    "INPUT_LEASE_SECONDS": "a resolved input request not applied within this is queued again",
+    "REPLY_LEASE_SECONDS": "a stored reply not judged within this is judged again",
+    "THREAD_MATCH_RETRY_SECONDS": "delays between lookups of a reply's unknown thread before it is stored unmatched",
     "AGENTMAIL_BASE_URL": "AgentMail API (the local simulator by default)",
     "AGENTMAIL_API_KEY": "AgentMail API key (secret)",
     "AGENTMAIL_INBOX_ID": "the inbox cases send from",

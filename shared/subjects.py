@@ -108,6 +108,7 @@ class Consumer(StrEnum):
     CASE_CREATED = "case-created"
     CASE_SEND = "case-send"
     CASE_INPUT = "case-input"
+    CASE_JUDGE_REPLY = "case-judge-reply"
     CASE_MESSAGES = "case-agentmail-messages"
     CASE_DELIVERIES = "case-agentmail-deliveries"
     WEBHOOK_CASE_EVENTS = "webhook_case_events"

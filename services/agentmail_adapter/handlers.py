@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final
 
+import msgspec
 from faststream.nats import NatsBroker
 
 from services.agentmail_adapter.client import (
@@ -226,6 +227,8 @@ def register_handlers(
         if event.event_type == MESSAGE_RECEIVED_TYPE and event.message is not None:
             await accept_message(event.event_id, event.message)
         elif (delivery := delivery_event(event)) is not None:
+            sent = await store.find(delivery.message_id)
+            delivery = msgspec.structs.replace(delivery, case_id=sent.case_id if sent is not None else None)
             await publish_durable(broker, DELIVERY_EVENT, delivery, stream=AGENTMAIL_EVENTS, msg_id=event.event_id)
         else:
             log.info("AgentMail event ignored", extra={"event_type": event.event_type, "event_id": event.event_id})
@@ -244,6 +247,9 @@ def register_handlers(
                 message = await mail.get_message(message.inbox_id, message.message_id)
             text = body_text(message) or ""
         received = message_received(event_id, message, bounded_text(text, message_id=message.message_id))
+        # The thread → case map from our own record of the sends, so a reply finds its case even before the
+        # case service has written its send's confirmation.
+        received = msgspec.structs.replace(received, case_id=await store.case_of_thread(received.thread_id))
         await store.record(_inbound(received))
         await publish_durable(broker, MESSAGE_RECEIVED, received, stream=AGENTMAIL_EVENTS, msg_id=event_id)
 

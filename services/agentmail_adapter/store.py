@@ -87,6 +87,13 @@ class MessageStore:
         document = await self._messages.find_one({"caseId": case_id, "attempt": attempt, "direction": "outbound"})
         return msgspec.convert(document, StoredMessage) if document else None
 
+    async def case_of_thread(self, thread_id: str) -> str | None:
+        """The case that sent an email in the thread (recorded with every send, before the send is answered)."""
+        document = await self._messages.find_one(
+            {"threadId": thread_id, "direction": "outbound", "caseId": {"$ne": None}}, projection={"caseId": 1}
+        )
+        return str(document["caseId"]) if document and document.get("caseId") else None
+
     async def thread(self, thread_id: str) -> list[StoredMessage]:
         cursor = self._messages.find({"threadId": thread_id}).sort(
             [("timestamp", ASCENDING), ("recordedAt", ASCENDING)]

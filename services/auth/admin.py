@@ -7,6 +7,7 @@ identity (key status, plan) it broadcasts KEYS_CHANGED so every gateway evicts i
 unreachable the change still stands and gateways pick it up when their cached entries expire, which the CLI
 says on stderr.
 
+`unmatched list` reads the case service's `unmatched_messages` (inbound mail no case could take) the same way.
 `usage` is the one command that needs a running service: usage counters belong to billing, so it asks billing
 over NATS (USAGE_REPORT) with the plans auth holds, and joins the answer with the clients' names. `parked ...`
 works on the PARKED stream over NATS only (services.auth.admin_parked).
@@ -115,7 +116,50 @@ COMMANDS: dict[str, tuple[str, Command]] = {
         "[{clientId, name, plan, month, used, limit, remaining, planConfigured}]",
         lambda admin, args: usage_report(admin, month=args.month, client_id=args.client_id),
     ),
+    "unmatched": (
+        "`unmatched list`: inbound mail that matched no case or several open cases, newest first (the case "
+        "service stores it, never discards it)",
+        lambda admin, args: unmatched_messages(admin.settings, limit=args.limit),
+    ),
 }
+
+
+class UnmatchedRow(Output, frozen=True, kw_only=True):
+    message_id: str
+    reason: str
+    from_address: str
+    subject: str
+    thread_id: str
+    received_at: int
+    candidate_case_ids: list[str]
+
+    def table_row(self) -> dict[str, object]:
+        row = super().table_row()
+        row["candidateCaseIds"] = ",".join(self.candidate_case_ids) or None
+        return row
+
+
+async def unmatched_messages(settings: AuthSettings, *, limit: int) -> list[UnmatchedRow]:
+    """The case service's `unmatched_messages`, read directly like the auth store (an operator's view)."""
+    from services.case.store import UnmatchedStore  # the case service's collection; only this command needs it
+
+    mongo = create_mongo_client(settings, app_name="caseflow-auth-admin")
+    try:
+        stored = await UnmatchedStore(mongo[settings.mongo_db]).newest(limit=limit)
+    finally:
+        await mongo.close()
+    return [
+        UnmatchedRow(
+            message_id=message.message_id,
+            reason=message.reason,
+            from_address=message.from_address,
+            subject=message.subject,
+            thread_id=message.thread_id,
+            received_at=message.received_at,
+            candidate_case_ids=message.candidate_case_ids,
+        )
+        for message in stored
+    ]
 
 
 EXAMPLES = f"""examples:
@@ -125,6 +169,7 @@ EXAMPLES = f"""examples:
   {PROG} usage --month 2025-06 --format table
   {PROG} parked list --format table
   {PROG} parked replay 42
+  {PROG} unmatched list --format table
 """
 
 
@@ -163,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers["usage"].add_argument("--client", dest="client_id", metavar="CLIENT", help="only this client (cli_...)")
     admin_parked.add_parser(commands, output)
+    subparsers["unmatched"].add_argument("action", choices=("list",), help="list: the newest unmatched messages")
+    subparsers["unmatched"].add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
     return parser
 
 

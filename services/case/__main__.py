@@ -11,7 +11,7 @@ from services.case.agent.openai import OpenAIAgent
 from services.case.agent.port import Agent
 from services.case.agent.rules import RulesAgent
 from services.case.outbox import OutboxRelay
-from services.case.store import INDEXES, CaseStore, IdempotencyStore
+from services.case.store import INDEXES, CaseStore, IdempotencyStore, UnmatchedStore
 from shared import metrics
 from shared.contracts.case import CaseStatus
 from shared.runtime import ServiceRuntime
@@ -45,7 +45,12 @@ def build(settings: CaseSettings) -> ServiceRuntime:
         )
     )
     case_worker = worker.Worker(
-        broker=runtime.broker, store=store, relay=relay, agent=build_agent(settings, runtime), settings=settings
+        broker=runtime.broker,
+        store=store,
+        relay=relay,
+        agent=build_agent(settings, runtime),
+        settings=settings,
+        unmatched=UnmatchedStore(runtime.db),
     )
     worker.register(case_worker)
     runtime.add_background_loop(relay.relay_forever)

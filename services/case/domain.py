@@ -1,8 +1,8 @@
-"""Pure case rules for the API side: creating a case, accepting input, cancelling, and what clients see.
+"""Pure case rules for the API side: creating a case, ownership, and what clients see (views, webhook data).
 
 No I/O here: functions take a record and the time and return a new record (with any owed messages in its
-outbox) or raise a ServiceError with the contract's code. The worker's lifecycle (sending, follow-ups,
-judging replies) builds on the same record in `lifecycle.py`.
+outbox) or raise a ServiceError with the contract's code. Every change of an existing case, the client's
+cancel and input included, is an event of the one transition table in `lifecycle.py`.
 """
 
 from __future__ import annotations
@@ -14,15 +14,12 @@ import msgspec
 from services.case.model import CaseRecord, OutboxMessage, address_key
 from shared.contracts.case import (
     CMD_CREATED,
-    CMD_INPUT_PROVIDED,
     NOTHING_SCHEDULED,
-    TERMINAL_STATUSES,
     CaseCreatedCommand,
     CaseEvent,
     CaseEventData,
     CaseView,
     EventType,
-    InputProvidedCommand,
     InputRequestView,
     NewCase,
     case_event_id,
@@ -91,31 +88,6 @@ def ensure_owner(record: CaseRecord | None, client_id: str) -> CaseRecord:
     return record
 
 
-def resolve_input(record: CaseRecord, *, input_request_id: str, provided_context: str, now: int) -> CaseRecord:
-    """Resolve the pending input request and owe the worker the answer (checks in the contract's order)."""
-    request = record.input_request
-    if record.status != "INPUT_NEEDED" or request is None:
-        raise ServiceError(ErrorCode.CASE_NOT_WAITING_FOR_INPUT)
-    if request.status != "PENDING":
-        raise ServiceError(ErrorCode.INPUT_REQUEST_NOT_PENDING)
-    if request.id != input_request_id:
-        raise ServiceError(ErrorCode.INPUT_REQUEST_MISMATCH)
-    resolved = msgspec.structs.replace(
-        record,
-        input_request=msgspec.structs.replace(request, status="RESOLVED"),
-        updated_at=max(now, record.updated_at + 1),
-    )
-    command = outbox_message(
-        subject=CMD_INPUT_PROVIDED,
-        stream_name=CASE_COMMANDS.name,
-        msg_id=f"input:{record.case_id}:{input_request_id}",
-        payload=InputProvidedCommand(
-            case_id=record.case_id, input_request_id=input_request_id, provided_context=provided_context
-        ),
-    )
-    return with_outbox(resolved, [command], now=now)
-
-
 def case_event(record: CaseRecord, event_type: EventType) -> OutboxMessage:
     event_id = case_event_id(record.case_id, event_type, record.updated_at)
     event = CaseEvent(
@@ -129,19 +101,6 @@ def case_event(record: CaseRecord, event_type: EventType) -> OutboxMessage:
     return outbox_message(
         subject=event_subject(event_type), stream_name=CASE_EVENTS.name, msg_id=event_id, payload=event
     )
-
-
-def cancel(record: CaseRecord, *, now: int) -> CaseRecord:
-    if record.status in TERMINAL_STATUSES:
-        raise ServiceError(ErrorCode.CASE_NOT_CANCELLABLE)
-    cancelled = msgspec.structs.replace(
-        record,
-        status="CANCELLED",
-        result_status="cancelled",
-        next_action_at=NOTHING_SCHEDULED,
-        updated_at=max(now, record.updated_at + 1),
-    )
-    return with_outbox(cancelled, [case_event(cancelled, "case.cancelled")], now=now)
 
 
 def _unset_if_none(value: Any) -> Any:

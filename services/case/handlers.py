@@ -20,11 +20,11 @@ from typing import get_args
 import msgspec
 from faststream.nats import NatsBroker
 
-from services.case import domain
-from services.case.model import CaseRecord, SendEmailCommand
+from services.case import domain, lifecycle
+from services.case.model import CaseRecord, JudgeReplyCommand, SendEmailCommand
 from services.case.outbox import OutboxRelay
 from services.case.store import CaseStore, IdempotencyStore, PageCursor, WriteConflict
-from services.case.transcript import format_transcript, transcript_entries
+from services.case.transcript import case_threads, case_transcript, format_transcript, transcript_entries
 from services.case.validation import validate_new_case
 from shared.clock import now_ms
 from shared.contracts import agentmail, billing, case
@@ -151,15 +151,18 @@ class CaseApi:
         view = domain.view(record)
         if not query.include_transcript:
             return view
-        if record.thread_id is None:
+        if not case_threads(record):
             return msgspec.structs.replace(view, conversation_thread=None, conversation_messages=None)
-        transcript = await self._rpc(
-            agentmail.TRANSCRIPT, agentmail.GetTranscript(thread_id=record.thread_id), agentmail.Transcript
-        )
+
+        async def thread(thread_id: str) -> list[agentmail.TranscriptMessage]:
+            found = await self._rpc(
+                agentmail.TRANSCRIPT, agentmail.GetTranscript(thread_id=thread_id), agentmail.Transcript
+            )
+            return found.messages
+
+        messages = await case_transcript(record, thread)
         return msgspec.structs.replace(
-            view,
-            conversation_thread=format_transcript(transcript.messages),
-            conversation_messages=transcript_entries(transcript.messages),
+            view, conversation_thread=format_transcript(messages), conversation_messages=transcript_entries(messages)
         )
 
     async def list(self, query: case.ListCases) -> case.CasePage:
@@ -218,18 +221,23 @@ class CaseApi:
             raise ServiceError(ErrorCode.INVALID_REQUEST, "inputRequestId: must not be blank")
         if not provided_context:
             raise ServiceError(ErrorCode.INVALID_REQUEST, "providedContext: must not be blank")
+        answer = lifecycle.InputProvided(input_request_id=input_request_id, provided_context=provided_context)
         updated = await self._update(
             command.case_id,
             command.client_id,
-            lambda record: domain.resolve_input(
-                record, input_request_id=input_request_id, provided_context=provided_context, now=now_ms()
-            ),
+            lambda record: lifecycle.apply_request(record, answer, lifecycle.Clock.of(self.settings, now_ms())),
         )
         await self._publish_soon(updated)
         return case.InputAccepted(case_id=updated.case_id, input_request_id=input_request_id, accepted=True)
 
     async def cancel(self, ref: case.CaseRef) -> case.CaseView:
-        updated = await self._update(ref.case_id, ref.client_id, lambda record: domain.cancel(record, now=now_ms()))
+        updated = await self._update(
+            ref.case_id,
+            ref.client_id,
+            lambda record: lifecycle.apply_request(
+                record, lifecycle.CancelRequested(), lifecycle.Clock.of(self.settings, now_ms())
+            ),
+        )
         await self._publish_soon(updated)
         return domain.view(updated)
 
@@ -261,6 +269,13 @@ def document_outbox_subjects(broker: NatsBroker) -> None:
         case.CMD_SEND,
         SendEmailCommand,
         description=f"The worker's own queue of emails to send (payload private to the case service). {commands}",
+    )
+    document_publication(
+        broker,
+        case.CMD_JUDGE_REPLY,
+        JudgeReplyCommand,
+        description="The reconciler's request to judge a stored reply that was never judged (payload private "
+        f"to the case service). {commands}",
     )
     for event_type in get_args(case.EventType):
         document_publication(

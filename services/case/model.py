@@ -24,6 +24,10 @@ class InputRequestRecord(Record, frozen=True):
     question: str
     status: Literal["PENDING", "RESOLVED"]
     requested_at: int
+    # Once RESOLVED: the client's answer and when it was last queued for the worker, so the reconciler can
+    # queue it again from the case alone if it is not applied within its lease.
+    provided_context: str | None = None
+    answer_queued_at: int | None = None
 
 
 class TokenUsageRecord(Record, frozen=True):
@@ -58,6 +62,32 @@ class SendEmailCommand(Record, frozen=True):
     draft_text: str | None = None
 
 
+class JudgeReplyCommand(Record, frozen=True):
+    """`case.cmd.judge_reply`: the worker judges a stored counterparty message (the reconciler's repair of a
+    reply that was received but never judged)."""
+
+    case_id: str
+    message_id: str
+
+
+class QueuedSend(Record, frozen=True):
+    """An email decided while another one was already being sent: requested once that one is confirmed."""
+
+    kind: EmailKind
+    in_reply_to: str | None = None
+    draft_subject: str | None = None
+    draft_text: str | None = None
+
+
+class UnjudgedReply(Record, frozen=True):
+    """A counterparty message matched to the case and not yet judged (`noted_at` starts its lease)."""
+
+    message_id: str
+    thread_id: str
+    noted_at: int
+    attachments: list[AttachmentMeta] = []
+
+
 class CaseRecord(Record, frozen=True):
     case_id: str = msgspec.field(name="_id")
     client_id: str
@@ -86,14 +116,32 @@ class CaseRecord(Record, frozen=True):
     result: dict[str, Any] | None = None
     failure_reason: str | None = None
     input_request: InputRequestRecord | None = None
+    # The case's first thread; `thread_ids` holds every thread of the case (a counterparty may write fresh).
     thread_id: str | None = None
+    thread_ids: list[str] = []
     # The newest message in the thread (ours or theirs): follow-ups and replies answer it.
     last_message_id: str | None = None
     # The newest counterparty message: the agent judges it and replies to it.
     last_inbound_message_id: str | None = None
-    # An email the worker has been asked to send and has not yet confirmed (attempt number and kind).
+    # The one email in flight: the worker has been asked to send attempt `awaiting_send` and has not yet
+    # confirmed it. Once the worker has started sending it (`send_claimed`) its body is fixed in `outgoing_*`,
+    # so a repeat after a crash sends the same body under the same attempt, and nothing supersedes it.
     awaiting_send: int | None = None
     awaiting_kind: EmailKind | None = None
+    awaiting_in_reply_to: str | None = None
+    send_requested_at: int | None = None
+    send_claimed: bool = False
+    outgoing_subject: str | None = None
+    outgoing_text: str | None = None
+    # What is to be sent once the email in flight is confirmed (a reply decided while it was being sent).
+    queued_send: QueuedSend | None = None
+    # The highest attempt number ever handed out: every distinct email gets a new one (its Idempotency-Key).
+    last_attempt: int = 0
+    # Counterparty messages matched to the case and not yet judged.
+    unjudged_replies: list[UnjudgedReply] = []
+    # When the reconciler should look at the case: the earliest lease of a step requested and not confirmed
+    # (a send, an answer to apply, a reply to judge); None when nothing waits.
+    repair_at: int | None = None
     # Recently handled inbound messages and input requests, so a redelivered event changes nothing.
     handled_message_ids: list[str] = []
     handled_input_ids: list[str] = []

@@ -1,4 +1,5 @@
-"""The case service's collections: `cases` (one document per case, with its outbox) and `idempotency_keys`.
+"""The case service's collections: `cases` (one document per case, with its outbox), `idempotency_keys`, and
+`unmatched_messages` (inbound mail that matched no case or several open ones: kept, never discarded).
 
 Concurrency is MongoDB's job (docs/storage.md): every case write is a replace or update conditioned on the
 version it read and bumps it; idempotency keys are claimed by a unique `_id`.
@@ -16,12 +17,13 @@ from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from services.case.lifecycle import OPEN_STATUSES, SCHEDULABLE_STATUSES
 from services.case.model import CaseRecord, address_key, from_document, to_document
 from shared.mongo import Document
 
 CASES: Final = "cases"
-OPEN_STATUSES: Final = ("CREATED", "RUNNING", "INPUT_NEEDED")
 IDEMPOTENCY_KEYS: Final = "idempotency_keys"
+UNMATCHED_MESSAGES: Final = "unmatched_messages"
 
 INDEXES: Final = {
     CASES: [
@@ -32,6 +34,9 @@ INDEXES: Final = {
         IndexModel([("nextActionAt", ASCENDING)], name="next_action"),
         # Inbound mail is matched to its case by thread, else by the counterparty's address.
         IndexModel([("threadId", ASCENDING)], name="thread", sparse=True),
+        IndexModel([("threadIds", ASCENDING)], name="threads", sparse=True),
+        # The reconciler finds cases whose awaited step outlived its lease through this index.
+        IndexModel([("repairAt", ASCENDING)], name="repair_at", sparse=True),
         IndexModel([("counterpartyKey", ASCENDING), ("status", ASCENDING)], name="counterparty_status"),
         # The outbox relay finds cases with unpublished messages.
         IndexModel([("outboxPendingSince", ASCENDING)], name="outbox_pending", sparse=True),
@@ -42,6 +47,8 @@ INDEXES: Final = {
         # MongoDB deletes a key once expiresAt (a BSON date) has passed.
         IndexModel([("expiresAt", ASCENDING)], name="expires_ttl", expireAfterSeconds=0),
     ],
+    # No TTL: an unmatched message stays until an operator has looked at it.
+    UNMATCHED_MESSAGES: [IndexModel([("storedAt", ASCENDING)], name="stored_at")],
 }
 
 
@@ -116,35 +123,44 @@ class CaseStore:
         )
 
     async def case_for_thread(self, thread_id: str) -> str | None:
-        document = await self.cases.find_one({"threadId": thread_id}, {"_id": 1})
+        """The case with `thread_id` among its threads (`threadId` alone: cases stored before `threadIds`)."""
+        document = await self.cases.find_one({"$or": [{"threadIds": thread_id}, {"threadId": thread_id}]}, {"_id": 1})
         return str(document["_id"]) if document else None
 
-    async def case_for_message(self, *, thread_id: str, counterparty_address: str) -> str | None:
+    async def case_for_message(self, *, thread_id: str, counterparty_address: str) -> MessageMatch:
         """The case a counterparty message belongs to: its thread's case, else the one open case with that
         counterparty (none when several are open: guessing would put a reply on the wrong case)."""
         by_thread = await self.case_for_thread(thread_id)
         if by_thread is not None:
-            return by_thread
+            return MessageMatch(case_id=by_thread)
         open_cases = await (
             self.cases.find(
                 {"counterpartyKey": address_key(counterparty_address), "status": {"$in": list(OPEN_STATUSES)}},
                 {"_id": 1},
             )
-            .limit(2)
+            .sort("_id", ASCENDING)
+            .limit(MAX_CANDIDATES)
             .to_list(None)
         )
-        return str(open_cases[0]["_id"]) if len(open_cases) == 1 else None
+        candidates = tuple(str(document["_id"]) for document in open_cases)
+        if len(candidates) == 1:
+            return MessageMatch(case_id=candidates[0])
+        return MessageMatch(case_id=None, candidates=candidates)
 
     async def count_by_status(self, statuses: Sequence[str]) -> dict[str, int]:
         return {status: await self.cases.count_documents({"status": status}) for status in statuses}
 
     async def due_case_ids(self, *, now: int, limit: int) -> list[str]:
-        cursor = (
-            self.cases.find({"nextActionAt": {"$lte": now}, "status": {"$in": ["CREATED", "RUNNING"]}}, {"_id": 1})
+        """Cases with a follow-up due, and (the reconciler's) cases with a step past its lease."""
+        follow_ups = (
+            self.cases.find({"nextActionAt": {"$lte": now}, "status": {"$in": list(SCHEDULABLE_STATUSES)}}, {"_id": 1})
             .sort("nextActionAt", ASCENDING)
             .limit(limit)
         )
-        return [str(document["_id"]) for document in await cursor.to_list(None)]
+        repairs = self.cases.find({"repairAt": {"$lte": now}}, {"_id": 1}).sort("repairAt", ASCENDING).limit(limit)
+        ids = [str(document["_id"]) for document in await follow_ups.to_list(None)]
+        ids.extend(str(document["_id"]) for document in await repairs.to_list(None))
+        return list(dict.fromkeys(ids))[:limit]
 
     async def with_pending_outbox(self, *, older_than: int, limit: int) -> list[CaseRecord]:
         cursor = self.cases.find({"outboxPendingSince": {"$lte": older_than}}).limit(limit)
@@ -174,6 +190,50 @@ class CaseStore:
             ]
         cursor = self.cases.find(query).sort([("updatedAt", ASCENDING), ("_id", ASCENDING)]).limit(limit)
         return [from_document(document) for document in await cursor.to_list(None)]
+
+
+# How many open cases of one counterparty an ambiguous message records as its candidates.
+MAX_CANDIDATES: Final = 10
+
+
+@dataclass(frozen=True, slots=True)
+class MessageMatch:
+    """The case an inbound message belongs to, or (none) the open cases it could belong to."""
+
+    case_id: str | None
+    candidates: tuple[str, ...] = ()
+
+
+class UnmatchedMessage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """An inbound message no case could take: `no_case` (no thread, no open case of the sender) or `ambiguous`
+    (several open cases of the sender: guessing would put it on the wrong case)."""
+
+    message_id: str = msgspec.field(name="_id")
+    event_id: str
+    inbox_id: str
+    thread_id: str
+    from_address: str
+    subject: str
+    received_at: int  # Unix ms
+    reason: Literal["no_case", "ambiguous"]
+    candidate_case_ids: list[str] = []
+    stored_at: int  # Unix ms
+
+
+class UnmatchedStore:
+    """`unmatched_messages`: one document per message id, so a redelivered event stores it once."""
+
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self.messages = db[UNMATCHED_MESSAGES]
+
+    async def record(self, message: UnmatchedMessage) -> None:
+        document = msgspec.to_builtins(message)
+        document.pop("_id")
+        await self.messages.update_one({"_id": message.message_id}, {"$setOnInsert": document}, upsert=True)
+
+    async def newest(self, *, limit: int) -> list[UnmatchedMessage]:
+        cursor = self.messages.find().sort("storedAt", -1).limit(limit)
+        return [msgspec.convert(document, UnmatchedMessage) for document in await cursor.to_list(None)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,11 +1,37 @@
-"""The case transcript, built from the adapter's message store (never fetched live from AgentMail)."""
+"""The case transcript, built from the adapter's message store (never fetched live from AgentMail).
+
+A case may span several threads (a counterparty who writes fresh): its transcript is every thread's messages
+merged oldest first, each message once.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Awaitable, Callable, Iterable
 
+from services.case.model import CaseRecord
 from shared.contracts.agentmail import TranscriptMessage
 from shared.contracts.case import TranscriptEntry
+
+
+def case_threads(case: CaseRecord) -> list[str]:
+    """Every thread of the case, the first one first (cases stored before `threadIds` have only `threadId`)."""
+    threads = list(case.thread_ids)
+    if case.thread_id is not None and case.thread_id not in threads:
+        threads.insert(0, case.thread_id)
+    return threads
+
+
+def merge_threads(threads: Iterable[list[TranscriptMessage]]) -> list[TranscriptMessage]:
+    """The messages of several threads as one transcript: oldest first, each message once."""
+    unique = {message.message_id: message for thread in threads for message in thread}
+    return sorted(unique.values(), key=lambda message: message.at)
+
+
+async def case_transcript(
+    case: CaseRecord, fetch_thread: Callable[[str], Awaitable[list[TranscriptMessage]]]
+) -> list[TranscriptMessage]:
+    return merge_threads([await fetch_thread(thread_id) for thread_id in case_threads(case)])
 
 
 def _iso(ms: int) -> str:

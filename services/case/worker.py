@@ -6,8 +6,10 @@ version check, then relay the outbox. A conflicting write (another handler or re
 re-runs the whole step on the fresh case; repeats are harmless because transitions ignore duplicates and
 sends are idempotent by (case, attempt) at the adapter.
 
-The scheduler finds due cases through the `nextActionAt` index; claiming is the same versioned write, so
-with several case-service replicas each follow-up is requested once.
+The scheduler finds due cases through the `nextActionAt` index, and (the reconciler) cases whose awaited
+step outlived its lease through `repairAt`; claiming is the same versioned write, so with several case-service
+replicas each follow-up or repair is requested once. No inbound message is discarded: one that no case takes
+(after a bounded wait for its thread to be recorded) is stored in `unmatched_messages` for an operator.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import msgspec
 from faststream.nats import NatsBroker
@@ -39,21 +42,29 @@ from services.case.lifecycle import (
     InboundEmail,
     InputJudged,
     ReplyJudged,
+    ReplyReceived,
     SendFailed,
     SendRejected,
+    SendStarted,
+    input_awaits_judgement,
+    repairs_due,
+    reply_awaits_judgement,
+    send_wanted,
     transition,
     with_human_context,
 )
-from services.case.model import CaseRecord, SendEmailCommand
+from services.case.model import CaseRecord, JudgeReplyCommand, SendEmailCommand
 from services.case.outbox import OutboxRelay
-from services.case.store import CaseStore
+from services.case.store import CaseStore, MessageMatch, UnmatchedMessage, UnmatchedStore
+from services.case.transcript import case_transcript
+from shared import metrics
 from shared.clock import now_ms
 from shared.contracts import agentmail
 from shared.contracts.case import (
     CMD_CREATED,
     CMD_INPUT_PROVIDED,
+    CMD_JUDGE_REPLY,
     CMD_SEND,
-    TERMINAL_STATUSES,
     AttachmentMeta,
     CaseCreatedCommand,
     InputProvidedCommand,
@@ -76,9 +87,10 @@ class Worker:
     relay: OutboxRelay
     agent: Agent
     settings: CaseSettings
+    unmatched: UnmatchedStore
 
     def clock(self) -> Clock:
-        return Clock(now=now_ms(), hour_ms=int(self.settings.follow_up_hour_seconds * 1000))
+        return Clock.of(self.settings, now_ms())
 
     async def _rpc[T](
         self, subject: str, payload: msgspec.Struct, reply_type: type[T], *, timeout: float | None = None
@@ -86,7 +98,7 @@ class Worker:
         deadline = timeout or self.settings.rpc_timeout_seconds
         return await request(self.broker, subject, payload, reply_type, timeout=deadline)
 
-    async def apply(self, case_id: str, event_for: EventFor) -> CaseRecord | None:
+    async def apply(self, case_id: str, event_for: EventFor, *, clock: Clock | None = None) -> CaseRecord | None:
         """Load, build the event (I/O allowed: the agent writes or judges, the adapter sends), then transition,
         store under a version check and relay.
 
@@ -103,9 +115,12 @@ class Worker:
         event = await event_for(case)
         if event is None:
             return case
-        # A WriteConflict propagates: the message is redelivered (with backoff) onto a calmer case.
+        # A send's outcome follows the claim written while the event was built: read afresh rather than try
+        # a write that is sure to conflict. A WriteConflict propagates: the message is redelivered (with
+        # backoff) onto a calmer case.
+        sent = isinstance(event, EmailSent | SendRejected | SendFailed)
         written = await self.store.write_change(
-            case_id, lambda current: transition(current, event, self.clock()), loaded=case
+            case_id, lambda current: transition(current, event, clock or self.clock()), loaded=None if sent else case
         )
         if written is None:
             return None
@@ -120,12 +135,15 @@ class Worker:
         return updated
 
     async def transcript(self, case: CaseRecord) -> list[agentmail.TranscriptMessage]:
-        if case.thread_id is None:
-            return []
-        thread = await self._rpc(
-            agentmail.TRANSCRIPT, agentmail.GetTranscript(thread_id=case.thread_id), agentmail.Transcript
-        )
-        return thread.messages
+        """Every thread of the case, merged oldest first."""
+
+        async def thread(thread_id: str) -> list[agentmail.TranscriptMessage]:
+            found = await self._rpc(
+                agentmail.TRANSCRIPT, agentmail.GetTranscript(thread_id=thread_id), agentmail.Transcript
+            )
+            return found.messages
+
+        return await case_transcript(case, thread)
 
     # ---- commands ----------------------------------------------------------------------------------------
 
@@ -137,31 +155,44 @@ class Worker:
 
     async def on_send(self, command: SendEmailCommand) -> None:
         async def sent(case: CaseRecord) -> Event | None:
-            if case.status in TERMINAL_STATUSES or command.attempt <= case.attempt_count:
-                return None  # cancelled meanwhile, or already sent
-            if case.awaiting_send != command.attempt:
-                return None  # superseded by a newer request
+            if not send_wanted(case, command.attempt):
+                return None  # superseded by a newer email, already sent, or the case ended
             return await self._send(case, command)
 
         await self.apply(command.case_id, sent)
 
-    async def _send(self, case: CaseRecord, command: SendEmailCommand) -> Event | None:
-        usage = TokenUsage()
+    async def _body(self, case: CaseRecord, command: SendEmailCommand) -> tuple[str, str, TokenUsage] | AgentStuck:
+        """The email's subject and text: fixed on the case once claimed, else the drafted reply or a new one."""
+        if case.send_claimed and case.outgoing_text is not None:
+            return case.outgoing_subject or f"Re: {case.goal.objective}", case.outgoing_text, TokenUsage()
         if command.draft_text is not None:
-            subject, text = command.draft_subject or f"Re: {case.goal.objective}", command.draft_text
-        else:
-            try:
-                draft = await self.agent.compose(
-                    ComposeRequest(
-                        case=case, kind=command.kind, attempt=command.attempt, transcript=await self.transcript(case)
-                    )
+            return command.draft_subject or f"Re: {case.goal.objective}", command.draft_text, TokenUsage()
+        try:
+            draft = await self.agent.compose(
+                ComposeRequest(
+                    case=case, kind=command.kind, attempt=command.attempt, transcript=await self.transcript(case)
                 )
-            except AgentCannotProceed as stuck:
-                return AgentStuck(question=stuck.question, source=f"compose:{command.attempt}")
-            subject, text, usage = draft.subject, draft.text, draft.usage
-        latest = await self.store.get(case.case_id)
-        if latest is None or latest.status in TERMINAL_STATUSES:
-            return None  # cancelled while the email was being written: send nothing
+            )
+        except AgentCannotProceed as stuck:
+            return AgentStuck(question=stuck.question, source=f"compose:{command.attempt}")
+        return draft.subject, draft.text, draft.usage
+
+    async def _send(self, case: CaseRecord, command: SendEmailCommand) -> Event | None:
+        body = await self._body(case, command)
+        if isinstance(body, AgentStuck):
+            return body
+        subject, text, usage = body
+        if not case.send_claimed:
+            # Claim the send with its body before the adapter sees it: from here on nothing supersedes this
+            # email, and a repeat (after a crash, or a second delivery racing this one) sends this same body.
+            async def started(_: CaseRecord) -> Event:
+                return SendStarted(attempt=command.attempt, subject=subject, text=text)
+
+            claimed = await self.apply(case.case_id, started)
+            if claimed is None or not claimed.send_claimed or claimed.awaiting_send != command.attempt:
+                return None  # superseded or cancelled while the email was being written: send nothing
+            if claimed.outgoing_text != text:
+                return None  # another delivery claimed it first with its own body; that one sends it
         reply_to = command.in_reply_to or case.last_message_id
         outcome: agentmail.Sent | agentmail.Rejected
         try:
@@ -208,13 +239,7 @@ class Worker:
 
     async def on_input(self, command: InputProvidedCommand) -> None:
         async def judged(case: CaseRecord) -> Event | None:
-            request_ = case.input_request
-            if (
-                case.status != "INPUT_NEEDED"
-                or request_ is None
-                or request_.id != command.input_request_id
-                or command.input_request_id in case.handled_input_ids
-            ):
+            if not input_awaits_judgement(case, command.input_request_id):
                 return None
             informed = with_human_context(case, command.provided_context)
             try:
@@ -239,38 +264,93 @@ class Worker:
             return
         if message.from_address.lower() == message.inbox_id.lower():
             return  # our own mail
-        case_id = await self.store.case_for_message(
-            thread_id=message.thread_id, counterparty_address=message.from_address
-        )
-        if case_id is None:
-            log.info("inbound message matches no open case", extra={"message_id": message.message_id})
+        match = await self._match(message)
+        if match.case_id is None:
+            await self._store_unmatched(message, match)
             return
+        inbound = InboundEmail(
+            message_id=message.message_id,
+            attachments=tuple(attachment_meta(message, a) for a in message.attachments),
+            thread_id=message.thread_id,
+        )
+
+        async def received(_: CaseRecord) -> Event:
+            return ReplyReceived(message=inbound)
+
+        # Noted on the case before it is judged: if judging never finishes, the reconciler judges it again.
+        await self.apply(match.case_id, received)
+        await self.judge_reply(match.case_id, message.message_id, received=message)
+
+    async def _match(self, message: agentmail.MessageReceived) -> MessageMatch:
+        """The message's case; when none is certain yet, looked up again after each configured delay (the
+        thread of a case's first email is recorded when its send is confirmed, which a fast reply can beat)."""
+        if message.case_id is not None and await self.store.get(message.case_id) is not None:
+            return MessageMatch(case_id=message.case_id)  # the adapter knows the thread from our own send
+        for delay in self.settings.thread_match_retry_seconds:
+            match = await self.store.case_for_message(
+                thread_id=message.thread_id, counterparty_address=message.from_address
+            )
+            if match.case_id is not None:
+                return match
+            await asyncio.sleep(delay)
+        return await self.store.case_for_message(thread_id=message.thread_id, counterparty_address=message.from_address)
+
+    async def _store_unmatched(self, message: agentmail.MessageReceived, match: MessageMatch) -> None:
+        reason: Literal["no_case", "ambiguous"] = "ambiguous" if len(match.candidates) > 1 else "no_case"
+        await self.unmatched.record(
+            UnmatchedMessage(
+                message_id=message.message_id,
+                event_id=message.event_id,
+                inbox_id=message.inbox_id,
+                thread_id=message.thread_id,
+                from_address=message.from_address,
+                subject=message.subject,
+                received_at=message.received_at,
+                reason=reason,
+                candidate_case_ids=list(match.candidates),
+                stored_at=now_ms(),
+            )
+        )
+        metrics.UNMATCHED_MESSAGES.labels(reason=reason).inc()
+        log.warning(
+            "inbound message stored as unmatched",
+            extra={"message_id": message.message_id, "reason": reason, "candidates": list(match.candidates)},
+        )
+
+    async def on_judge_reply(self, command: JudgeReplyCommand) -> None:
+        await self.judge_reply(command.case_id, command.message_id, received=None)
+
+    async def judge_reply(
+        self, case_id: str, message_id: str, *, received: agentmail.MessageReceived | None
+    ) -> CaseRecord | None:
+        """Judge a reply noted on the case (a no-op once it is judged, or when the case ended)."""
 
         async def judged(case: CaseRecord) -> Event | None:
-            if case.status in TERMINAL_STATUSES or message.message_id in case.handled_message_ids:
+            if not reply_awaits_judgement(case, message_id):
                 return None
+            noted = next(reply for reply in case.unjudged_replies if reply.message_id == message_id)
             transcript = await self.transcript(case)
-            if all(entry.message_id != message.message_id for entry in transcript):
-                transcript = [*transcript, as_transcript_message(message)]
+            if received is not None and all(entry.message_id != message_id for entry in transcript):
+                transcript = [*transcript, as_transcript_message(received)]
             try:
                 judgement = await self.agent.judge(JudgeRequest(case=case, transcript=transcript, trigger="reply"))
             except AgentCannotProceed as stuck:
                 judgement = Judgement(outcome="NEEDS_INPUT", question=stuck.question, reason="agent cannot proceed")
             return ReplyJudged(
                 message=InboundEmail(
-                    message_id=message.message_id,
-                    attachments=tuple(attachment_meta(message, a) for a in message.attachments),
+                    message_id=message_id, attachments=tuple(noted.attachments), thread_id=noted.thread_id
                 ),
                 judgement=judgement,
             )
 
-        await self.apply(case_id, judged)
+        return await self.apply(case_id, judged)
 
     async def on_delivery(self, delivery: agentmail.DeliveryEvent) -> None:
         if delivery.kind == "delivered":
             return
-        case_id = await self.store.case_for_thread(delivery.thread_id)
+        case_id = await self._case_of_delivery(delivery)
         if case_id is None:
+            log.warning("delivery event for a message of no case", extra={"message_id": delivery.message_id})
             return
 
         async def failed(_: CaseRecord) -> Event:
@@ -278,23 +358,42 @@ class Worker:
 
         await self.apply(case_id, failed)
 
+    async def _case_of_delivery(self, delivery: agentmail.DeliveryEvent) -> str | None:
+        """The case that sent the message: as the adapter recorded it, else by thread, looked up again after
+        each configured delay (a fast bounce can beat the write of its send's confirmation)."""
+        if delivery.case_id is not None and await self.store.get(delivery.case_id) is not None:
+            return delivery.case_id
+        for delay in self.settings.thread_match_retry_seconds:
+            case_id = await self.store.case_for_thread(delivery.thread_id)
+            if case_id is not None:
+                return case_id
+            await asyncio.sleep(delay)
+        return await self.store.case_for_thread(delivery.thread_id)
+
     # ---- scheduler ---------------------------------------------------------------------------------------
 
     async def run_due(self, *, limit: int = 200) -> int:
-        """Request the follow-ups (or failures) of every due case; returns how many cases changed."""
+        """Request the follow-ups (or failures) of every due case and repair every step past its lease;
+        returns how many cases changed."""
         changed = 0
         for case_id in await self.store.due_case_ids(now=now_ms(), limit=limit):
 
             async def due(_: CaseRecord) -> Event:
                 return FollowUpDue()
 
+            clock = self.clock()
             try:
                 before = await self.store.get(case_id)
-                after = await self.apply(case_id, due)
+                after = await self.apply(case_id, due, clock=clock)
             except Exception:
                 log.exception("scheduling a due case failed; it stays due", extra={"case_id": case_id})
                 continue
-            changed += int(before is not None and after is not None and after.version != before.version)
+            if before is None or after is None or after.version == before.version:
+                continue
+            changed += 1
+            for kind in repairs_due(before, clock):
+                metrics.RECONCILER_REPAIRS.labels(kind=kind).inc()
+                log.warning("reconciler requested a step again", extra={"case_id": case_id, "repair": kind})
         return changed
 
     async def schedule_forever(self) -> None:
@@ -342,6 +441,12 @@ def register(worker: Worker) -> None:
     @durable_subscriber(broker, subject=CMD_INPUT_PROVIDED, stream=CASE_COMMANDS, durable=Consumer.CASE_INPUT)
     async def input_provided(command: InputProvidedCommand) -> None:
         await worker.on_input(command)
+
+    @durable_subscriber(
+        broker, subject=CMD_JUDGE_REPLY, stream=CASE_COMMANDS, durable=Consumer.CASE_JUDGE_REPLY, max_workers=2
+    )
+    async def judge_reply(command: JudgeReplyCommand) -> None:
+        await worker.on_judge_reply(command)
 
     @durable_subscriber(
         broker,

@@ -144,6 +144,9 @@ class MessageReceived(Contract, frozen=True):
     auto_submitted: bool = False
     in_reply_to: str | None = None
     attachments: list[AttachmentInfo] = []
+    # The case that sent an email in this thread, from the adapter's own record of its sends (None when the
+    # thread holds none of ours: a fresh email, or one whose send is not yet recorded).
+    case_id: str | None = None
 
 
 class DeliveryEvent(Contract, frozen=True):
@@ -156,3 +159,5 @@ class DeliveryEvent(Contract, frozen=True):
     thread_id: str
     at: int  # Unix ms
     detail: str = ""  # bounce type/sub-type, complaint type or rejection reason
+    # The case that sent the message, from the adapter's own record of its sends (None when not recorded).
+    case_id: str | None = None

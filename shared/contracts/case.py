@@ -29,6 +29,8 @@ CMD_CREATED: Final = "case.cmd.created"
 CMD_INPUT_PROVIDED: Final = "case.cmd.input_provided"
 # The worker's own queue of emails to send (payload private to the case service).
 CMD_SEND: Final = "case.cmd.send"
+# The reconciler's request to judge a stored reply that was never judged (payload private to the case service).
+CMD_JUDGE_REPLY: Final = "case.cmd.judge_reply"
 
 # Case events (stream CASE_EVENTS): `case.evt.<event type without the "case." prefix>`.
 EventType = Literal["case.completed", "case.failed", "case.input_needed", "case.cancelled"]

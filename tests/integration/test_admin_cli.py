@@ -42,6 +42,7 @@ SUBCOMMANDS = (
     "rotate-webhook-secret",
     "reencrypt-webhook-secrets",
     "list-clients",
+    "unmatched",
 )
 
 

@@ -377,6 +377,7 @@ async def test_a_scripted_reply_arrives_through_the_gateway_as_one_message_recei
     [event] = await eventually(reply_event, what="MessageReceived for the scripted reply")
     assert event.from_address == "agree.jane@sim.example"
     assert event.in_reply_to == sent.message_id
+    assert event.case_id == "case-g"  # the thread → case map from the adapter's record of the send
     assert "attached" in event.text
     assert ">" not in event.text  # extracted_text: the reply without the quoted email
     assert not event.auto_submitted
@@ -406,6 +407,8 @@ async def test_delivery_webhooks_become_delivery_events(
     assert events[delivered.message_id].kind == "delivered"
     assert events[delivered.message_id].thread_id == delivered.thread_id
     assert events[delivered.message_id].inbox_id == INBOX
+    # The case that sent each message, from the adapter's record of the send.
+    assert (events[bounced.message_id].case_id, events[delivered.message_id].case_id) == ("case-b", "case-ok")
 
 
 @pytest.mark.parametrize(

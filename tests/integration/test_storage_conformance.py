@@ -262,3 +262,25 @@ async def test_push_each_slice_keeps_only_the_newest_entries_and_inc_counts_all(
         "attempts": [{"n": 4}, {"n": 5}, {"n": 6}],
         "attemptCount": 7,
     }
+
+
+async def test_an_array_field_matches_any_of_its_values_through_a_sparse_index_and_or(
+    mongo_db: AsyncDatabase[Document],
+) -> None:
+    """The case store finds a case by any of its threads (`threadIds`), or by `threadId` for older documents."""
+    cases = mongo_db["threads"]
+    await cases.create_index([("threadIds", 1)], name="threads", sparse=True)
+    await cases.insert_many(
+        [
+            {"_id": "a", "threadIds": ["t1", "t2"]},
+            {"_id": "b", "threadId": "t3"},
+            {"_id": "c", "threadIds": ["t4"], "repairAt": 5},
+        ]
+    )
+    for thread, expected in (("t1", "a"), ("t2", "a"), ("t3", "b"), ("t4", "c")):
+        found = await cases.find_one({"$or": [{"threadIds": thread}, {"threadId": thread}]}, {"_id": 1})
+        assert found is not None
+        assert found["_id"] == expected
+    assert await cases.find_one({"$or": [{"threadIds": "t9"}, {"threadId": "t9"}]}) is None
+    # A missing field never matches a range (the reconciler's `repairAt` query).
+    assert [d["_id"] async for d in cases.find({"repairAt": {"$lte": 10}})] == ["c"]

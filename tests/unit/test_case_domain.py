@@ -1,4 +1,5 @@
-"""Pure case rules for the API side: create, input (check order), cancel, views and webhook data."""
+"""Pure case rules for the API side: create, input (check order) and cancel through the lifecycle, views and
+webhook data."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import msgspec
 import pytest
 
 from services.case import domain
+from services.case.lifecycle import CancelRequested, Clock, InputProvided, apply_request
 from services.case.model import CaseRecord, InputRequestRecord, from_document, to_document
 from shared.contracts.case import (
     CMD_CREATED,
@@ -28,6 +30,10 @@ BODY = msgspec.convert(
     },
     NewCase,
 )
+
+
+def at(now: int) -> Clock:
+    return Clock(now=now, hour_ms=1_000)
 
 
 def created() -> CaseRecord:
@@ -82,12 +88,14 @@ def test_another_clients_case_is_forbidden_and_a_missing_one_not_found() -> None
 )
 def test_input_checks_run_in_the_contract_order(record: CaseRecord, request_id: str, code: ErrorCode) -> None:
     with pytest.raises(ServiceError) as caught:
-        domain.resolve_input(record, input_request_id=request_id, provided_context="yes", now=3_000)
+        apply_request(record, InputProvided(input_request_id=request_id, provided_context="yes"), at(3_000))
     assert caught.value.code is code
 
 
 def test_accepted_input_resolves_the_request_and_owes_the_worker_the_answer() -> None:
-    resolved = domain.resolve_input(waiting_for_input(), input_request_id="req-1", provided_context="Yes", now=3_000)
+    resolved = apply_request(
+        waiting_for_input(), InputProvided(input_request_id="req-1", provided_context="Yes"), at(3_000)
+    )
     assert resolved.status == "INPUT_NEEDED"
     assert resolved.input_request is not None
     assert resolved.input_request.status == "RESOLVED"
@@ -95,11 +103,13 @@ def test_accepted_input_resolves_the_request_and_owes_the_worker_the_answer() ->
     assert command.subject == CMD_INPUT_PROVIDED
     payload = msgspec.json.decode(command.payload, type=InputProvidedCommand)
     assert payload.provided_context == "Yes"
+    # The answer is kept on the case, so the reconciler can queue it again from the case alone.
+    assert (resolved.input_request.provided_context, resolved.input_request.answer_queued_at) == ("Yes", 3_000)
 
 
 def test_cancel_stops_an_open_case_and_owes_a_cancelled_event() -> None:
     record = msgspec.structs.replace(created(), status="RUNNING", pending_create=False, outbox=[], next_action_at=9)
-    cancelled = domain.cancel(record, now=5_000)
+    cancelled = apply_request(record, CancelRequested(), at(5_000))
     assert (cancelled.status, cancelled.result_status, cancelled.next_action_at) == (
         "CANCELLED",
         "cancelled",
@@ -117,7 +127,7 @@ def test_cancel_stops_an_open_case_and_owes_a_cancelled_event() -> None:
 def test_a_terminal_case_cannot_be_cancelled(status: str) -> None:
     record = msgspec.structs.replace(created(), status=status)
     with pytest.raises(ServiceError) as caught:
-        domain.cancel(record, now=5_000)
+        apply_request(record, CancelRequested(), at(5_000))
     assert caught.value.code is ErrorCode.CASE_NOT_CANCELLABLE
 
 

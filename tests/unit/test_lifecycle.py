@@ -13,6 +13,7 @@ from services.case.agent.port import Draft, Judgement
 from services.case.lifecycle import (
     SEND_LEASE_MS,
     AgentStuck,
+    CancelRequested,
     CaseStarted,
     Clock,
     DeliveryFailed,
@@ -21,14 +22,30 @@ from services.case.lifecycle import (
     FollowUpDue,
     InboundEmail,
     InputJudged,
+    InputProvided,
     ReplyJudged,
+    ReplyReceived,
     SendFailed,
     SendRejected,
+    SendStarted,
+    apply_request,
+    repairs_due,
+    request_refusal,
     transition,
     with_human_context,
 )
-from services.case.model import CaseRecord, InputRequestRecord, SendEmailCommand
-from shared.contracts.case import CMD_SEND, NOTHING_SCHEDULED, AttachmentMeta, CaseEvent, NewCase
+from services.case.model import CaseRecord, InputRequestRecord, JudgeReplyCommand, QueuedSend, SendEmailCommand
+from shared.contracts.case import (
+    CMD_INPUT_PROVIDED,
+    CMD_JUDGE_REPLY,
+    CMD_SEND,
+    NOTHING_SCHEDULED,
+    AttachmentMeta,
+    CaseEvent,
+    InputProvidedCommand,
+    NewCase,
+)
+from shared.errors import ErrorCode, ServiceError
 
 HOUR = 1_000  # one scaled follow-up hour, in ms
 T0 = 1_000_000
@@ -71,7 +88,9 @@ def running(**changes: Any) -> CaseRecord:
     base = {
         "status": "RUNNING",
         "attempt_count": 1,
+        "last_attempt": 1,
         "thread_id": "th-1",
+        "thread_ids": ["th-1"],
         "last_message_id": "<out-1@sim.example>",
         "next_action_at": T0,
     }
@@ -439,5 +458,290 @@ def test_model_tokens_are_added_up_on_the_case_and_not_twice_for_a_repeat() -> N
     sent = EmailSent(
         attempt=2, kind="follow_up", message_id="<o2>", thread_id="th-1", sent_at=T0, usage=TokenUsage(50, 10)
     )
-    twice = transition(once, sent, clock())
+    twice = transition(msgspec.structs.replace(once, awaiting_send=2, awaiting_kind="follow_up"), sent, clock())
     assert (twice.token_usage.prompt_tokens, twice.token_usage.completion_tokens) == (150, 30)
+
+
+# ---- one email in flight, a fresh attempt number per distinct email ------------------------------------------
+
+
+def sending_follow_up(*, claimed: bool, **changes: Any) -> CaseRecord:
+    """Follow-up attempt 2 requested; `claimed`: the worker has started sending it (its body is fixed)."""
+    base: dict[str, Any] = {
+        "last_attempt": 2,
+        "awaiting_send": 2,
+        "awaiting_kind": "follow_up",
+        "awaiting_in_reply_to": "<out-1@sim.example>",
+        "send_requested_at": T0,
+        "next_action_at": T0 + SEND_LEASE_MS,
+    }
+    if claimed:
+        base |= {"send_claimed": True, "outgoing_subject": "Re: W-9", "outgoing_text": "Just following up."}
+    return running(**{**base, **changes})
+
+
+def confirmed(attempt: int, kind: str = "follow_up") -> EmailSent:
+    return EmailSent(attempt=attempt, kind=kind, message_id=f"<out-{attempt}>", thread_id="th-1", sent_at=T0)  # type: ignore[arg-type]
+
+
+ANSWER = reply("REQUIRES_REPLY", reply=Draft(subject="Re: W-9", text="It is for onboarding."))
+
+
+@dataclass(frozen=True)
+class InFlightRow:
+    name: str
+    before: CaseRecord
+    event: Event
+    status: str
+    awaiting_send: int | None
+    send: tuple[int, str] | None = None  # the email requested by this event
+    queued: str | None = None  # the kind of the email waiting behind the one in flight
+    attempt_count: int | None = None
+
+
+IN_FLIGHT = [
+    InFlightRow(
+        "a reply judged while a follow-up is requested but not yet being sent supersedes it under a new number",
+        sending_follow_up(claimed=False),
+        ANSWER,
+        "RUNNING",
+        awaiting_send=3,
+        send=(3, "reply"),
+    ),
+    InFlightRow(
+        "a reply judged while a follow-up is being sent waits for it: nothing new is requested",
+        sending_follow_up(claimed=True),
+        ANSWER,
+        "RUNNING",
+        awaiting_send=2,
+        queued="reply",
+    ),
+    InFlightRow(
+        "the follow-up's confirmation requests the waiting reply under the next number",
+        sending_follow_up(claimed=True, queued_send=QueuedSend(kind="reply", in_reply_to="<in-1>", draft_text="Hi")),
+        confirmed(2),
+        "RUNNING",
+        awaiting_send=3,
+        send=(3, "reply"),
+        attempt_count=2,
+    ),
+    InFlightRow(
+        "needs input while a follow-up is being sent: the follow-up stays in flight",
+        sending_follow_up(claimed=True),
+        reply("NEEDS_INPUT", question="Is a PDF fine?"),
+        "INPUT_NEEDED",
+        awaiting_send=2,
+    ),
+    InFlightRow(
+        "needs input while a follow-up is only requested: the follow-up is dropped",
+        sending_follow_up(claimed=False),
+        reply("NEEDS_INPUT", question="Is a PDF fine?"),
+        "INPUT_NEEDED",
+        awaiting_send=None,
+    ),
+    InFlightRow(
+        "a send confirmed late during INPUT_NEEDED is counted and the pause stays",
+        sending_follow_up(
+            claimed=True,
+            status="INPUT_NEEDED",
+            next_action_at=NOTHING_SCHEDULED,
+            input_request=InputRequestRecord(id="ir-1", question="PDF ok?", status="PENDING", requested_at=T0),
+        ),
+        confirmed(2),
+        "INPUT_NEEDED",
+        awaiting_send=None,
+        attempt_count=2,
+    ),
+    InFlightRow(
+        "the confirmation of a superseded attempt changes nothing",
+        sending_follow_up(claimed=False, last_attempt=3, awaiting_send=3, awaiting_kind="reply"),
+        confirmed(2),
+        "RUNNING",
+        awaiting_send=3,
+        attempt_count=1,
+    ),
+    InFlightRow(
+        "a claim for a superseded attempt changes nothing",
+        sending_follow_up(claimed=False, last_attempt=3, awaiting_send=3, awaiting_kind="reply"),
+        SendStarted(attempt=2, subject="Re", text="stale body"),
+        "RUNNING",
+        awaiting_send=3,
+    ),
+    InFlightRow(
+        "a follow-up is not due while a reply is in flight",
+        sending_follow_up(claimed=True, next_action_at=T0),
+        FollowUpDue(),
+        "RUNNING",
+        awaiting_send=2,
+    ),
+]
+
+
+@pytest.mark.parametrize("row", IN_FLIGHT, ids=[row.name for row in IN_FLIGHT])
+def test_one_email_in_flight(row: InFlightRow) -> None:
+    after = transition(row.before, row.event, clock())
+    assert after.status == row.status
+    assert after.awaiting_send == row.awaiting_send
+    assert [(c.attempt, c.kind) for c in sends(after)] == ([row.send] if row.send else [])
+    assert (after.queued_send.kind if after.queued_send else None) == row.queued
+    if row.attempt_count is not None:
+        assert after.attempt_count == row.attempt_count
+    if row.status == "INPUT_NEEDED":
+        assert after.input_request is not None
+        assert after.input_request.status == "PENDING"
+        assert after.next_action_at == NOTHING_SCHEDULED
+
+
+def test_a_claim_fixes_the_body_and_a_repeat_after_the_lease_carries_it() -> None:
+    claimed = transition(
+        sending_follow_up(claimed=False), SendStarted(attempt=2, subject="Re: W-9", text="Body A"), clock()
+    )
+    assert (claimed.send_claimed, claimed.outgoing_text) == (True, "Body A")
+    # A second claim of the same attempt (a racing delivery with another body) does not replace it.
+    assert transition(claimed, SendStarted(attempt=2, subject="Re", text="Body B"), clock()) == claimed
+    again = transition(claimed, FollowUpDue(), clock(T0 + SEND_LEASE_MS))
+    (command,) = sends(again)
+    assert (command.attempt, command.draft_text) == (2, "Body A")
+
+
+def test_no_two_different_bodies_ever_share_an_attempt_number() -> None:
+    """A counterparty who answers every email at once, while each email is at every stage of its send."""
+    bodies: dict[int, set[str]] = {}
+    case = transition(new(), CaseStarted(), clock())
+    now = T0
+    for step in range(12):
+        now += 10
+        (command,) = sends(case)
+        case = msgspec.structs.replace(case, outbox=[])
+        body = command.draft_text or f"composed for {command.attempt}"
+        if step % 3 == 0:
+            # The reply is judged before the worker claims the send: the requested email is superseded.
+            case = transition(
+                case, reply("REQUIRES_REPLY", reply=Draft(subject="Re", text=f"reply {step}")), clock(now)
+            )
+            case = msgspec.structs.replace(case, handled_message_ids=[])
+            continue
+        case = transition(case, SendStarted(attempt=command.attempt, subject="s", text=body), clock(now))
+        bodies.setdefault(command.attempt, set()).add(body)
+        if step % 3 == 1:
+            # The reply is judged while the email is being sent: it waits, then goes out under the next number.
+            case = transition(
+                case, reply("REQUIRES_REPLY", reply=Draft(subject="Re", text=f"reply {step}")), clock(now)
+            )
+            case = msgspec.structs.replace(case, handled_message_ids=[])
+            assert sends(case) == []
+        case = transition(
+            case,
+            EmailSent(attempt=command.attempt, kind=command.kind, message_id=f"<o{step}>", thread_id="t", sent_at=now),
+            clock(now),
+        )
+        if not sends(case):
+            case = transition(case, FollowUpDue(), clock(case.next_action_at))
+    assert all(len(texts) == 1 for texts in bodies.values()), bodies
+    assert case.last_attempt > case.attempt_count  # superseded numbers are never reused
+
+
+# ---- the client's requests are events of the table -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", ["CREATED", "RUNNING", "INPUT_NEEDED"])
+def test_cancel_ends_an_open_case_and_drops_the_email_in_flight(status: str) -> None:
+    before = sending_follow_up(claimed=True, status=status)
+    after = apply_request(before, CancelRequested(), clock())
+    assert (after.status, after.result_status, after.next_action_at) == ("CANCELLED", "cancelled", NOTHING_SCHEDULED)
+    assert (after.awaiting_send, after.repair_at, sends(after)) == (None, None, [])
+    assert [e.event_type for e in events(after)] == ["case.cancelled"]
+    # The late confirmation of the email that was in flight changes nothing.
+    assert transition(after, confirmed(2), clock()) == after
+
+
+@pytest.mark.parametrize("status", ["COMPLETED", "FAILED", "CANCELLED"])
+def test_cancel_of_a_terminal_case_is_409(status: str) -> None:
+    with pytest.raises(ServiceError) as refused:
+        apply_request(running(status=status), CancelRequested(), clock())
+    assert refused.value.code is ErrorCode.CASE_NOT_CANCELLABLE
+    assert request_refusal(running(), CancelRequested()) is None
+
+
+# ---- the reconciler: leases read from the case alone, each repair once ---------------------------------------
+
+
+def lease_clock(now: int) -> Clock:
+    return Clock(now=now, hour_ms=HOUR, send_lease_ms=1_000, input_lease_ms=2_000, reply_lease_ms=3_000)
+
+
+def answered() -> CaseRecord:
+    """INPUT_NEEDED with its request RESOLVED at T0 and the answer not applied."""
+    return apply_request(waiting(), InputProvided(input_request_id="ir-1", provided_context="Yes"), lease_clock(T0))
+
+
+def test_an_answer_not_applied_within_its_lease_is_queued_again_once() -> None:
+    case = msgspec.structs.replace(answered(), outbox=[])
+    assert case.repair_at == T0 + 2_000
+    assert repairs_due(case, lease_clock(T0 + 1_999)) == []
+    assert transition(case, FollowUpDue(), lease_clock(T0 + 1_999)) == case
+    assert repairs_due(case, lease_clock(T0 + 2_000)) == ["input_unapplied"]
+    repaired = transition(case, FollowUpDue(), lease_clock(T0 + 2_000))
+    (command,) = repaired.outbox
+    assert command.subject == CMD_INPUT_PROVIDED
+    assert msgspec.json.decode(command.payload, type=InputProvidedCommand).provided_context == "Yes"
+    assert (repaired.status, repaired.repair_at) == ("INPUT_NEEDED", T0 + 4_000)
+    # Run twice: the lease was renewed, so the second run repairs nothing.
+    assert repairs_due(repaired, lease_clock(T0 + 2_000)) == []
+    assert transition(repaired, FollowUpDue(), lease_clock(T0 + 2_000)) == repaired
+    # Once applied, nothing is left to repair.
+    applied = transition(
+        repaired,
+        InputJudged(input_request_id="ir-1", provided_context="Yes", judgement=Judgement(outcome="WAIT")),
+        lease_clock(T0 + 2_500),
+    )
+    assert (applied.status, applied.repair_at) == ("RUNNING", None)
+
+
+def test_a_reply_noted_but_not_judged_within_its_lease_is_judged_again_once() -> None:
+    inbound = InboundEmail(message_id="<in-9>", thread_id="th-2")
+    noted = transition(running(next_action_at=T0 + 72 * HOUR), ReplyReceived(message=inbound), lease_clock(T0))
+    assert [r.message_id for r in noted.unjudged_replies] == ["<in-9>"]
+    assert noted.thread_ids == ["th-1", "th-2"]
+    assert noted.repair_at == T0 + 3_000
+    # A redelivered event notes it once.
+    assert transition(noted, ReplyReceived(message=inbound), lease_clock(T0 + 5)) == noted
+    repaired = transition(noted, FollowUpDue(), lease_clock(T0 + 3_000))
+    (command,) = repaired.outbox
+    assert command.subject == CMD_JUDGE_REPLY
+    assert msgspec.json.decode(command.payload, type=JudgeReplyCommand).message_id == "<in-9>"
+    assert transition(repaired, FollowUpDue(), lease_clock(T0 + 3_000)) == repaired
+    judged = transition(repaired, ReplyJudged(message=inbound, judgement=Judgement(outcome="WAIT")), lease_clock(T0))
+    assert (judged.unjudged_replies, judged.repair_at) == ([], None)
+
+
+def test_no_follow_up_goes_out_over_a_reply_still_being_judged() -> None:
+    noted = transition(running(), ReplyReceived(message=InboundEmail(message_id="<in-9>")), lease_clock(T0))
+    later = transition(noted, FollowUpDue(), lease_clock(T0 + 10))
+    assert sends(later) == []
+    assert later.next_action_at == T0 + 3_000
+
+
+def test_a_send_past_its_lease_is_requested_again_once_and_counted_as_a_repair() -> None:
+    asked = msgspec.structs.replace(transition(running(), FollowUpDue(), lease_clock(T0)), outbox=[])
+    assert asked.repair_at == T0 + 1_000
+    assert repairs_due(asked, lease_clock(T0 + 1_000)) == ["send_unconfirmed"]
+    again = transition(asked, FollowUpDue(), lease_clock(T0 + 1_000))
+    assert [(c.attempt, c.kind) for c in sends(again)] == [(2, "follow_up")]
+    assert transition(again, FollowUpDue(), lease_clock(T0 + 1_000)) == again
+
+
+def test_a_send_claimed_during_input_needed_is_repaired_too() -> None:
+    paused = transition(sending_follow_up(claimed=True), reply("NEEDS_INPUT", question="PDF?"), lease_clock(T0))
+    assert paused.repair_at == T0 + 1_000  # the send's lease, though follow-ups are paused
+    again = transition(msgspec.structs.replace(paused, outbox=[]), FollowUpDue(), lease_clock(T0 + 1_000))
+    assert [(c.attempt, c.draft_text) for c in sends(again)] == [(2, "Just following up.")]
+    assert again.status == "INPUT_NEEDED"
+
+
+def test_every_thread_is_recorded_once() -> None:
+    case = transition(new(awaiting_send=1, awaiting_kind="first"), confirmed(1, "first"), clock())
+    assert (case.thread_id, case.thread_ids) == ("th-1", ["th-1"])
+    fresh = transition(case, ReplyReceived(message=InboundEmail(message_id="<in-2>", thread_id="th-2")), clock())
+    again = transition(fresh, ReplyReceived(message=InboundEmail(message_id="<in-3>", thread_id="th-2")), clock())
+    assert (again.thread_id, again.thread_ids) == ("th-1", ["th-1", "th-2"])
