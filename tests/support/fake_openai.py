@@ -194,6 +194,7 @@ class FakeOpenAI:
         self.behaviour = behaviour
         self._scripts: list[_Script] = []
         self._calls: list[ChatCall] = []
+        self._answered: list[tuple[str | None, int]] = []  # (schema name, status) of each answer sent
         self._lock = threading.Lock()
         self._server: ThreadedServer | None = None
 
@@ -211,6 +212,11 @@ class FakeOpenAI:
         with self._lock:
             return list(self._calls)
 
+    def answered(self, schema_name: str) -> bool:
+        """Whether a request for `schema_name` got a completion (not a refusal or an error)."""
+        with self._lock:
+            return (schema_name, 200) in self._answered
+
     def calls_containing(self, text: str) -> list[ChatCall]:
         return [call for call in self.calls if text in json.dumps(call.body)]
 
@@ -218,6 +224,7 @@ class FakeOpenAI:
         with self._lock:
             self._scripts.clear()
             self._calls.clear()
+            self._answered.clear()
 
     async def _app(self, scope: Json, receive: Callable[[], Awaitable[Json]], send: Any) -> None:
         if scope["type"] != "http":
@@ -246,6 +253,8 @@ class FakeOpenAI:
                 reply = dataclasses.replace(reply, content=f"{PROSE_BEFORE}\n\n{reply.content}\n\n{PROSE_AFTER}")
         if reply.delay_seconds:
             await asyncio.sleep(reply.delay_seconds)
+        with self._lock:
+            self._answered.append((call.schema_name, reply.status))
         if reply.status != 200:
             await _respond(send, reply.status, json.loads(reply.content or "{}"), reply.headers)
             return

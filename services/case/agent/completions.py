@@ -58,6 +58,7 @@ _CONTEXT: Final = re.compile(
     re.I,
 )
 _FLAGGED: Final = re.compile(r"flagged|content.?(policy|filter|management)|usage polic|safety system", re.I)
+_UNSUPPORTED: Final = re.compile(r"not supported|unsupported|not permitted|unrecognized|unknown", re.I)
 _RESPONSE_FORMAT: Final = re.compile(r"response_format|json_schema|json_object|schema", re.I)
 # A 5xx is an outage unless its body says the request itself was invalid (llama-cpp-python answers a request
 # its pydantic model rejects with a 500 carrying the validation error).
@@ -192,7 +193,7 @@ def refusal_concern(message: str, *, cap_field: CapField) -> Concern:
     if _FLAGGED.search(message):
         return "flagged"
     other = "max_completion_tokens" if cap_field == "max_tokens" else "max_tokens"
-    if other in message or (cap_field in message and "not supported" in message.lower()):
+    if other in message or (cap_field in message and _UNSUPPORTED.search(message)):
         return "cap_field"
     if _RESPONSE_FORMAT.search(message):
         return "response_format"
