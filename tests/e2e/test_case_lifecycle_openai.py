@@ -99,6 +99,7 @@ def openai_stack(
     """The stack with a case service on the openai backend, talking to the fake playing `request.param`."""
     stack = without_the_rules_case_service
     server: ModelServer = request.param
+    model.reset()  # the probe this replica sends is the one to wait for
     model.behaviour = server.behaviour
     replica = ExtraReplica(
         stack,
@@ -247,8 +248,15 @@ async def test_a_refused_configuration_shows_in_readyz_and_cases_wait_then_resum
     model.behaviour = OPENAI_LIKE
     completed = await scenario.wait_for(case_id, TERMINAL, timeout=60)
     assert (completed["status"], completed["resultStatus"]) == ("COMPLETED", "goal_achieved")
-    assert (await api.get("/readyz")).status_code == 200
+    await _wait_until_ready(api)
     assert await _parked_count(openai_stack) == parked_before
+
+
+async def _wait_until_ready(api: httpx.AsyncClient, *, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while (response := await api.get("/readyz")).status_code != 200:
+        assert time.monotonic() < deadline, f"still not ready after the fix: {response.text}"
+        await asyncio.sleep(0.2)
 
 
 async def _parked_count(stack: Stack) -> int:
