@@ -359,7 +359,12 @@ async def test_a_misconfigured_key_or_model_is_reported_for_the_operator_until_a
     assert sleeps.delays == []
     assert "401: Incorrect API key provided." in DEPENDENCY_PROBLEMS.current()[MODEL]
     assert _misconfigured_gauge() == 1
-    assert any(r.levelname == "ERROR" and "refuses our requests" in r.getMessage() for r in caplog.records)
+    # The same refusal again (a redelivery): reported still, but one error in the log, not one per attempt.
+    fake.script(error(401, message="Incorrect API key provided."))
+    with pytest.raises(ModelMisconfigured):
+        await judged(agent)
+    refusals = [r for r in caplog.records if "refuses our requests" in r.getMessage()]
+    assert [r.levelname for r in refusals] == ["ERROR", "WARNING"]
     fake.script(judgement("WAIT"))
     assert (await judged(agent)).outcome == "WAIT"
     assert MODEL not in DEPENDENCY_PROBLEMS.current()

@@ -249,15 +249,24 @@ async def test_a_schema_the_settled_server_refuses_for_one_request_degrades_that
     assert MODEL not in DEPENDENCY_PROBLEMS.current()
 
 
-async def test_flagged_content_is_this_cases_problem_not_the_configuration(fake: FakeOpenAI, make_agent: Any) -> None:
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [
+        (400, "Invalid prompt: your prompt was flagged as potentially violating our usage policy."),
+        (413, "Request Entity Too Large"),
+    ],
+    ids=["flagged", "too_large"],
+)
+async def test_a_refusal_of_this_cases_content_asks_the_client_and_is_not_the_configuration(
+    fake: FakeOpenAI, make_agent: Any, status: int, message: str
+) -> None:
     agent: OpenAIAgent = make_agent()
-    fake.script(
-        error(400, message="Invalid prompt: your prompt was flagged as potentially violating our usage policy.")
-    )
+    fake.script(error(status, message=message))
     decided = await agent.judge(JudgeRequest(case=case(), transcript=transcript(), trigger="reply"))
     assert decided.outcome == "NEEDS_INPUT"
     assert decided.question is not None
-    assert "flagged" in decided.question
+    assert f"({status}: {message})" in decided.question
+    assert len(fake.calls) == 1
     assert MODEL not in DEPENDENCY_PROBLEMS.current()
 
 

@@ -332,7 +332,9 @@ class ChatClient:
                 self.dialect.settle(mode)
                 return _completion(response, mode)
             message = _error_message(response)
-            match refusal_concern(message, cap_field=limit):
+            # 413: this request's body is too large for the server, whatever its message says.
+            concern = "context" if response.status_code == 413 else refusal_concern(message, cap_field=limit)
+            match concern:
                 case "context" | "flagged":
                     raise ModelRequestRejected(response.status_code, message)
                 case "cap_field" if not switched_limit and self.dialect.switch_cap_field(limit):
@@ -357,8 +359,10 @@ class ChatClient:
 
     def _misconfigured(self, status: int, message: str, mode: StructuredOutput) -> ModelMisconfigured:
         failure = ModelMisconfigured(status, message)
+        # An error when the problem appears or changes; each redelivery and probe that meets it again, a warning.
+        known = DEPENDENCY_PROBLEMS.current().get(MODEL) == failure.reason
         DEPENDENCY_PROBLEMS.report(MODEL, failure.reason)
-        log.error(
+        (log.warning if known else log.error)(
             "model server refuses our requests; cases wait until it is fixed",
             extra={
                 "status": status,
