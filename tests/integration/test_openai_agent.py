@@ -350,21 +350,30 @@ async def test_a_request_the_server_rejects_for_this_case_needs_input(fake: Fake
 async def test_a_misconfigured_key_or_model_is_reported_for_the_operator_until_an_answer_clears_it(
     fake: FakeOpenAI, agent: OpenAIAgent, sleeps: Sleeps, caplog: pytest.LogCaptureFixture
 ) -> None:
-    fake.script(error(401, message="Incorrect API key provided."))
+    # Servers echo the key, whole or masked: /readyz, where the reason shows, is public.
+    masked = f"Incorrect API key provided: {API_KEY[:6]}****{API_KEY[-4:]}."
+    fake.script(error(401, message=masked))
     with pytest.raises(ModelMisconfigured) as refused:
         await judged(agent)
     assert isinstance(refused.value, Misconfigured)  # so the consumer waits instead of parking
     assert refused.value.status == 401
     assert len(fake.calls) == 1  # not retried as an outage
     assert sleeps.delays == []
-    assert "401: Incorrect API key provided." in DEPENDENCY_PROBLEMS.current()[MODEL]
+    reported = DEPENDENCY_PROBLEMS.current()[MODEL]
+    assert "401: Incorrect API key provided: sk-[redacted]." in reported
+    assert API_KEY[-4:] not in reported
     assert _misconfigured_gauge() == 1
     # The same refusal again (a redelivery): reported still, but one error in the log, not one per attempt.
-    fake.script(error(401, message="Incorrect API key provided."))
+    fake.script(error(401, message=masked))
     with pytest.raises(ModelMisconfigured):
         await judged(agent)
     refusals = [r for r in caplog.records if "refuses our requests" in r.getMessage()]
     assert [r.levelname for r in refusals] == ["ERROR", "WARNING"]
+    # Another reason replaces it (our own key, echoed whole, is redacted too).
+    fake.script(error(403, message=f"Key {API_KEY} may not use this model."))
+    with pytest.raises(ModelMisconfigured):
+        await judged(agent)
+    assert "403: Key [redacted] may not use this model." in DEPENDENCY_PROBLEMS.current()[MODEL]
     fake.script(judgement("WAIT"))
     assert (await judged(agent)).outcome == "WAIT"
     assert MODEL not in DEPENDENCY_PROBLEMS.current()

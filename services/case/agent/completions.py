@@ -52,6 +52,8 @@ BYTES_PER_TOKEN: Final = 3
 _MESSAGE_OVERHEAD_TOKENS: Final = 4
 
 _RETRYABLE_STATUSES: Final = frozenset({408, 409, 429})
+_KEY_SHAPED: Final = re.compile(r"sk-[\w*\-]+")
+MAX_REASON_CHARS: Final = 500
 # What a refusal is about, read from the server's error message (servers agree on words, not on codes).
 _CONTEXT: Final = re.compile(
     r"context.(length|window|size)|too many tokens|too long|exceeds? the (available )?context|reduce the length",
@@ -287,6 +289,7 @@ class ChatClient:
             timeout=httpx.Timeout(settings.openai_timeout_seconds),
         )
         self._model = settings.openai_model
+        self._api_key = settings.openai_api_key
         self._max_tokens = settings.openai_max_output_tokens
         self._max_retries = settings.openai_max_retries
         self._base_delay = settings.openai_retry_base_seconds
@@ -331,7 +334,7 @@ class ChatClient:
                 DEPENDENCY_PROBLEMS.clear(MODEL)
                 self.dialect.settle(mode)
                 return _completion(response, mode)
-            message = _error_message(response)
+            message = self._shown(_error_message(response))
             # 413: this request's body is too large for the server, whatever its message says.
             concern = "context" if response.status_code == 413 else refusal_concern(message, cap_field=limit)
             match concern:
@@ -357,6 +360,13 @@ class ChatClient:
                 case _:
                     raise self._misconfigured(response.status_code, message, mode)
 
+    def _shown(self, message: str) -> str:
+        """The server's words as we repeat them (in /readyz, which is public, and in questions to the client):
+        without our key or anything shaped like one (some servers echo part of it), and bounded."""
+        if self._api_key:
+            message = message.replace(self._api_key, "[redacted]")
+        return _KEY_SHAPED.sub("sk-[redacted]", message)[:MAX_REASON_CHARS]
+
     def _misconfigured(self, status: int, message: str, mode: StructuredOutput) -> ModelMisconfigured:
         failure = ModelMisconfigured(status, message)
         # An error when the problem appears or changes; each redelivery and probe that meets it again, a warning.
@@ -366,7 +376,7 @@ class ChatClient:
             "model server refuses our requests; cases wait until it is fixed",
             extra={
                 "status": status,
-                "reason": message[:500],
+                "reason": message,
                 "structured_output": mode,
                 "cap_field": self.dialect.cap_field,
                 "model": self._model,
