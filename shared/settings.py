@@ -150,6 +150,13 @@ class CaseSettings(CommonSettings, frozen=True, kw_only=True):
     openai_max_output_tokens: Annotated[int, Meta(ge=64)] = 1500
     # Tokens (prompt and completion) one case may spend; past it the agent asks the client instead of the model.
     openai_token_budget_per_case: Annotated[int, Meta(ge=1000)] = 200_000
+    # Structured output: `auto` starts with json_schema and moves to json_object (with the schema), then plain text
+    # (the schema in the prompt) when the server refuses; a pinned mode the server refuses is a configuration error.
+    openai_structured_output: Literal["auto", "json_schema", "json_object", "text"] = "auto"
+    # The completion cap's name: `auto` sends max_tokens until a server asks for max_completion_tokens.
+    openai_completion_cap_field: Literal["auto", "max_tokens", "max_completion_tokens"] = "auto"
+    # The start-up probe (one tiny structured request) is repeated this often until the model answers it.
+    openai_probe_retry_seconds: PositiveSeconds = 30.0
     # Local deployments: allow http and private/loopback client webhook URLs at case creation (the webhook
     # service reads the same variable for its SSRF guard).
     webhook_allow_private: bool = False
@@ -393,6 +400,9 @@ SETTING_HELP: Final[dict[str, str]] = {
     "OPENAI_MAX_OUTPUT_ATTEMPTS": "answers asked for before unusable output pauses the case for input",
     "OPENAI_MAX_OUTPUT_TOKENS": "cap of each completion",
     "OPENAI_TOKEN_BUDGET_PER_CASE": "tokens a case may spend before it pauses for input",
+    "OPENAI_STRUCTURED_OUTPUT": "`auto` (learnt from the server), `json_schema`, `json_object` or `text`",
+    "OPENAI_COMPLETION_CAP_FIELD": "`auto` (learnt from the server), `max_tokens` or `max_completion_tokens`",
+    "OPENAI_PROBE_RETRY_SECONDS": "how often the start-up probe of the model is repeated until it answers",
     "WEBHOOK_ALLOW_PRIVATE": "allow http and private/loopback webhook destinations (local runs only)",
     "IDEMPOTENCY_TTL_HOURS": "how long an Idempotency-Key replays its create",
     "SEND_TIMEOUT_SECONDS": "deadline for the adapter to send one email, its retries included",

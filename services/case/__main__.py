@@ -25,6 +25,8 @@ def build_agent(settings: CaseSettings, runtime: ServiceRuntime) -> Agent:
     agent = OpenAIAgent(settings)
     # Closed after in-flight judgements finish, like the adapter's AgentMail client.
     runtime.add_shutdown_hook(agent.aclose)
+    # In the background: a model that is away or refuses us shows in /readyz, it does not stop the service.
+    runtime.add_background_loop(agent.probe_until_answered)
     return agent
 
 

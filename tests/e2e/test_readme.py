@@ -14,6 +14,7 @@ import msgspec
 from deploy.settings_table import settings_table
 from shared.settings import SETTING_HELP, SETTINGS_BY_SERVICE, CaseSettings, env_var, load_settings
 from tests.support.api import new_client
+from tests.support.fake_openai import BEHAVIOURS
 from tests.support.processes import ROOT, Stack, free_port
 
 README = (ROOT / "README.md").read_text()
@@ -70,8 +71,13 @@ def test_every_setting_is_explained() -> None:
 
 
 def test_the_model_examples_are_accepted_settings() -> None:
-    examples = [line for line in bash_blocks(section("Using a real model"))[0].splitlines() if "make run" in line]
-    assert len(examples) == 3
+    text = section("Using a real model")
+    examples = [line for line in bash_blocks(text)[0].splitlines() if "make run" in line]
+    assert len(examples) == 6  # OpenAI, vLLM, Ollama, llama-server, llama-cpp-python, LM Studio
+    tested = "|".join(re.escape(behaviour.name) for behaviour in BEHAVIOURS)
+    for server in ("OpenAI", "vLLM", "Ollama", "llama.cpp `llama-server`", "llama-cpp-python", "LM Studio"):
+        row = rf"^\| {re.escape(server)} .*\| `({tested})`"
+        assert re.search(row, text, flags=re.M), f"{server} has no row naming the fake behaviour it was tested against"
     for line in examples:
         words = shlex.split(line)
         env = dict(word.split("=", 1) for word in words[: words.index("make")])

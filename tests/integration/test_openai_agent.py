@@ -10,14 +10,23 @@ from typing import Any
 
 import msgspec
 import pytest
+from prometheus_client import REGISTRY
 
-from services.case.agent.completions import ChatClient, ModelRequestRejected, ModelUnavailable
+from services.case.agent import prompts
+from services.case.agent.completions import (
+    MODEL,
+    ChatClient,
+    ModelMisconfigured,
+    ModelUnavailable,
+    estimated_tokens,
+)
 from services.case.agent.openai import OpenAIAgent
 from services.case.agent.port import AgentCannotProceed, ComposeRequest, Judgement, JudgeRequest, TokenUsage
 from services.case.agent.prompts import DRAFT_SCHEMA_NAME, JUDGEMENT_SCHEMA_NAME, PROMPT_VERSION
 from services.case.lifecycle import result_problem, with_human_context
 from services.case.model import CaseRecord, TokenUsageRecord
 from shared.contracts.agentmail import TranscriptMessage
+from shared.failures import DEPENDENCY_PROBLEMS, Misconfigured
 from shared.settings import CaseSettings
 from tests.support.fake_openai import (
     ChatCall,
@@ -60,9 +69,10 @@ def server() -> Iterator[FakeOpenAI]:
 
 
 @pytest.fixture
-def fake(server: FakeOpenAI) -> FakeOpenAI:
+def fake(server: FakeOpenAI) -> Iterator[FakeOpenAI]:
     server.reset()
-    return server
+    yield server
+    DEPENDENCY_PROBLEMS.clear(MODEL)  # one registry per process: a test's report must not leak into the next
 
 
 @pytest.fixture
@@ -337,11 +347,43 @@ async def test_a_request_the_server_rejects_for_this_case_needs_input(fake: Fake
     assert len(fake.calls) == 1
 
 
-async def test_a_misconfigured_key_or_model_raises_for_the_operator(fake: FakeOpenAI, agent: OpenAIAgent) -> None:
-    fake.script(error(401, message="Incorrect API key provided."))
-    with pytest.raises(ModelRequestRejected) as rejected:
+async def test_a_misconfigured_key_or_model_is_reported_for_the_operator_until_an_answer_clears_it(
+    fake: FakeOpenAI, agent: OpenAIAgent, sleeps: Sleeps, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Servers echo the key, whole or masked: /readyz, where the reason shows, is public.
+    masked = f"Incorrect API key provided: {API_KEY[:6]}****{API_KEY[-4:]}."
+    fake.script(error(401, message=masked))
+    with pytest.raises(ModelMisconfigured) as refused:
         await judged(agent)
-    assert rejected.value.status == 401
+    assert isinstance(refused.value, Misconfigured)  # so the consumer waits instead of parking
+    assert refused.value.status == 401
+    assert len(fake.calls) == 1  # not retried as an outage
+    assert sleeps.delays == []
+    reported = DEPENDENCY_PROBLEMS.current()[MODEL]
+    assert "401: Incorrect API key provided: sk-[redacted]." in reported
+    assert API_KEY[-4:] not in reported
+    assert _misconfigured_gauge() == 1
+    # The same refusal again (a redelivery): reported still, but one error in the log, not one per attempt.
+    fake.script(error(401, message=masked))
+    with pytest.raises(ModelMisconfigured):
+        await judged(agent)
+    refusals = [r for r in caplog.records if "refuses our requests" in r.getMessage()]
+    assert [r.levelname for r in refusals] == ["ERROR", "WARNING"]
+    # Another reason replaces it (our own key, echoed whole, is redacted too).
+    fake.script(error(403, message=f"Key {API_KEY} may not use this model."))
+    with pytest.raises(ModelMisconfigured):
+        await judged(agent)
+    assert "403: Key [redacted] may not use this model." in DEPENDENCY_PROBLEMS.current()[MODEL]
+    fake.script(judgement("WAIT"))
+    assert (await judged(agent)).outcome == "WAIT"
+    assert MODEL not in DEPENDENCY_PROBLEMS.current()
+    assert _misconfigured_gauge() == 0
+
+
+def _misconfigured_gauge() -> float:
+    value = REGISTRY.get_sample_value("caseflow_dependency_misconfigured", {"dependency": MODEL})
+    assert value is not None
+    return value
 
 
 # ---- token budget ------------------------------------------------------------------------------------------
@@ -362,14 +404,38 @@ async def test_a_case_over_its_token_budget_asks_the_client_without_calling_the_
 
 
 async def test_the_budget_also_stops_retries_of_unusable_output(fake: FakeOpenAI, make_agent: Any) -> None:
-    agent = make_agent(openai_token_budget_per_case=2000)
+    agent = make_agent(openai_token_budget_per_case=4000)
     record = msgspec.structs.replace(case(), token_usage=TokenUsageRecord(prompt_tokens=1000, completion_tokens=0))
-    fake.script(completion("not json", usage=(1000, 50)), judgement("WAIT"))
+    fake.script(completion("not json", usage=(2000, 50)), judgement("WAIT"))
     decided = await judged(agent, record=record)
     assert decided.outcome == "NEEDS_INPUT"
     assert decided.question is not None
-    assert "budget (2050 of 2000 tokens)" in decided.question
-    assert decided.usage == TokenUsage(1000, 50)  # what the spent attempt cost is still recorded
+    # 3050 spent: the retry's prompt (the first one, the answer and the correction) would take it past 4000.
+    assert "would exceed this case's model budget (3050 of 4000 tokens spent)" in decided.question
+    assert decided.usage == TokenUsage(2000, 50)  # what the spent attempt cost is still recorded
+    assert len(fake.calls) == 1
+
+
+async def test_a_prompt_that_would_exceed_the_budget_is_not_sent(fake: FakeOpenAI, make_agent: Any) -> None:
+    """The prompt is measured before the call (a counterparty can make the thread long): no call, the client is
+    asked, and the estimate is on the safe side of what the server counts."""
+    agent = make_agent(openai_token_budget_per_case=10_000)
+    record = msgspec.structs.replace(case(), token_usage=TokenUsageRecord(prompt_tokens=1000, completion_tokens=0))
+    long_reply = "Hi Avery,\n\n" + "We are still looking into the paperwork for this vendor. " * 600
+    decided = await judged(agent, record=record, reply=long_reply)
+    assert decided.outcome == "NEEDS_INPUT"
+    assert decided.question is not None
+    assert "would exceed this case's model budget (1000 of 10000 tokens spent)" in decided.question
+    assert fake.calls == []
+    request = prompts.judge_prompt(JudgeRequest(case=record, transcript=thread(long_reply), trigger="reply"))
+    estimate = estimated_tokens(request, "json_schema")
+    # About 4 bytes a token for English: the estimate counts more, never fewer.
+    sent_bytes = sum(len(message.content.encode()) for message in request.messages)
+    assert estimate >= sent_bytes // 4
+    assert estimate > 9000
+    # The same thread with a short reply goes out.
+    fake.script(judgement("WAIT"))
+    assert (await judged(agent, record=record)).outcome == "WAIT"
     assert len(fake.calls) == 1
 
 

@@ -8,6 +8,12 @@ file JSON, and the thread with its delimited counterparty messages), lets the ru
 the requested JSON shape, quoting its citations from the counterparty's message. So the whole stack runs with
 `AGENT_BACKEND=openai` against the simulator's scripted counterparties.
 
+Real servers differ in the request shapes they take, and the fake can behave like each family (`ServerBehaviour`,
+chosen per test and changeable while it runs): which `response_format` types it accepts, how it refuses the others
+(a 400, or llama-cpp-python's 500 carrying a validation error), whether it wants `max_completion_tokens` (400 on
+`max_tokens`, like OpenAI's reasoning models), and whether its model writes prose around the JSON. Without
+`json_schema` the stand-in model knows the answer's shape only from the schema written into the prompt.
+
 It runs uvicorn in a thread of its own (like `receivers.Receiver`), so a case-service process can call it while
 the test's event loop is busy.
 """
@@ -15,6 +21,7 @@ the test's event loop is busy.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import re
@@ -22,12 +29,12 @@ import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import msgspec
 
 from services.case.agent.port import ComposeRequest, Judgement, JudgeRequest
-from services.case.agent.prompts import DRAFT_SCHEMA_NAME, JUDGEMENT_SCHEMA_NAME
+from services.case.agent.prompts import DRAFT_SCHEMA_NAME, JUDGEMENT_SCHEMA_NAME, PROBE_SCHEMA_NAME
 from services.case.agent.rules import RulesAgent
 from services.case.model import CaseRecord
 from shared.contracts.agentmail import AttachmentInfo, TranscriptMessage
@@ -38,6 +45,36 @@ from tests.support.servers import ThreadedServer
 type Json = dict[str, Any]
 
 DEFAULT_USAGE: Final = (120, 30)
+ALL_FORMATS: Final = frozenset({"json_schema", "json_object", "text"})
+
+
+@dataclass(frozen=True, slots=True)
+class ServerBehaviour:
+    """How one family of OpenAI-compatible servers treats the request shape."""
+
+    name: str
+    # The `response_format` types it takes ("text": none given, or {"type": "text"}).
+    accepts: frozenset[str] = ALL_FORMATS
+    # How it refuses another type: OpenAI-style 400, or llama-cpp-python's 500 with a validation error.
+    refuses_with: Literal["400", "500-validation"] = "400"
+    # It holds the model to `schema` in {"type": "json_object", "schema": ...} (llama-cpp-python, llama-server).
+    json_object_schema: bool = True
+    # 400 on `max_tokens`, asking for `max_completion_tokens` (OpenAI's reasoning models).
+    wants_max_completion_tokens: bool = False
+    # Without a response_format, its model writes a sentence before and after the JSON.
+    prose_around_json: bool = False
+
+
+OPENAI_LIKE: Final = ServerBehaviour("openai-like")  # OpenAI, vLLM, Ollama >= 0.5, llama-server, LM Studio
+REASONING_MODEL: Final = ServerBehaviour("reasoning-model", wants_max_completion_tokens=True)
+LLAMA_CPP_PYTHON: Final = ServerBehaviour(
+    "llama-cpp-python", accepts=frozenset({"json_object", "text"}), refuses_with="500-validation"
+)
+JSON_OBJECT_ONLY: Final = ServerBehaviour(
+    "json-object-only", accepts=frozenset({"json_object", "text"}), json_object_schema=False
+)
+TEXT_ONLY: Final = ServerBehaviour("text-only", accepts=frozenset({"text"}), prose_around_json=True)
+BEHAVIOURS: Final = (OPENAI_LIKE, REASONING_MODEL, LLAMA_CPP_PYTHON, JSON_OBJECT_ONLY, TEXT_ONLY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,8 +137,17 @@ class ChatCall:
     body: Json
 
     @property
-    def schema_name(self) -> str:
-        return str(self.body["response_format"]["json_schema"]["name"])
+    def format_type(self) -> str:
+        response_format = self.body.get("response_format")
+        return str(response_format["type"]) if response_format else "text"
+
+    @property
+    def schema_name(self) -> str | None:
+        """The schema the model was given: by `json_schema`, else by name in the prompt's schema note."""
+        if self.format_type == "json_schema":
+            return str(self.body["response_format"]["json_schema"]["name"])
+        named = _SCHEMA_NOTE.search(self.system)
+        return named.group(1) if named else None
 
     @property
     def schema(self) -> Json:
@@ -139,13 +185,16 @@ class _Script:
 
 
 class FakeOpenAI:
-    """Answers scripted replies first (see `script`), then `model` (by default the rules-deciding stand-in)."""
+    """Refuses what `behaviour` does not take, then answers scripted replies (see `script`), then `model` (by
+    default the rules-deciding stand-in)."""
 
-    def __init__(self, *, model: Model | None = None) -> None:
+    def __init__(self, *, model: Model | None = None, behaviour: ServerBehaviour = OPENAI_LIKE) -> None:
         self.port = free_port()
         self.model = model or rules_model
+        self.behaviour = behaviour
         self._scripts: list[_Script] = []
         self._calls: list[ChatCall] = []
+        self._answered: list[tuple[str | None, int]] = []  # (schema name, status) of each answer sent
         self._lock = threading.Lock()
         self._server: ThreadedServer | None = None
 
@@ -163,6 +212,11 @@ class FakeOpenAI:
         with self._lock:
             return list(self._calls)
 
+    def answered(self, schema_name: str) -> bool:
+        """Whether a request for `schema_name` got a completion (not a refusal or an error)."""
+        with self._lock:
+            return (schema_name, 200) in self._answered
+
     def calls_containing(self, text: str) -> list[ChatCall]:
         return [call for call in self.calls if text in json.dumps(call.body)]
 
@@ -170,6 +224,7 @@ class FakeOpenAI:
         with self._lock:
             self._scripts.clear()
             self._calls.clear()
+            self._answered.clear()
 
     async def _app(self, scope: Json, receive: Callable[[], Awaitable[Json]], send: Any) -> None:
         if scope["type"] != "http":
@@ -186,14 +241,20 @@ class FakeOpenAI:
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
         call = ChatCall(headers=headers, body=json.loads(raw))
         text = raw.decode()
+        behaviour = self.behaviour
+        refused = _refusal(behaviour, call)
         with self._lock:
             self._calls.append(call)
-            script = next((s for s in self._scripts if s.applies(call, text)), None)
-            reply = script.replies.popleft() if script is not None else None
+            script = None if refused else next((s for s in self._scripts if s.applies(call, text)), None)
+            reply = refused or (script.replies.popleft() if script is not None else None)
         if reply is None:
-            reply = await self.model(call)
+            reply = await self.model(_as_the_model_sees_it(behaviour, call))
+            if behaviour.prose_around_json and call.format_type == "text" and reply.content:
+                reply = dataclasses.replace(reply, content=f"{PROSE_BEFORE}\n\n{reply.content}\n\n{PROSE_AFTER}")
         if reply.delay_seconds:
             await asyncio.sleep(reply.delay_seconds)
+        with self._lock:
+            self._answered.append((call.schema_name, reply.status))
         if reply.status != 200:
             await _respond(send, reply.status, json.loads(reply.content or "{}"), reply.headers)
             return
@@ -226,6 +287,53 @@ class FakeOpenAI:
     def __exit__(self, *_: object) -> None:
         if self._server is not None:
             self._server.stop()
+
+
+PROSE_BEFORE: Final = "Sure! Here is the JSON you asked for:"
+PROSE_AFTER: Final = "Let me know if you need anything else."
+_SCHEMA_NOTE: Final = re.compile(r'follows this JSON schema \("(\w+)"\)')
+
+
+def _as_the_model_sees_it(behaviour: ServerBehaviour, call: ChatCall) -> ChatCall:
+    """A server that ignores json_object's `schema` does not pass it on to the model."""
+    if call.format_type != "json_object" or behaviour.json_object_schema:
+        return call
+    return ChatCall(headers=call.headers, body={**call.body, "response_format": {"type": "json_object"}})
+
+
+def _refusal(behaviour: ServerBehaviour, call: ChatCall) -> Reply | None:
+    """The error the server answers a request shape it does not take with, in its own words."""
+    kind = call.format_type
+    if kind not in behaviour.accepts:
+        allowed = " or ".join(f"'{name}'" for name in sorted(behaviour.accepts))
+        if behaviour.refuses_with == "500-validation":
+            # llama-cpp-python validates the body inside its route handler and answers any exception with 500.
+            detail = [
+                {
+                    "type": "literal_error",
+                    "loc": ("body", "response_format", "type"),
+                    "msg": f"Input should be {allowed}",
+                    "input": kind,
+                    "ctx": {"expected": allowed},
+                }
+            ]
+            body = {"message": str(detail), "type": "internal_server_error", "param": None, "code": None}
+            return Reply(status=500, content=json.dumps({"error": body}))
+        message = f"Invalid value for 'response_format.type': '{kind}' is not supported, use {allowed}."
+        body = {"message": message, "type": "invalid_request_error", "param": "response_format", "code": None}
+        return Reply(status=400, content=json.dumps({"error": body}))
+    if behaviour.wants_max_completion_tokens and "max_tokens" in call.body:
+        message = (
+            "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead."
+        )
+        body = {
+            "message": message,
+            "type": "invalid_request_error",
+            "param": "max_tokens",
+            "code": "unsupported_parameter",
+        }
+        return Reply(status=400, content=json.dumps({"error": body}))
+    return None
 
 
 async def _respond(send: Any, status: int, body: Json, headers: dict[str, str] | None = None) -> None:
@@ -340,18 +448,37 @@ def _case(case_file: Json) -> CaseRecord:
     )
 
 
+UNSURE_OF_THE_FORMAT: Final = "Happy to help! Could you tell me what format you would like the answer in?"
+
+
+def _known_schema(call: ChatCall) -> str | None:
+    """The answer's shape as the model knows it: by `json_schema`, the prompt's schema note, or a json_object
+    `schema` the server holds the model to (recognised by its fields)."""
+    name = call.schema_name
+    if name is None and call.format_type == "json_object":
+        properties = set((call.body["response_format"].get("schema") or {}).get("properties", {}))
+        names = {"ok": PROBE_SCHEMA_NAME, "subject": DRAFT_SCHEMA_NAME, "outcome": JUDGEMENT_SCHEMA_NAME}
+        name = next((names[field] for field in names if field in properties), None)
+    return name
+
+
 async def rules_model(call: ChatCall) -> Reply:
     """A model that decides like the rules agent and answers in the requested shape, citing honestly."""
+    schema_name = _known_schema(call)
+    if schema_name is None:
+        return completion(UNSURE_OF_THE_FORMAT)
+    if schema_name == PROBE_SCHEMA_NAME:
+        return completion({"ok": True}, usage=(40, 5))
     prompt = read_prompt(call)
     step = prompt.case_file["step"]
     agent = RulesAgent()
-    if call.schema_name == DRAFT_SCHEMA_NAME:
+    if schema_name == DRAFT_SCHEMA_NAME:
         request = ComposeRequest(
             case=prompt.case, kind=step["emailKind"], attempt=step["emailNumber"], transcript=prompt.transcript
         )
         draft = await agent.compose(request)
         return completion({"subject": draft.subject, "body": draft.text, "question": None})
-    assert call.schema_name == JUDGEMENT_SCHEMA_NAME, call.schema_name
+    assert schema_name == JUDGEMENT_SCHEMA_NAME, schema_name
     decided = await agent.judge(JudgeRequest(case=prompt.case, transcript=prompt.transcript, trigger=step["trigger"]))
     return completion(_answer(decided, prompt.transcript))
 

@@ -7,11 +7,16 @@ needs one); an unusable answer is sent back with what was wrong, a bounded numbe
 asked instead. A GOAL_ACHIEVED answer completes nothing until each result field's citation is found verbatim in
 the counterparty's own words (`citations.py`). A per-case token budget stops the spending. So a confused or
 manipulated model can at worst pause a case in INPUT_NEEDED; it can neither crash it nor complete it wrongly.
-Transient server trouble is not the client's business: it raises, and the worker's consumer retries later.
+Each request's prompt is estimated before it is sent, and one that would take the case past its budget is not sent.
+Server trouble is not the client's business: a transient failure or a refused configuration raises (the
+shared.failures types), and the worker's consumer retries later; the request shape a server takes is learnt by the
+chat client (completions.py), first by a start-up probe whose result `/readyz` shows.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import hashlib
 import logging
 from collections import OrderedDict
@@ -23,7 +28,13 @@ import msgspec
 
 from services.case.agent import prompts
 from services.case.agent.citations import Citation, unsupported_fields
-from services.case.agent.completions import ChatClient, ChatMessage, ModelRequestRejected
+from services.case.agent.completions import (
+    MODEL,
+    ChatClient,
+    ChatMessage,
+    ModelRequestRejected,
+    estimated_tokens,
+)
 from services.case.agent.port import (
     AgentCannotProceed,
     ComposeRequest,
@@ -36,19 +47,22 @@ from services.case.agent.port import (
 from services.case.lifecycle import result_problem
 from services.case.model import CaseRecord, EmailKind
 from shared.contracts.agentmail import TranscriptMessage
+from shared.failures import DEPENDENCY_PROBLEMS, DependencyFailure
 from shared.settings import CaseSettings
 
 log = logging.getLogger("caseflow.case.agent.openai")
 
-# A 4xx that concerns this case's request (too long, a resultSchema the server cannot compile): ask the client.
-# Others (401, 403, 404: key, permissions, model name) are the operator's to fix, so they raise and are retried.
-CASE_SPECIFIC_REJECTIONS: Final = frozenset({400, 413, 422})
+type Sleep = Callable[[float], Awaitable[None]]
 
 
 class DraftOutput(msgspec.Struct, frozen=True):
     subject: str = ""
     body: str = ""
     question: str | None = None
+
+
+class ProbeOutput(msgspec.Struct, frozen=True):
+    ok: bool
 
 
 class JudgementOutput(msgspec.Struct, frozen=True):
@@ -109,14 +123,55 @@ class RecentAnswers:
 
 
 class OpenAIAgent:
-    def __init__(self, settings: CaseSettings, *, client: ChatClient | None = None) -> None:
+    def __init__(
+        self, settings: CaseSettings, *, client: ChatClient | None = None, sleep: Sleep = asyncio.sleep
+    ) -> None:
         self._client = client or ChatClient(settings)
         self._budget = settings.openai_token_budget_per_case
         self._max_output_attempts = settings.openai_max_output_attempts
+        self._probe_retry_seconds = settings.openai_probe_retry_seconds
+        self._sleep = sleep
         self._recent = RecentAnswers()
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+    async def probe(self) -> str | None:
+        """One tiny structured request: None when the model answers it usably, else what was wrong.
+
+        In `auto` mode an answer that does not follow the schema moves to the next mode (the server may have
+        ignored `response_format`; the next modes put the schema in the prompt) and asks again. Raises the
+        shared.failures types like any call (a refusal is reported by the client)."""
+        prompt = prompts.probe_prompt()
+        while True:
+            completion = await self._client.complete(prompt)
+            output, problem = _decode(completion.content, completion.refusal, ProbeOutput)
+            if output is not None and not output.ok:
+                problem = 'the answer was {"ok": false}'
+            if not problem:
+                log.info(
+                    "model probe answered",
+                    extra={"model": self._client.model, "structured_output": completion.mode},
+                )
+                return None
+            if not self._client.dialect.degrade(completion.mode, why=f"the probe's answer: {problem}"):
+                return f"its answer to the start-up probe is unusable in {completion.mode} mode ({problem})"
+
+    async def probe_until_answered(self) -> None:
+        """The start-up probe, in the background (the service starts even while the model is away), repeated every
+        OPENAI_PROBE_RETRY_SECONDS until the model answers it: a refusal or an unusable answer is reported in
+        DEPENDENCY_PROBLEMS (so `/readyz` names the model) until an answer clears it."""
+        while True:
+            try:
+                problem = await self.probe()
+            except DependencyFailure as failure:
+                log.warning("model probe failed", extra={"kind": failure.kind, "reason": failure.reason[:300]})
+            else:
+                if problem is None:
+                    return
+                DEPENDENCY_PROBLEMS.report(MODEL, f"the model {problem}")
+                log.error("model probe answer unusable", extra={"problem": problem[:300]})
+            await self._sleep(self._probe_retry_seconds)
 
     async def compose(self, request: ComposeRequest) -> Draft:
         key = RecentAnswers.key(request.case, request.transcript, "compose", request.kind, request.attempt)
@@ -221,11 +276,26 @@ class OpenAIAgent:
                     extra={"purpose": purpose, "spent_tokens": spent, "budget_tokens": self._budget},
                 )
                 return Stuck(f"this case has used its model budget ({spent} of {self._budget} tokens)", usage)
+            request = dataclasses.replace(prompt, messages=messages)
+            estimate = estimated_tokens(request, self._client.dialect.structured_output)
+            if spent + estimate > self._budget:
+                log.warning(
+                    "prompt would exceed the token budget of the case",
+                    extra={
+                        "purpose": purpose,
+                        "spent_tokens": spent,
+                        "estimated_prompt_tokens": estimate,
+                        "budget_tokens": self._budget,
+                    },
+                )
+                return Stuck(
+                    f"the next request to the model (about {estimate} tokens) would exceed this case's model budget "
+                    f"({spent} of {self._budget} tokens spent)",
+                    usage,
+                )
             try:
-                completion = await self._client.complete(messages, schema_name=prompt.schema_name, schema=prompt.schema)
+                completion = await self._client.complete(request)
             except ModelRequestRejected as exc:
-                if exc.status not in CASE_SPECIFIC_REJECTIONS:
-                    raise
                 log.warning("model server rejected the request", extra={"purpose": purpose, "status": exc.status})
                 return Stuck(f"the model server rejected the request ({exc.status}: {exc.message})", usage)
             usage += completion.usage
@@ -238,7 +308,9 @@ class OpenAIAgent:
                     "purpose": purpose,
                     "model": self._client.model,
                     "prompt_version": prompts.PROMPT_VERSION,
+                    "structured_output": completion.mode,
                     "output_attempt": attempt,
+                    "estimated_prompt_tokens": estimate,
                     "prompt_tokens": completion.usage.prompt_tokens,
                     "completion_tokens": completion.usage.completion_tokens,
                     "finish_reason": completion.finish_reason,
@@ -263,7 +335,7 @@ def _decode[T](content: str | None, refusal: str | None, output_type: type[T]) -
     if not content or not content.strip():
         return None, "the answer was empty"
     try:
-        output = msgspec.json.decode(_without_fences(content), type=output_type)
+        output = msgspec.json.decode(_json_text(content), type=output_type)
     except msgspec.ValidationError as exc:
         return None, f"the JSON does not follow the schema ({exc})"
     except msgspec.DecodeError as exc:
@@ -271,13 +343,13 @@ def _decode[T](content: str | None, refusal: str | None, output_type: type[T]) -
     return output, ""
 
 
-def _without_fences(content: str) -> str:
-    """Some local models wrap JSON in a markdown fence despite the instructions."""
+def _json_text(content: str) -> str:
+    """The JSON object in an answer. Models without a server holding them to a schema (text mode, and some in the
+    other modes) wrap it in a markdown fence or a sentence despite the instructions: from the first `{` to the
+    last `}`, which is then decoded and validated like any answer."""
     text = content.strip()
-    if text.startswith("```"):
-        text = text.split("\n", 1)[1] if "\n" in text else ""
-        text = text.removesuffix("```").strip()
-    return text
+    start, end = text.find("{"), text.rfind("}")
+    return text[start : end + 1] if 0 <= start < end else text
 
 
 def _draft_problem(output: DraftOutput) -> str | None:

@@ -5,7 +5,9 @@ text never reaches the model unframed. Each counterparty message (its sender, su
 included, since the counterparty chose those too) sits between lines carrying a random boundary drawn for that
 request, and the system prompt says text inside is untrusted data, so a message cannot close its own frame and
 speak as the case file or as the rules. The case facts travel as one JSON object (the "case file"), which keeps
-the client's structured knowledge unambiguous. Output schemas live beside the templates and change with them.
+the client's structured knowledge unambiguous. Output schemas live beside the templates and change with them;
+each prompt also carries its schema as text (`schema.md`), which the client adds for a server that cannot be held
+to the schema by `response_format` (services.case.agent.completions).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import secrets
-from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from string import Template
@@ -21,7 +22,7 @@ from typing import Any, Final
 
 import msgspec
 
-from services.case.agent.completions import ChatMessage
+from services.case.agent.completions import ChatMessage, StructuredPrompt
 from services.case.agent.port import ComposeRequest, JudgeRequest
 from services.case.model import CaseRecord
 from shared.contracts.agentmail import TranscriptMessage
@@ -29,13 +30,9 @@ from shared.contracts.agentmail import TranscriptMessage
 PROMPT_VERSION: Final = "v1"
 DRAFT_SCHEMA_NAME: Final = "caseflow_email"
 JUDGEMENT_SCHEMA_NAME: Final = "caseflow_judgement"
+PROBE_SCHEMA_NAME: Final = "caseflow_probe"
 
-
-@dataclass(frozen=True, slots=True)
-class Prompt:
-    messages: list[ChatMessage]
-    schema_name: str
-    schema: dict[str, Any]
+Prompt = StructuredPrompt
 
 
 @cache
@@ -61,10 +58,10 @@ def compose_prompt(request: ComposeRequest, *, boundary: str | None = None) -> P
     boundary = boundary or new_boundary()
     step = {"task": "write", "emailKind": request.kind, "emailNumber": request.attempt}
     task = template(f"write_{request.kind}.md").substitute(email_number=request.attempt)
-    return Prompt(
-        messages=_messages(request.case, request.transcript, step=step, task=task, boundary=boundary),
-        schema_name=DRAFT_SCHEMA_NAME,
-        schema=output_schema("draft.schema.json"),
+    return _prompt(
+        _messages(request.case, request.transcript, step=step, task=task, boundary=boundary),
+        DRAFT_SCHEMA_NAME,
+        output_schema("draft.schema.json"),
     )
 
 
@@ -72,11 +69,25 @@ def judge_prompt(request: JudgeRequest, *, boundary: str | None = None) -> Promp
     boundary = boundary or new_boundary()
     step = {"task": "judge", "trigger": request.trigger}
     task = template("judge.md").substitute()
-    return Prompt(
-        messages=_messages(request.case, request.transcript, step=step, task=task, boundary=boundary),
-        schema_name=JUDGEMENT_SCHEMA_NAME,
-        schema=judgement_schema(request.case.result_schema),
+    return _prompt(
+        _messages(request.case, request.transcript, step=step, task=task, boundary=boundary),
+        JUDGEMENT_SCHEMA_NAME,
+        judgement_schema(request.case.result_schema),
     )
+
+
+def probe_prompt() -> Prompt:
+    """The start-up probe: the smallest structured request, to learn whether the model answers in JSON."""
+    messages = [
+        ChatMessage(role="system", content=template("probe_system.md").substitute()),
+        ChatMessage(role="user", content=template("probe.md").substitute()),
+    ]
+    return _prompt(messages, PROBE_SCHEMA_NAME, output_schema("probe.schema.json"))
+
+
+def _prompt(messages: list[ChatMessage], schema_name: str, schema: dict[str, Any]) -> Prompt:
+    note = template("schema.md").substitute(schema_name=schema_name, schema=json.dumps(schema, indent=2))
+    return Prompt(messages=messages, schema_name=schema_name, schema=schema, schema_note=note)
 
 
 def correction(problem: str) -> ChatMessage:
