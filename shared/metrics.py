@@ -104,6 +104,18 @@ DEPENDENCY_MISCONFIGURED: Final = Gauge(
     ["dependency"],
 )
 CASES: Final = Gauge("caseflow_cases", "Cases by status (all clients).", ["status"])
+DEADLINE_DROPS: Final = Counter(
+    "caseflow_deadline_drops",
+    "Requests dropped before committing anything because the asker's deadline had passed, by subject.",
+    ["subject"],
+)
+# kind: what was repaired, e.g. "create_unconfirmed" (a created case whose create was never confirmed: removed,
+# its unit released) or "create_started" (its created command exists but the case had not started: started).
+RECONCILER_REPAIRS: Final = Counter(
+    "caseflow_reconciler_repairs",
+    "States the case scheduler's reconciler repaired because the message they waited for never came, by kind.",
+    ["kind"],
+)
 
 # ---- agentmail_adapter ------------------------------------------------------------------------------------------
 

@@ -102,3 +102,6 @@ def parked_subject(stream: str, consumer: str) -> str:
 # Headers carried on every message.
 REQUEST_ID_HEADER: Final = "X-Request-Id"
 MSG_ID_HEADER: Final = "Nats-Msg-Id"
+# The absolute deadline of a request (Unix ms), set by `shared.messaging.request` from its timeout: a service
+# drops work whose deadline has passed before it commits (the asker has given up on the answer).
+DEADLINE_HEADER: Final = "Caseflow-Deadline"
