@@ -179,9 +179,9 @@ class CaseApi:
             log.exception("could not store a new case")
             await self._release(command.client_id, reservation)
             raise ServiceError(ErrorCode.INTERNAL_ERROR) from exc
+        log.info("case stored; it starts once the create is confirmed")
         if self.settings.fault_exit_after_case_insert:
             os.kill(os.getpid(), signal.SIGKILL)
-        log.info("case stored; it starts once the create is confirmed")
 
     async def _release(self, client_id: str, reservation: billing.Reservation) -> None:
         await release_unit(self.broker, self.settings, client_id=client_id, reservation=reservation)
