@@ -246,3 +246,29 @@ async def test_pull_and_decrement_apply_only_when_the_array_holds_the_value(
     assert (await mongo_db.usage.update_one({"_id": "u", "reservations": "r1"}, release)).modified_count == 1
     assert (await mongo_db.usage.update_one({"_id": "u", "reservations": "r1"}, release)).modified_count == 0
     assert await mongo_db.usage.find_one({"_id": "u"}) == {"_id": "u", "used": 1, "reservations": ["r2"]}
+
+
+async def test_max_only_raises_and_null_filters_match_null_but_not_a_value(mongo_db: AsyncDatabase[Document]) -> None:
+    # An unconfirmed create's confirmation time only moves later (`$max`), under a filter on null fields.
+    await mongo_db.cases.insert_many(
+        [
+            {"_id": "a", "status": "CREATED", "confirmBy": 100, "awaitingSend": None, "version": 0},
+            {"_id": "b", "status": "CREATED", "confirmBy": 100, "awaitingSend": 1, "version": 0},
+        ]
+    )
+    waiting = {"status": "CREATED", "confirmBy": {"$ne": None}, "awaitingSend": None}
+    raised = await mongo_db.cases.update_one(
+        {"_id": "a", **waiting}, {"$max": {"confirmBy": 200}, "$inc": {"version": 1}}
+    )
+    assert raised.matched_count == 1
+    kept = await mongo_db.cases.update_one(
+        {"_id": "a", **waiting}, {"$max": {"confirmBy": 150}, "$inc": {"version": 1}}
+    )
+    assert kept.matched_count == 1
+    assert await mongo_db.cases.find_one({"_id": "a"}, {"_id": 0, "confirmBy": 1, "version": 1}) == {
+        "confirmBy": 200,
+        "version": 2,
+    }
+    assert (await mongo_db.cases.update_one({"_id": "b", **waiting}, {"$max": {"confirmBy": 300}})).matched_count == 0
+    due = mongo_db.cases.find({"status": "CREATED", "confirmBy": {"$lte": 250}, "awaitingSend": None}, {"_id": 1})
+    assert [document["_id"] async for document in due] == ["a"]
