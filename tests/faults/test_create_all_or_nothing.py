@@ -14,14 +14,18 @@ import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
+import nats as nats_client
 import pytest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
+from shared.contracts.case import CMD_INPUT_PROVIDED, CMD_SEND
 from shared.mongo import Document
+from shared.subjects import CASE_COMMANDS
 from tests.faults.conftest import FaultStack, emails_per_address, new_run, silent_case, wait_all_running, wait_ready
 from tests.support.processes import EmbeddedMongo, ManagedProcess, NatsServer, Stack
 
@@ -200,6 +204,41 @@ async def test_a_case_service_killed_after_storing_a_case_emails_only_the_case_a
     assert [entry.get("case_id") for entry in removals] == [bare_id]
     emails = await emails_per_address(faults, run)
     assert emails == {keyed["counterparty"]["address"].lower(): 1}
+
+
+async def test_a_create_whose_confirmation_cannot_be_published_is_503_and_never_emails(
+    faults: FaultStack, api: httpx.AsyncClient, db: AsyncDatabase[Document]
+) -> None:
+    run = new_run()
+    body = silent_case(run, 0)
+    nats = await nats_client.connect(faults.nats.url)
+    js = nats.jetstream()
+    config = (await js.stream_info(CASE_COMMANDS.name)).config
+    # JetStream refuses the gateway's publish while the stream does not take created commands (the case RPC works).
+    await js.update_stream(replace(config, subjects=[CMD_SEND, CMD_INPUT_PROVIDED]))
+    try:
+        refused = await api.post("/cases", json=body, headers={"X-Request-Id": f"unpublished-{run}"})
+    finally:
+        await js.update_stream(config)
+        await nats.close()
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error"]["code"] == "SERVICE_UNAVAILABLE"
+    gateway_log = faults.stack.services["gateway"].json_log_lines()
+    assert any(entry.get("msg") == "could not confirm a create; answering 503" for entry in gateway_log)
+    stored = [
+        str(entry.get("case_id"))
+        for entry in faults.stack.services["case"].json_log_lines()
+        if entry.get("msg") == "case stored; it starts once the create is confirmed"
+        and entry.get("request_id") == f"unpublished-{run}"
+    ]
+    assert len(stored) == 1, "the case service stored the case; only its confirmation failed"
+
+    async def removed() -> bool:
+        return await db.cases.find_one({"_id": stored[0]}) is None
+
+    await eventually(removed, timeout=CONFIRM_GRACE_SECONDS + 30, what="the unconfirmed case removed")
+    assert await used_units(api) == 0
+    assert await emails_per_address(faults, run) == {}
 
 
 # ---- what each request costs in MongoDB commands -------------------------------------------------------------
