@@ -119,9 +119,9 @@ class CaseSettings(CommonSettings, frozen=True, kw_only=True):
     webhook_allow_private: bool = False
     idempotency_ttl_hours: Annotated[float, Meta(gt=0)] = 24.0
     # A create is confirmed by the gateway publishing its created command, at the latest a little after the
-    # request's deadline (the gateway waits ~1 s past it, then publishes within ~2 s). This long after the
-    # deadline an unconfirmed case is removed (its unit released) and its Idempotency-Key may be taken over.
-    # Must exceed that wait plus the publish and any clock skew between hosts.
+    # request's deadline (CREATE_REPLY_GRACE_SECONDS + CONFIRM_PUBLISH_SECONDS in services/gateway/context.py).
+    # This long after the deadline an unconfirmed case is removed (its unit released) and its Idempotency-Key
+    # may be taken over. Must exceed that wait plus the publish and any clock skew between hosts.
     create_confirm_grace_seconds: PositiveSeconds = 30.0
     # Test-only fault injection: the process SIGKILLs itself right after storing a new case, before replying
     # (proves a create cut off there never emails unless its Idempotency-Key retry returns it).
