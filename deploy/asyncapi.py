@@ -66,8 +66,8 @@ DOCS: Final = ROOT / "docs" / "asyncapi"
 INDEX: Final = "README.md"
 
 ROLES: Final = {
-    Service.GATEWAY: "The HTTP ingress. On NATS it only asks the other services (request/reply) and hears "
-    "KEYS_CHANGED to evict cached API keys.",
+    Service.GATEWAY: "The HTTP ingress. On NATS it asks the other services (request/reply), confirms each "
+    "create it answers 201 (the created command) and hears KEYS_CHANGED to evict cached API keys.",
     Service.AUTH: "Clients, API keys (keyed hashes only) and webhook signing secrets.",
     Service.BILLING: "Plan caps and per-client, per-UTC-month usage counters.",
     Service.CASE: "The case API, the worker that runs each case, its scheduler and the outbox relay.",

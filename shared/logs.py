@@ -19,6 +19,9 @@ import msgspec
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 case_id_var: ContextVar[str | None] = ContextVar("case_id", default=None)
 client_id_var: ContextVar[str | None] = ContextVar("client_id", default=None)
+# The NATS subject of the message being handled (not a log field: the MongoDB command log names it, so a test can
+# tell a request's own commands from those of the commands it caused).
+handled_subject_var: ContextVar[str | None] = ContextVar("handled_subject", default=None)
 
 _CONTEXT_FIELDS: Final = (
     ("request_id", request_id_var),

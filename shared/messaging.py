@@ -2,7 +2,8 @@
 
 Design decisions a reader must know:
 - Request/reply always has an explicit timeout; a timeout, a missing responder or a lost connection becomes
-  `ServiceError(SERVICE_UNAVAILABLE)`, which the gateway answers with 503 and `Retry-After`.
+  `ServiceError(SERVICE_UNAVAILABLE)`, which the gateway answers with 503 and `Retry-After`. The request's
+  absolute deadline travels in a header (`request_deadline_ms` reads it), so a service can drop late work.
 - A JetStream message is acknowledged only after its handler returns. A handler that raises is redelivered
   with a capped, growing delay (`RetryPolicy`), never dropped (FastStream's NATS default, REJECT_ON_ERROR, would
   drop it). Transient is not poison (shared.failures): a failure classified transient or misconfigured
@@ -21,7 +22,7 @@ import logging
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, cast
 
@@ -38,13 +39,15 @@ from nats.js.api import ConsumerConfig, RetentionPolicy, StorageType, StreamConf
 from nats.js.errors import NotFoundError
 
 from shared import metrics
+from shared.clock import now_ms
 from shared.contracts.rpc import Err, Ok
 from shared.errors import ERROR_SPECS, ErrorCode, ServiceError
 from shared.failures import DependencyFailure, FailureKind
-from shared.logs import request_id_var
+from shared.logs import handled_subject_var, request_id_var
 from shared.mongo import database_unavailable
 from shared.settings import CommonSettings
 from shared.subjects import (
+    DEADLINE_HEADER,
     MSG_ID_HEADER,
     PARKED,
     PARKED_CONSUMER_HEADER,
@@ -216,6 +219,7 @@ class ServiceMiddleware(BaseMiddleware):
         token = request_id_var.set(msg.headers.get(REQUEST_ID_HEADER))
         raw_message = cast("Msg", msg.raw_message)
         jetstream = _is_jetstream(raw_message)
+        subject_token = handled_subject_var.set(raw_message.subject)
         keep_alive = (
             asyncio.create_task(_keep_alive(raw_message, self.handling.policy.keep_alive_seconds))
             if jetstream
@@ -256,6 +260,7 @@ class ServiceMiddleware(BaseMiddleware):
             if keep_alive is not None:
                 keep_alive.cancel()
             request_id_var.reset(token)
+            handled_subject_var.reset(subject_token)
 
     async def _retry_or_park(self, raw: Msg, exc: Exception) -> None:
         """Nack with the policy's delay, or park. A transient or misconfigured failure is never parked however
@@ -393,19 +398,23 @@ async def request[T](
     reply_type: type[T],
     *,
     timeout: float,
+    reply_grace_seconds: float = 0.0,
 ) -> T:
-    """Ask a service and return its data; its Err replies are raised as ServiceError."""
+    """Ask a service and return its data; its Err replies are raised as ServiceError.
+
+    The request carries its deadline (now + `timeout`, DEADLINE_HEADER). `reply_grace_seconds` waits that much
+    longer than the deadline sent, so that work the service committed just before the deadline is answered."""
     client = nats_client(broker)
     if client is None or not client.is_connected:
         # While NATS is away, answer at once instead of waiting out the timeout in nats-py's reconnect buffer.
         log.warning("request while NATS is disconnected", extra={"subject": subject})
         raise ServiceError(ErrorCode.SERVICE_UNAVAILABLE)
-    headers = {}
+    headers = {DEADLINE_HEADER: str(now_ms() + int(timeout * 1000))}
     request_id = request_id_var.get()
     if request_id:
         headers[REQUEST_ID_HEADER] = request_id
     try:
-        message = await broker.request(payload, subject, timeout=timeout, headers=headers)
+        message = await broker.request(payload, subject, timeout=timeout + reply_grace_seconds, headers=headers)
     except (TimeoutError, nats.errors.Error, OSError) as exc:
         log.warning("request got no answer", extra={"subject": subject, "error": type(exc).__name__})
         raise ServiceError(ErrorCode.SERVICE_UNAVAILABLE) from exc
@@ -417,6 +426,12 @@ async def request[T](
     if isinstance(reply, Err):
         raise reply.to_exception()
     return cast("T", reply.data)
+
+
+def request_deadline_ms(headers: Mapping[str, str]) -> int | None:
+    """The absolute deadline (Unix ms) a request was sent with, or None when it carries none (or garbage)."""
+    value = headers.get(DEADLINE_HEADER)
+    return int(value) if value is not None and value.isdigit() else None
 
 
 async def publish_durable(

@@ -25,6 +25,8 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import Counter, Gauge, Histogram, Info, start_http_server
 
+from shared.contracts.case import CMD_CREATED
+
 log = logging.getLogger("caseflow.metrics")
 
 # The exporter listens on every interface: Prometheus scrapes from another host or container. Metrics hold no
@@ -115,6 +117,11 @@ SHED_REQUESTS: Final = Counter(
     ["route_class"],
 )
 CASES: Final = Gauge("caseflow_cases", "Cases by status (all clients).", ["status"])
+DEADLINE_DROPS: Final = Counter(
+    "caseflow_deadline_drops",
+    "Requests dropped before committing anything because the asker's deadline had passed, by subject.",
+    ["subject"],
+)
 RECONCILER_REPAIRS: Final = Counter(
     "caseflow_reconciler_repairs",
     "Steps the scheduler requested again because they outlived their lease, by kind (see lifecycle.REPAIR_KINDS).",
@@ -162,7 +169,20 @@ USAGE_RELEASES: Final = Counter(
 )
 
 
+# Subjects with an id as their last token (`case.cmd.created.<caseId>`) are counted under their wildcard, so
+# the number of series stays bounded.
+_PER_ID_SUBJECTS: Final = (CMD_CREATED,)
+
+
+def bounded_subject(subject: str) -> str:
+    for pattern in _PER_ID_SUBJECTS:
+        if subject.startswith(pattern.removesuffix("*")):
+            return pattern
+    return subject
+
+
 def observe_message(subject: str, outcome: str, seconds: float) -> None:
+    subject = bounded_subject(subject)
     NATS_MESSAGES.labels(subject=subject, outcome=outcome).inc()
     NATS_MESSAGE_SECONDS.labels(subject=subject, outcome=outcome).observe(seconds)
 

@@ -13,13 +13,15 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pymongo import AsyncMongoClient, IndexModel
+from pymongo import AsyncMongoClient, IndexModel, monitoring
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import ConnectionFailure, PyMongoError
 
+from shared.logs import handled_subject_var
 from shared.settings import CommonSettings
 
 log = logging.getLogger("caseflow.mongo")
+command_log = logging.getLogger("caseflow.mongo.commands")
 
 type Document = dict[str, Any]
 
@@ -30,10 +32,33 @@ def database_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, ConnectionFailure) or (isinstance(exc, PyMongoError) and exc.timeout)
 
 
+class CommandLog(monitoring.CommandListener):
+    """Test-only (MONGO_COMMAND_LOG): one log line per MongoDB command, carrying the request id of the work that
+    issued it (the driver calls listeners in the issuing task, so the logging context is that request's)."""
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        collection = event.command.get(event.command_name)
+        command_log.info(
+            "mongo command",
+            extra={
+                "mongo_command": event.command_name,
+                "collection": collection if isinstance(collection, str) else None,
+                "handling": handled_subject_var.get(),
+            },
+        )
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
 def create_mongo_client(settings: CommonSettings, *, app_name: str) -> AsyncMongoClient[Document]:
     timeout_ms = int(settings.mongo_timeout_seconds * 1000)
     return AsyncMongoClient(
         settings.mongo_url,
+        event_listeners=[CommandLog()] if settings.mongo_command_log else [],
         appname=app_name,
         serverSelectionTimeoutMS=timeout_ms,
         connectTimeoutMS=timeout_ms,

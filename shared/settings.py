@@ -74,6 +74,9 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     # every process on a machine needs a port of its own: `make run` gives each service one (9101-9106),
     # docker-compose gives every container 9100.
     metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 0
+    # Test-only: log every MongoDB command this process issues (name, collection, request id) so a test can
+    # count what one request costs across services. Off in every deployment.
+    mongo_command_log: bool = False
 
 
 class GatewaySettings(CommonSettings, frozen=True, kw_only=True):
@@ -161,6 +164,14 @@ class CaseSettings(CommonSettings, frozen=True, kw_only=True):
     # service reads the same variable for its SSRF guard).
     webhook_allow_private: bool = False
     idempotency_ttl_hours: Annotated[float, Meta(gt=0)] = 24.0
+    # A create is confirmed by the gateway publishing its created command, at the latest a little after the
+    # request's deadline (CREATE_REPLY_GRACE_SECONDS + CONFIRM_PUBLISH_SECONDS in services/gateway/context.py).
+    # This long after the deadline an unconfirmed case is removed (its unit released) and its Idempotency-Key
+    # may be taken over. Must exceed that wait plus the publish and any clock skew between hosts.
+    create_confirm_grace_seconds: PositiveSeconds = 30.0
+    # Test-only fault injection: the process SIGKILLs itself right after storing a new case, before replying
+    # (proves a create cut off there never emails unless its Idempotency-Key retry returns it).
+    fault_exit_after_case_insert: bool = False
     # Deadline for the adapter to send one email, retries included (longer than RPC_TIMEOUT_SECONDS: a send
     # may wait out AgentMail's Retry-After; asking again after a timeout is safe, sends are idempotent).
     send_timeout_seconds: PositiveSeconds = 45.0
@@ -366,6 +377,7 @@ SETTING_HELP: Final[dict[str, str]] = {
     "CONSUMER_BACKOFF_CAP_SECONDS": "longest redelivery delay; an outage is retried this often, never parked",
     "CONSUMER_KEEP_ALIVE_SECONDS": "how often a running handler tells JetStream it is still working",
     "MONGO_TIMEOUT_SECONDS": "deadline of each MongoDB operation and server selection",
+    "MONGO_COMMAND_LOG": "test-only: log every MongoDB command with its request id (tests count commands per request)",
     "METRICS_PORT": "Prometheus metrics port of the process (0: off)",
     "GATEWAY_HOST": "address the gateway listens on (0.0.0.0 in containers)",
     "GATEWAY_PORT": "the API's port",
@@ -405,6 +417,9 @@ SETTING_HELP: Final[dict[str, str]] = {
     "OPENAI_PROBE_RETRY_SECONDS": "how often the start-up probe of the model is repeated until it answers",
     "WEBHOOK_ALLOW_PRIVATE": "allow http and private/loopback webhook destinations (local runs only)",
     "IDEMPOTENCY_TTL_HOURS": "how long an Idempotency-Key replays its create",
+    "FAULT_EXIT_AFTER_CASE_INSERT": "test-only fault injection: SIGKILL the case service after it stores a new case",
+    "CREATE_CONFIRM_GRACE_SECONDS": "how long after its deadline a create the gateway never confirmed is removed "
+    "(unit released) and its Idempotency-Key may be taken over",
     "SEND_TIMEOUT_SECONDS": "deadline for the adapter to send one email, its retries included",
     "SCHEDULER_INTERVAL_SECONDS": "how often due follow-ups are looked for",
     "SEND_LEASE_SECONDS": "a requested email not confirmed within this is requested again (same attempt)",

@@ -41,7 +41,11 @@ def build(settings: CaseSettings) -> ServiceRuntime:
         handlers.CaseApi(
             broker=runtime.broker,
             store=store,
-            idempotency=IdempotencyStore(runtime.db, ttl=dt.timedelta(hours=settings.idempotency_ttl_hours)),
+            idempotency=IdempotencyStore(
+                runtime.db,
+                ttl=dt.timedelta(hours=settings.idempotency_ttl_hours),
+                takeover_grace_ms=int(settings.create_confirm_grace_seconds * 1000),
+            ),
             relay=relay,
             settings=settings,
         )

@@ -13,9 +13,7 @@ import msgspec
 
 from services.case.model import CaseRecord, OutboxMessage, address_key
 from shared.contracts.case import (
-    CMD_CREATED,
     NOTHING_SCHEDULED,
-    CaseCreatedCommand,
     CaseEvent,
     CaseEventData,
     CaseView,
@@ -26,11 +24,11 @@ from shared.contracts.case import (
     event_subject,
 )
 from shared.errors import ErrorCode, ServiceError
-from shared.subjects import CASE_COMMANDS, CASE_EVENTS
+from shared.subjects import CASE_EVENTS
 
-# A created case whose command was never published (crash between insert and publish) is picked up by the
-# outbox relay after this long, so that no accepted case is stuck in CREATED.
-CREATE_GRACE_MS = 30_000
+# The outbox relay leaves a case's owed messages to the writer's own publish for this long before it
+# publishes them itself.
+RELAY_GRACE_MS = 30_000
 
 
 def outbox_message(*, subject: str, stream_name: str, msg_id: str, payload: msgspec.Struct) -> OutboxMessage:
@@ -47,9 +45,18 @@ def with_outbox(record: CaseRecord, messages: list[OutboxMessage], *, now: int) 
     )
 
 
-def new_case(*, case_id: str, client_id: str, body: NewCase, now: int) -> CaseRecord:
-    """A CREATED case with its created command owed; hidden from clients until the command is published."""
-    record = CaseRecord(
+def new_case(
+    *,
+    case_id: str,
+    client_id: str,
+    body: NewCase,
+    now: int,
+    confirm_by: int | None = None,
+    usage_month: str | None = None,
+) -> CaseRecord:
+    """A CREATED case, visible at once, that nothing starts until its create is confirmed (the gateway publishes
+    its created command); unconfirmed by `confirm_by`, the reconciler removes it."""
+    return CaseRecord(
         case_id=case_id,
         client_id=client_id,
         status="CREATED",
@@ -68,15 +75,19 @@ def new_case(*, case_id: str, client_id: str, body: NewCase, now: int) -> CaseRe
         result_schema=body.result_schema,
         client_webhook_url=body.client_webhook_url,
         metadata=body.metadata,
-        pending_create=True,
+        confirm_by=confirm_by,
+        usage_month=usage_month,
     )
-    command = outbox_message(
-        subject=CMD_CREATED,
-        stream_name=CASE_COMMANDS.name,
-        msg_id=f"created:{case_id}",
-        payload=CaseCreatedCommand(case_id=case_id),
+
+
+def awaiting_confirmation(record: CaseRecord) -> bool:
+    """Created and never started: its first email waits for the create's confirmation."""
+    return (
+        record.status == "CREATED"
+        and record.confirm_by is not None
+        and record.awaiting_send is None
+        and record.attempt_count == 0
     )
-    return with_outbox(record, [command], now=now)
 
 
 def ensure_owner(record: CaseRecord | None, client_id: str) -> CaseRecord:

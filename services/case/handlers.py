@@ -1,8 +1,10 @@
 """The case service's request/reply handlers: decode, call the domain, persist, publish, reply.
 
-`POST /cases` is the one multi-step write: claim the Idempotency-Key, reserve a usage unit (billing), insert
-the case hidden, publish its created command, show it. Any failure after the reservation releases it and
-removes the hidden case, so the client either gets a 201 for a durable, queued case or an error and no case.
+`POST /cases` is all or nothing without a second write: claim the Idempotency-Key for a case id chosen up front,
+reserve a usage unit (billing), insert the case visible in CREATED, reply. Nothing starts the case until the
+gateway confirms the create by publishing its created command (only when it answers the client 201), and a
+create whose deadline has passed is dropped before it stores anything; an unconfirmed case is removed by the
+reconciler (worker.py), so a create the client was answered 5xx (or never answered) never emails anyone.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import binascii
 import datetime as dt
 import hashlib
 import logging
+import os
+import signal
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +23,7 @@ from typing import get_args
 
 import msgspec
 from faststream.nats import NatsBroker
+from faststream.nats.annotations import NatsMessage
 
 from services.case import domain, lifecycle
 from services.case.model import CaseRecord, JudgeReplyCommand, SendEmailCommand
@@ -26,12 +31,13 @@ from services.case.outbox import OutboxRelay
 from services.case.store import CaseStore, IdempotencyStore, PageCursor, WriteConflict
 from services.case.transcript import case_threads, case_transcript, format_transcript, transcript_entries
 from services.case.validation import validate_new_case
+from shared import metrics
 from shared.clock import now_ms
 from shared.contracts import agentmail, billing, case
 from shared.contracts.rpc import Ok
 from shared.errors import ErrorCode, ServiceError
 from shared.logs import case_id_var, client_id_var, request_id_var
-from shared.messaging import document_publication, request
+from shared.messaging import document_publication, request, request_deadline_ms
 from shared.settings import CaseSettings
 from shared.subjects import CASE_COMMANDS, CASE_EVENTS, Service, queue_group
 
@@ -70,79 +76,115 @@ class CaseApi:
             raise ServiceError(ErrorCode.CASE_NOT_FOUND)
         return written[1]
 
-    async def _rpc[T](self, subject: str, payload: msgspec.Struct, reply_type: type[T]) -> T:
-        return await request(self.broker, subject, payload, reply_type, timeout=self.settings.rpc_timeout_seconds)
+    async def _rpc[T](
+        self, subject: str, payload: msgspec.Struct, reply_type: type[T], *, timeout: float | None = None
+    ) -> T:
+        return await request(
+            self.broker, subject, payload, reply_type, timeout=timeout or self.settings.rpc_timeout_seconds
+        )
 
     # ---- create ------------------------------------------------------------------------------------------
 
-    async def create(self, command: case.CreateCase) -> case.CreateCaseResult:
+    async def create(self, command: case.CreateCase, *, deadline_ms: int | None = None) -> case.CreateCaseResult:
+        """Claim the key (if any), reserve a unit, store the case: at most three writes. `deadline_ms` is the
+        asker's deadline: past it nobody will confirm the case, so nothing is stored."""
         client_id_var.set(command.client_id)
         validate_new_case(command.case, allow_private_webhooks=self.settings.webhook_allow_private)
+        deadline = deadline_ms if deadline_ms is not None else now_ms() + int(self.settings.rpc_timeout_seconds * 1000)
+        self._drop_if_late(deadline, "before it started")
+        case_id = str(uuid.uuid4())
         key = command.idempotency_key
         if key is not None:
-            claim = await self.idempotency.claim(
-                client_id=command.client_id,
-                key=key,
-                request_hash=request_hash(command.case),
-                now=self.clock(),
-            )
-            if claim.outcome == "replay" and claim.case_id is not None:
-                return case.CreateCaseResult(case_id=claim.case_id, replayed=True)
-            if claim.outcome == "in_flight":
-                raise ServiceError(ErrorCode.IDEMPOTENCY_KEY_IN_USE)
-            if claim.outcome == "mismatch":
-                raise ServiceError(ErrorCode.IDEMPOTENCY_KEY_MISMATCH)
+            replayed = await self._claim(command, key, case_id=case_id, deadline=deadline)
+            if replayed is not None:
+                return case.CreateCaseResult(case_id=replayed, replayed=True)
         try:
-            case_id = await self._create_reserved(command)
+            await self._create_reserved(command, case_id=case_id, deadline=deadline)
         except BaseException:
             if key is not None:
-                await self.idempotency.abandon(client_id=command.client_id, key=key)
+                await self.idempotency.abandon(client_id=command.client_id, key=key, case_id=case_id)
             raise
-        if key is not None:
-            await self.idempotency.complete(client_id=command.client_id, key=key, case_id=case_id)
         return case.CreateCaseResult(case_id=case_id, replayed=False)
 
-    async def _create_reserved(self, command: case.CreateCase) -> str:
-        case_id = str(uuid.uuid4())
+    def _drop_if_late(self, deadline: int, stage: str) -> None:
+        if now_ms() >= deadline:
+            # The asker has given up: storing the case now would only leave one that nobody confirms.
+            log.warning("create dropped: its deadline passed %s", stage, extra={"deadline": deadline})
+            metrics.DEADLINE_DROPS.labels(subject=case.CREATE).inc()
+            raise ServiceError(ErrorCode.SERVICE_UNAVAILABLE)
+
+    async def _claim(self, command: case.CreateCase, key: str, *, case_id: str, deadline: int) -> str | None:
+        """Claim `key` for `case_id`; returns the earlier case when this is a replay of it."""
+        claim = await self.idempotency.claim(
+            client_id=command.client_id,
+            key=key,
+            request_hash=request_hash(command.case),
+            case_id=case_id,
+            deadline_ms=deadline,
+            now=self.clock(),
+        )
+        if claim.outcome == "new":
+            return None
+        if claim.outcome == "mismatch":
+            raise ServiceError(ErrorCode.IDEMPOTENCY_KEY_MISMATCH)
+        if claim.case_id is not None and await self._still_there(claim.case_id, deadline=deadline):
+            return claim.case_id
+        # The earlier request stored no case (yet): it may still, until its deadline has passed.
+        if not self.idempotency.may_take_over(claim.deadline_ms, now_ms=now_ms()):
+            raise ServiceError(ErrorCode.IDEMPOTENCY_KEY_IN_USE)
+        if not await self.idempotency.take_over(
+            client_id=command.client_id, key=key, previous_case_id=claim.case_id, case_id=case_id, deadline_ms=deadline
+        ):
+            raise ServiceError(ErrorCode.IDEMPOTENCY_KEY_IN_USE)
+        log.info(
+            "idempotency key taken over: its earlier request can no longer commit", extra={"previous": claim.case_id}
+        )
+        return None
+
+    async def _still_there(self, case_id: str, *, deadline: int) -> bool:
+        """The replayed case exists and may be confirmed by this request: one still awaiting its confirmation
+        gets a later confirmation time first, so the reconciler cannot remove it under this replay."""
+        if await self.store.extend_confirmation(case_id, confirm_by=deadline + self._confirm_grace_ms):
+            return True
+        return await self.store.get(case_id) is not None
+
+    @property
+    def _confirm_grace_ms(self) -> int:
+        return int(self.settings.create_confirm_grace_seconds * 1000)
+
+    async def _create_reserved(self, command: case.CreateCase, *, case_id: str, deadline: int) -> None:
         case_id_var.set(case_id)
         reservation = await self._rpc(
             billing.RESERVE,
             billing.ReserveUnit(client_id=command.client_id, plan=command.plan, reservation_id=case_id),
             billing.Reservation,
+            timeout=min(self.settings.rpc_timeout_seconds, max(deadline - now_ms(), 1) / 1000),
         )
-        record = domain.new_case(case_id=case_id, client_id=command.client_id, body=command.case, now=now_ms())
+        try:
+            self._drop_if_late(deadline, "before the case was stored")
+        except ServiceError:
+            await self._release(command.client_id, reservation)
+            raise
+        record = domain.new_case(
+            case_id=case_id,
+            client_id=command.client_id,
+            body=command.case,
+            now=now_ms(),
+            confirm_by=deadline + self._confirm_grace_ms,
+            usage_month=reservation.month,
+        )
         try:
             await self.store.insert(record)
         except Exception as exc:
             log.exception("could not store a new case")
             await self._release(command.client_id, reservation)
             raise ServiceError(ErrorCode.INTERNAL_ERROR) from exc
-        try:
-            await self.relay.publish(record, request_id=request_id_var.get())
-        except Exception as exc:
-            log.exception("could not queue a new case; undoing the create")
-            try:
-                await self.store.delete_unpublished(case_id)
-            except Exception:
-                # The hidden case stays; the outbox relay will publish it later, so keep the unit counted.
-                log.exception("could not undo the create; the outbox relay will complete it")
-            else:
-                await self._release(command.client_id, reservation)
-            raise ServiceError(ErrorCode.INTERNAL_ERROR) from exc
-        log.info("case created")
-        return case_id
+        log.info("case stored; it starts once the create is confirmed")
+        if self.settings.fault_exit_after_case_insert:
+            os.kill(os.getpid(), signal.SIGKILL)
 
     async def _release(self, client_id: str, reservation: billing.Reservation) -> None:
-        try:
-            await self._rpc(
-                billing.RELEASE,
-                billing.ReleaseUnit(
-                    client_id=client_id, month=reservation.month, reservation_id=reservation.reservation_id
-                ),
-                billing.Released,
-            )
-        except ServiceError:
-            log.exception("could not release a usage unit", extra={"reservation_id": reservation.reservation_id})
+        await release_unit(self.broker, self.settings, client_id=client_id, reservation=reservation)
 
     # ---- reads -------------------------------------------------------------------------------------------
 
@@ -249,15 +291,29 @@ class CaseApi:
             log.warning("publish deferred to the outbox relay", exc_info=True)
 
 
+async def release_unit(
+    broker: NatsBroker, settings: CaseSettings, *, client_id: str, reservation: billing.Reservation
+) -> bool:
+    """Give a usage unit back (idempotent by reservation id); False, logged, when billing did not answer."""
+    try:
+        await request(
+            broker,
+            billing.RELEASE,
+            billing.ReleaseUnit(
+                client_id=client_id, month=reservation.month, reservation_id=reservation.reservation_id
+            ),
+            billing.Released,
+            timeout=settings.rpc_timeout_seconds,
+        )
+    except ServiceError:
+        log.exception("could not release a usage unit", extra={"reservation_id": reservation.reservation_id})
+        return False
+    return True
+
+
 def document_outbox_subjects(broker: NatsBroker) -> None:
     """What the outbox relay publishes (raw JetStream publishes, so the AsyncAPI document learns them here)."""
     commands = f"Stream {CASE_COMMANDS.name}; Nats-Msg-Id is the command id; relayed from the case's outbox."
-    document_publication(
-        broker,
-        case.CMD_CREATED,
-        case.CaseCreatedCommand,
-        description=f"A case was created: the worker starts it (first email). {commands}",
-    )
     document_publication(
         broker,
         case.CMD_INPUT_PROVIDED,
@@ -311,8 +367,8 @@ def register(api: CaseApi) -> None:
     document_outbox_subjects(broker)
 
     @broker.subscriber(case.CREATE, queue=queue)
-    async def create_case(command: case.CreateCase) -> Ok[case.CreateCaseResult]:
-        return Ok(await api.create(command))
+    async def create_case(command: case.CreateCase, message: NatsMessage) -> Ok[case.CreateCaseResult]:
+        return Ok(await api.create(command, deadline_ms=request_deadline_ms(message.headers)))
 
     @broker.subscriber(case.GET, queue=queue)
     async def get_case(query: case.GetCase) -> Ok[case.CaseView]:

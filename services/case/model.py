@@ -148,8 +148,15 @@ class CaseRecord(Record, frozen=True):
     token_usage: TokenUsageRecord = TokenUsageRecord()
     # Incremented by every write; writes carry the version they read.
     version: int = 0
-    # True between the insert and the publish of the created command; such a case is not shown to clients.
+    # Legacy (cases stored before creates were confirmed by the gateway): such a case was hidden until its
+    # created command was published. New cases are stored visible, so it stays False.
     pending_create: bool = False
+    # A create not yet confirmed (its created command not yet published by the gateway): by this time (Unix ms:
+    # the request's deadline plus CREATE_CONFIRM_GRACE_SECONDS) the reconciler starts it if the command exists,
+    # else removes it and releases its usage unit. None once there is nothing to confirm.
+    confirm_by: int | None = None
+    # The billing month its usage unit was reserved in (to release it if the create is never confirmed).
+    usage_month: str | None = None
     outbox: list[OutboxMessage] = []
     outbox_pending_since: int | None = None
 

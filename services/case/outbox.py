@@ -13,11 +13,10 @@ import logging
 
 from faststream.nats import NatsBroker
 
-from services.case.domain import CREATE_GRACE_MS
+from services.case.domain import RELAY_GRACE_MS
 from services.case.model import CaseRecord
 from services.case.store import CaseStore
 from shared.clock import now_ms
-from shared.contracts.case import CMD_CREATED
 from shared.subjects import MSG_ID_HEADER, REQUEST_ID_HEADER
 
 log = logging.getLogger("caseflow.case.outbox")
@@ -39,14 +38,10 @@ class OutboxRelay:
             if request_id:
                 headers[REQUEST_ID_HEADER] = request_id
             await js.publish(message.subject, message.payload, stream=message.stream, headers=headers, timeout=5.0)
-        await self.store.mark_relayed(
-            record.case_id,
-            [message.msg_id for message in record.outbox],
-            created_published=any(message.subject == CMD_CREATED for message in record.outbox),
-        )
+        await self.store.mark_relayed(record.case_id, [message.msg_id for message in record.outbox])
 
     async def relay_due(self) -> int:
-        cutoff = now_ms() - CREATE_GRACE_MS
+        cutoff = now_ms() - RELAY_GRACE_MS
         records = await self.store.with_pending_outbox(older_than=cutoff, limit=100)
         for record in records:
             try:

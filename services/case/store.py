@@ -24,6 +24,8 @@ from shared.mongo import Document
 CASES: Final = "cases"
 IDEMPOTENCY_KEYS: Final = "idempotency_keys"
 UNMATCHED_MESSAGES: Final = "unmatched_messages"
+# How long a claim stored before claims carried their request's deadline counts as in flight.
+LEGACY_CLAIM_MS: Final = 120_000
 
 INDEXES: Final = {
     CASES: [
@@ -105,22 +107,40 @@ class CaseStore:
             current = None
         raise WriteConflict(case_id)
 
-    async def delete_unpublished(self, case_id: str) -> None:
-        """Undo a create whose command could not be published (it was never shown to anyone)."""
-        await self.cases.delete_one({"_id": case_id, "pendingCreate": True})
-
-    async def mark_relayed(self, case_id: str, msg_ids: Sequence[str], *, created_published: bool) -> None:
-        update: dict[str, Any] = {
-            "$pull": {"outbox": {"msgId": {"$in": list(msg_ids)}}},
-            "$inc": {"version": 1},
-        }
-        if created_published:
-            update["$set"] = {"pendingCreate": False}
-        await self.cases.update_one({"_id": case_id}, update)
+    async def mark_relayed(self, case_id: str, msg_ids: Sequence[str]) -> None:
+        await self.cases.update_one(
+            {"_id": case_id}, {"$pull": {"outbox": {"msgId": {"$in": list(msg_ids)}}}, "$inc": {"version": 1}}
+        )
         await self.cases.update_one(
             {"_id": case_id, "outbox": {"$size": 0}},
             {"$unset": {"outboxPendingSince": ""}, "$inc": {"version": 1}},
         )
+
+    # ---- creates awaiting their confirmation (see domain.awaiting_confirmation) ----
+
+    async def unconfirmed_creates(self, *, now: int, limit: int) -> list[CaseRecord]:
+        """Created cases never started whose confirmation time has passed (through the status index: CREATED
+        cases are few, each started moments after its create)."""
+        cursor = self.cases.find(
+            {"status": "CREATED", "confirmBy": {"$lte": now}, "awaitingSend": None, "attemptCount": 0}
+        ).limit(limit)
+        return [from_document(document) for document in await cursor.to_list(None)]
+
+    async def extend_confirmation(self, case_id: str, *, confirm_by: int) -> bool:
+        """A replayed create is about to confirm the case again: push its confirmation time out, and bump the
+        version so a reconciler that read it before cannot remove it. False when it no longer awaits one."""
+        result = await self.cases.update_one(
+            {"_id": case_id, "status": "CREATED", "confirmBy": {"$ne": None}, "awaitingSend": None, "attemptCount": 0},
+            {"$max": {"confirmBy": confirm_by}, "$inc": {"version": 1}},
+        )
+        return result.matched_count == 1
+
+    async def delete_unconfirmed(self, record: CaseRecord) -> bool:
+        """Remove a create nobody confirmed, unless it changed since it was read (started, or replayed)."""
+        result = await self.cases.delete_one(
+            {"_id": record.case_id, "version": record.version, "status": "CREATED", "awaitingSend": None}
+        )
+        return result.deleted_count == 1
 
     async def case_for_thread(self, thread_id: str) -> str | None:
         """The case with `thread_id` among its threads (`threadId` alone: cases stored before `threadIds`)."""
@@ -238,32 +258,41 @@ class UnmatchedStore:
 
 @dataclass(frozen=True, slots=True)
 class IdempotencyClaim:
-    outcome: Literal["new", "replay", "in_flight", "mismatch"]
+    """`new`: this request owns the key and creates `case_id`; `existing`: the key names `case_id`, created by
+    an earlier request with the same body (a replay if that case exists, else in flight until its deadline has
+    passed); `mismatch`: the key was used with another body."""
+
+    outcome: Literal["new", "existing", "mismatch"]
     case_id: str | None = None
+    # The deadline of the request that holds the key (Unix ms); None for a claim stored before deadlines.
+    deadline_ms: int | None = None
 
 
 class IdempotencyStore:
-    """`Idempotency-Key` records: claimed before a create runs, completed with its case id, kept 24 h."""
+    """`Idempotency-Key` records, kept 24 h: one insert claims the key for a case id chosen up front and records
+    the request's deadline, so a replay finds its case by id (no second "complete" write), and a claim whose
+    case was never stored is taken over only once its request can no longer commit (deadline + grace)."""
 
-    # A claim still in flight after this long is treated as abandoned (its request crashed), not as in use.
-    STALE_CLAIM: Final = dt.timedelta(minutes=2)
-
-    def __init__(self, db: AsyncDatabase[Document], *, ttl: dt.timedelta) -> None:
+    def __init__(self, db: AsyncDatabase[Document], *, ttl: dt.timedelta, takeover_grace_ms: int) -> None:
         self.keys = db[IDEMPOTENCY_KEYS]
         self.ttl = ttl
+        self.takeover_grace_ms = takeover_grace_ms
 
     @staticmethod
     def _id(client_id: str, key: str) -> str:
         return f"{client_id}\x1f{key}"
 
-    async def claim(self, *, client_id: str, key: str, request_hash: str, now: dt.datetime) -> IdempotencyClaim:
+    async def claim(
+        self, *, client_id: str, key: str, request_hash: str, case_id: str, deadline_ms: int, now: dt.datetime
+    ) -> IdempotencyClaim:
         """`now` is a naive UTC datetime, as the driver returns stored dates."""
         key_id = self._id(client_id, key)
         fresh = {
             "_id": key_id,
             "clientId": client_id,
             "requestHash": request_hash,
-            "state": "in_flight",
+            "caseId": case_id,
+            "deadline": deadline_ms,
             "claimedAt": now,
             "expiresAt": now + self.ttl,
         }
@@ -272,27 +301,40 @@ class IdempotencyStore:
         except DuplicateKeyError:
             pass
         else:
-            return IdempotencyClaim("new")
+            return IdempotencyClaim("new", case_id, deadline_ms)
         existing = await self.keys.find_one({"_id": key_id})
         if existing is None or existing["expiresAt"] <= now:
             # Expired but not yet swept by the TTL monitor (it runs about once a minute): start over.
             await self.keys.delete_one({"_id": key_id, "expiresAt": {"$lte": now}})
-            return await self.claim(client_id=client_id, key=key, request_hash=request_hash, now=now)
+            return await self.claim(
+                client_id=client_id,
+                key=key,
+                request_hash=request_hash,
+                case_id=case_id,
+                deadline_ms=deadline_ms,
+                now=now,
+            )
         if existing["requestHash"] != request_hash:
             return IdempotencyClaim("mismatch")
-        if existing["state"] == "done":
-            return IdempotencyClaim("replay", existing["caseId"])
-        if existing["claimedAt"] > now - self.STALE_CLAIM:
-            return IdempotencyClaim("in_flight")
+        deadline = existing.get("deadline")
+        if deadline is None:
+            # Stored before claims carried a deadline: in flight for two minutes after it was claimed.
+            deadline = int(existing["claimedAt"].replace(tzinfo=dt.UTC).timestamp() * 1000) + LEGACY_CLAIM_MS
+        return IdempotencyClaim("existing", existing.get("caseId"), deadline)
+
+    def may_take_over(self, claim_deadline_ms: int | None, *, now_ms: int) -> bool:
+        return claim_deadline_ms is not None and now_ms > claim_deadline_ms + self.takeover_grace_ms
+
+    async def take_over(
+        self, *, client_id: str, key: str, previous_case_id: str | None, case_id: str, deadline_ms: int
+    ) -> bool:
+        """Point the key at a new case, unless another request took it over first."""
         taken = await self.keys.find_one_and_update(
-            {"_id": key_id, "state": "in_flight", "claimedAt": existing["claimedAt"]},
-            {"$set": {"claimedAt": now}},
+            {"_id": self._id(client_id, key), "caseId": previous_case_id},
+            {"$set": {"caseId": case_id, "deadline": deadline_ms}},
         )
-        return IdempotencyClaim("new") if taken else IdempotencyClaim("in_flight")
+        return taken is not None
 
-    async def complete(self, *, client_id: str, key: str, case_id: str) -> None:
-        await self.keys.update_one({"_id": self._id(client_id, key)}, {"$set": {"state": "done", "caseId": case_id}})
-
-    async def abandon(self, *, client_id: str, key: str) -> None:
-        """Forget a claim whose create failed, so the client's retry with the same key can succeed."""
-        await self.keys.delete_one({"_id": self._id(client_id, key), "state": "in_flight"})
+    async def abandon(self, *, client_id: str, key: str, case_id: str) -> None:
+        """Forget a claim whose create failed before storing its case, so a retry with the key can succeed."""
+        await self.keys.delete_one({"_id": self._id(client_id, key), "caseId": case_id})

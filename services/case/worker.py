@@ -10,18 +10,23 @@ The scheduler finds due cases through the `nextActionAt` index, and (the reconci
 step outlived its lease through `repairAt`; claiming is the same versioned write, so with several case-service
 replicas each follow-up or repair is requested once. No inbound message is discarded: one that no case takes
 (after a bounded wait for its thread to be recorded) is stored in `unmatched_messages` for an operator.
+It also settles creates nobody confirmed
+(`reconcile_creates`): a case is started only by its created command, which the gateway publishes before it
+answers 201, so a case without one past its confirmation time was never accepted and is removed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import msgspec
 from faststream.nats import NatsBroker
+from nats.js.errors import NotFoundError
 
 from services.case.agent.port import (
     Agent,
@@ -31,6 +36,8 @@ from services.case.agent.port import (
     JudgeRequest,
     TokenUsage,
 )
+from services.case.domain import awaiting_confirmation
+from services.case.handlers import release_unit
 from services.case.lifecycle import (
     AgentStuck,
     CaseStarted,
@@ -60,6 +67,7 @@ from services.case.transcript import case_transcript
 from shared import metrics
 from shared.clock import now_ms
 from shared.contracts import agentmail
+from shared.contracts.billing import Reservation
 from shared.contracts.case import (
     CMD_CREATED,
     CMD_INPUT_PROVIDED,
@@ -68,6 +76,7 @@ from shared.contracts.case import (
     AttachmentMeta,
     CaseCreatedCommand,
     InputProvidedCommand,
+    created_subject,
 )
 from shared.errors import ServiceError
 from shared.logs import case_id_var, client_id_var
@@ -396,8 +405,57 @@ class Worker:
                 log.warning("reconciler requested a step again", extra={"case_id": case_id, "repair": kind})
         return changed
 
+    async def reconcile_creates(self, *, limit: int = 100) -> int:
+        """Settle every create whose confirmation time has passed unconfirmed: start it if its created command
+        exists after all (the consumer will have been slow), else remove it and release its unit — its client
+        was never answered 201 (the gateway publishes the command before answering). Returns cases settled."""
+        settled = 0
+        for record in await self.store.unconfirmed_creates(now=now_ms(), limit=limit):
+            case_id_var.set(record.case_id)
+            client_id_var.set(record.client_id)
+            try:
+                settled += await self._settle_create(record)
+            except Exception:
+                log.exception("reconciling an unconfirmed create failed; it is tried again")
+        return settled
+
+    async def _settle_create(self, record: CaseRecord) -> int:
+        if not awaiting_confirmation(record):
+            return 0
+        if await self._created_command_exists(record.case_id):
+            await self.on_created(CaseCreatedCommand(case_id=record.case_id))
+            log.warning("started a confirmed create its created command had not started yet")
+            metrics.RECONCILER_REPAIRS.labels(kind="create_started").inc()
+            return 1
+        if not await self.store.delete_unconfirmed(record):
+            return 0  # it changed meanwhile (started, or a replay is confirming it): look again next time
+        if record.usage_month is not None:
+            await release_unit(
+                self.broker,
+                self.settings,
+                client_id=record.client_id,
+                reservation=Reservation(reservation_id=record.case_id, month=record.usage_month),
+            )
+        log.warning("removed a create that was never confirmed; its usage unit is released")
+        metrics.RECONCILER_REPAIRS.labels(kind="create_unconfirmed").inc()
+        return 1
+
+    async def _created_command_exists(self, case_id: str) -> bool:
+        try:
+            await self.broker.connection.jetstream().get_last_msg(CASE_COMMANDS.name, created_subject(case_id))
+        except NotFoundError:
+            return False
+        return True
+
     async def schedule_forever(self) -> None:
+        # Unconfirmed creates wait out a grace of many seconds anyway: looking for them every quarter of it, not
+        # on every tick, keeps the scheduler's idle cost where it was.
+        reconcile_every = max(self.settings.scheduler_interval_seconds, self.settings.create_confirm_grace_seconds / 4)
+        next_reconcile = 0.0
         while True:
+            if time.monotonic() >= next_reconcile:
+                await self.reconcile_creates()
+                next_reconcile = time.monotonic() + reconcile_every
             await self.run_due()
             await asyncio.sleep(self.settings.scheduler_interval_seconds)
 

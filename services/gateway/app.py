@@ -30,11 +30,13 @@ from services.gateway.request_id import RequestIdGuard
 from services.gateway.routes import ROUTES
 from services.gateway.routes.docs import ReferenceRenderPlugin, schema_router
 from services.gateway.throttle import RateLimit, Throttle
+from shared.contracts import case
 from shared.contracts.auth import KEYS_CHANGED, KeysChanged
-from shared.messaging import connect_with_retry, nats_client
+from shared.messaging import connect_with_retry, document_publication, nats_client
 from shared.mongo import create_mongo_client
 from shared.runtime import VERSION
 from shared.settings import GatewaySettings
+from shared.subjects import CASE_COMMANDS
 
 log = logging.getLogger("caseflow.gateway")
 
@@ -64,6 +66,15 @@ def create_litestar(
         ),
         trusted_proxies=TrustedProxies(settings.trusted_proxies),
         readiness=Memo(ttl_seconds=settings.readyz_cache_seconds),
+    )
+
+    document_publication(
+        broker,
+        case.CMD_CREATED,
+        case.CaseCreatedCommand,
+        description=f"`case.cmd.created.<caseId>`: a create is confirmed (its 201 is being answered), so the case "
+        f"worker may start it. Stream {CASE_COMMANDS.name}; Nats-Msg-Id `created:<caseId>` (a replay publishes "
+        "it again, deduplicated); a case without one is removed by the case service's reconciler.",
     )
 
     @broker.subscriber(KEYS_CHANGED)

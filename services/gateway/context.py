@@ -1,10 +1,16 @@
-"""What the gateway's handlers need from the process: settings, the broker, caches and a MongoDB ping."""
+"""What the gateway's handlers need from the process: settings, the broker, caches and a MongoDB ping.
+
+A create is confirmed here: the case service stores a case that nothing starts until the gateway, holding its
+201, publishes the case's created command; only then is the client answered. So a create the client is
+answered 5xx for (or never answered) never starts, and the case service's reconciler removes it.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 from faststream.nats import NatsBroker
@@ -14,9 +20,20 @@ from services.gateway.auth import KeyCache
 from services.gateway.client_address import FORWARDED_FOR, TrustedProxies, source_address
 from services.gateway.memo import Memo
 from services.gateway.throttle import Throttle
-from shared.messaging import request
+from shared.contracts import case
+from shared.errors import ErrorCode, ServiceError
+from shared.messaging import publish_durable, request
 from shared.mongo import Document
 from shared.settings import GatewaySettings
+from shared.subjects import CASE_COMMANDS
+
+log = logging.getLogger("caseflow.gateway")
+
+# A create waits this much past the deadline it sends, so a case stored just before the deadline is answered
+# (and confirmed) rather than left for the reconciler; the confirmation publish then has CONFIRM_PUBLISH_SECONDS.
+# Their sum must stay well under the case service's CREATE_CONFIRM_GRACE_SECONDS.
+CREATE_REPLY_GRACE_SECONDS: Final = 1.0
+CONFIRM_PUBLISH_SECONDS: Final = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,3 +55,28 @@ class GatewayContext:
     async def rpc[T](self, subject: str, payload: msgspec.Struct, reply_type: type[T]) -> T:
         """Ask a service with the configured deadline; its errors arrive as ServiceError."""
         return await request(self.broker, subject, payload, reply_type, timeout=self.settings.rpc_timeout_seconds)
+
+    async def create_case(self, command: case.CreateCase) -> case.CreateCaseResult:
+        """Ask the case service to store the case, then confirm it (a replay confirms it again, deduplicated by
+        its Nats-Msg-Id). A confirmation that cannot be published is a 503: the case never starts."""
+        result = await request(
+            self.broker,
+            case.CREATE,
+            command,
+            case.CreateCaseResult,
+            timeout=self.settings.rpc_timeout_seconds,
+            reply_grace_seconds=CREATE_REPLY_GRACE_SECONDS,
+        )
+        try:
+            await publish_durable(
+                self.broker,
+                case.created_subject(result.case_id),
+                case.CaseCreatedCommand(case_id=result.case_id),
+                stream=CASE_COMMANDS,
+                msg_id=case.created_msg_id(result.case_id),
+                timeout=CONFIRM_PUBLISH_SECONDS,
+            )
+        except Exception as exc:
+            log.warning("could not confirm a create; answering 503", extra={"case_id": result.case_id}, exc_info=True)
+            raise ServiceError(ErrorCode.SERVICE_UNAVAILABLE) from exc
+        return result

@@ -25,7 +25,9 @@ ATTACHMENT: Final = "case.rpc.attachment"
 CHECK_OWNER: Final = "case.rpc.check_owner"
 
 # Durable commands (stream CASE_COMMANDS); Nats-Msg-Id is the command id.
-CMD_CREATED: Final = "case.cmd.created"
+# A confirmed create, published by the gateway once the client is being answered 201: one subject per case,
+# `case.cmd.created.<caseId>`, so the reconciler can look a case's confirmation up (a direct get by subject).
+CMD_CREATED: Final = "case.cmd.created.*"
 CMD_INPUT_PROVIDED: Final = "case.cmd.input_provided"
 # The worker's own queue of emails to send (payload private to the case service).
 CMD_SEND: Final = "case.cmd.send"
@@ -34,6 +36,15 @@ CMD_JUDGE_REPLY: Final = "case.cmd.judge_reply"
 
 # Case events (stream CASE_EVENTS): `case.evt.<event type without the "case." prefix>`.
 EventType = Literal["case.completed", "case.failed", "case.input_needed", "case.cancelled"]
+
+
+def created_subject(case_id: str) -> str:
+    return CMD_CREATED.removesuffix("*") + case_id
+
+
+def created_msg_id(case_id: str) -> str:
+    """Nats-Msg-Id of a case's created command: a replayed create publishes it again, deduplicated."""
+    return f"created:{case_id}"
 
 
 def event_subject(event_type: EventType) -> str:
@@ -182,7 +193,10 @@ class AttachmentDownload(Contract, frozen=True):
 
 class CreateCase(Contract, frozen=True):
     """Replies Ok[CreateCaseResult]; Err INVALID_REQUEST / USAGE_LIMIT_REACHED / IDEMPOTENCY_KEY_* /
-    INTERNAL_ERROR."""
+    INTERNAL_ERROR / SERVICE_UNAVAILABLE (its deadline passed before the case was stored).
+
+    The stored case is not started until the asker confirms it by publishing its created command
+    (`created_subject`); one never confirmed is removed by the reconciler and its usage unit released."""
 
     client_id: str
     plan: str
@@ -234,10 +248,12 @@ class OwnerChecked(Contract, frozen=True):
     case_id: str
 
 
-# ---- durable commands (case service → its own worker) ------------------------------------------------------
+# ---- durable commands (to the case worker) ------------------------------------------------------
 
 
 class CaseCreatedCommand(Contract, frozen=True):
+    """On `created_subject(case_id)`: the gateway is answering the create 201, so the worker may start it."""
+
     case_id: str
 
 

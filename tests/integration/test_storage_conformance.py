@@ -284,3 +284,29 @@ async def test_an_array_field_matches_any_of_its_values_through_a_sparse_index_a
     assert await cases.find_one({"$or": [{"threadIds": "t9"}, {"threadId": "t9"}]}) is None
     # A missing field never matches a range (the reconciler's `repairAt` query).
     assert [d["_id"] async for d in cases.find({"repairAt": {"$lte": 10}})] == ["c"]
+
+
+async def test_max_only_raises_and_null_filters_match_null_but_not_a_value(mongo_db: AsyncDatabase[Document]) -> None:
+    # An unconfirmed create's confirmation time only moves later (`$max`), under a filter on null fields.
+    await mongo_db.cases.insert_many(
+        [
+            {"_id": "a", "status": "CREATED", "confirmBy": 100, "awaitingSend": None, "version": 0},
+            {"_id": "b", "status": "CREATED", "confirmBy": 100, "awaitingSend": 1, "version": 0},
+        ]
+    )
+    waiting = {"status": "CREATED", "confirmBy": {"$ne": None}, "awaitingSend": None}
+    raised = await mongo_db.cases.update_one(
+        {"_id": "a", **waiting}, {"$max": {"confirmBy": 200}, "$inc": {"version": 1}}
+    )
+    assert raised.matched_count == 1
+    kept = await mongo_db.cases.update_one(
+        {"_id": "a", **waiting}, {"$max": {"confirmBy": 150}, "$inc": {"version": 1}}
+    )
+    assert kept.matched_count == 1
+    assert await mongo_db.cases.find_one({"_id": "a"}, {"_id": 0, "confirmBy": 1, "version": 1}) == {
+        "confirmBy": 200,
+        "version": 2,
+    }
+    assert (await mongo_db.cases.update_one({"_id": "b", **waiting}, {"$max": {"confirmBy": 300}})).matched_count == 0
+    due = mongo_db.cases.find({"status": "CREATED", "confirmBy": {"$lte": 250}, "awaitingSend": None}, {"_id": 1})
+    assert [document["_id"] async for document in due] == ["a"]

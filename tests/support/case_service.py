@@ -257,7 +257,9 @@ async def case_service(
         handlers.CaseApi(
             broker=broker,
             store=store,
-            idempotency=IdempotencyStore(db, ttl=dt.timedelta(hours=24)),
+            idempotency=IdempotencyStore(
+                db, ttl=dt.timedelta(hours=24), takeover_grace_ms=int(settings.create_confirm_grace_seconds * 1000)
+            ),
             relay=relay,
             settings=settings,
         )

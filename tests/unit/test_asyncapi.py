@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any, get_args
+from urllib.parse import unquote
 
 import pytest
 import yaml
@@ -49,7 +50,8 @@ def subjects_named_in_contracts() -> set[str]:
 def addresses(document: dict[str, Any], action: str) -> set[str]:
     channels = document["channels"]
     return {
-        channels[operation["channel"]["$ref"].removeprefix("#/channels/").replace("%3E", ">")]["address"]
+        # References are URL-encoded: `>` and `*` wildcards appear as %3E and %2A.
+        channels[unquote(operation["channel"]["$ref"].removeprefix("#/channels/"))]["address"]
         for operation in document["operations"].values()
         if operation["action"] == action
     }
@@ -128,7 +130,7 @@ def test_every_durable_subject_is_documented_by_its_publisher(documents: dict[Se
 def test_every_request_reply_operation_documents_ok_and_err_replies(documents: dict[Service, dict[str, Any]]) -> None:
     for service, document in documents.items():
         for key, operation in document["operations"].items():
-            channel = document["channels"][operation["channel"]["$ref"].removeprefix("#/channels/").replace("%3E", ">")]
+            channel = document["channels"][unquote(operation["channel"]["$ref"].removeprefix("#/channels/"))]
             if ".rpc." not in channel["address"]:
                 continue
             assert "reply" in operation, f"{service}: {key} has no reply"

@@ -10,7 +10,6 @@ from services.case import domain
 from services.case.lifecycle import CancelRequested, Clock, InputProvided, apply_request
 from services.case.model import CaseRecord, InputRequestRecord, from_document, to_document
 from shared.contracts.case import (
-    CMD_CREATED,
     CMD_INPUT_PROVIDED,
     NOTHING_SCHEDULED,
     CaseEvent,
@@ -37,7 +36,9 @@ def at(now: int) -> Clock:
 
 
 def created() -> CaseRecord:
-    return domain.new_case(case_id="c1", client_id="alice", body=BODY, now=1_000)
+    return domain.new_case(
+        case_id="c1", client_id="alice", body=BODY, now=1_000, confirm_by=36_000, usage_month="2026-12"
+    )
 
 
 def waiting_for_input(*, request_status: str = "PENDING") -> CaseRecord:
@@ -47,17 +48,24 @@ def waiting_for_input(*, request_status: str = "PENDING") -> CaseRecord:
     )
 
 
-def test_a_new_case_is_created_hidden_with_its_created_command_owed() -> None:
+def test_a_new_case_is_stored_visible_owing_nothing_and_waits_for_its_confirmation() -> None:
     record = created()
     assert record.status == "CREATED"
     assert record.attempt_count == 0
     assert record.next_action_at == NOTHING_SCHEDULED
-    assert record.pending_create is True
-    assert [m.subject for m in record.outbox] == [CMD_CREATED]
-    assert record.outbox_pending_since == 1_000
-    with pytest.raises(ServiceError) as hidden:
-        domain.ensure_owner(record, "alice")
-    assert hidden.value.code is ErrorCode.CASE_NOT_FOUND
+    assert record.pending_create is False
+    # No second write to show it and no outbox to relay: the gateway's confirmation starts it.
+    assert record.outbox == []
+    assert record.outbox_pending_since is None
+    assert (record.confirm_by, record.usage_month) == (36_000, "2026-12")
+    assert domain.awaiting_confirmation(record)
+    assert domain.ensure_owner(record, "alice") is record
+
+
+def test_a_started_case_no_longer_awaits_its_confirmation() -> None:
+    assert not domain.awaiting_confirmation(msgspec.structs.replace(created(), awaiting_send=1))
+    assert not domain.awaiting_confirmation(msgspec.structs.replace(created(), status="CANCELLED"))
+    assert not domain.awaiting_confirmation(msgspec.structs.replace(created(), confirm_by=None))
 
 
 def test_the_record_survives_a_round_trip_through_a_document() -> None:

@@ -54,7 +54,9 @@ class CasesController(Controller):
         status_code=201,
         operation_id="createCase",
         summary="Create a case",
-        description="Creates a case in CREATED and queues it; outreach happens asynchronously.",
+        description="Creates a case in CREATED and queues it; outreach happens asynchronously. All or nothing: "
+        "a 5xx (or no answer) means no case will ever email anyone, unless a retry with the same Idempotency-Key "
+        "returns it.",
         opt={"throttle": "create"},
         before_request=strict_json_body(contract.NewCase),
         responses=error_responses(
@@ -72,12 +74,10 @@ class CasesController(Controller):
         gateway: NamedDependency[GatewayContext],
         idempotency_key: IdempotencyKey = None,
     ) -> Response[DataEnvelope[contract.CreatedCase]]:
-        result = await gateway.rpc(
-            contract.CREATE,
+        result = await gateway.create_case(
             contract.CreateCase(
                 client_id=caller.client_id, plan=caller.plan, case=data, idempotency_key=idempotency_key
-            ),
-            contract.CreateCaseResult,
+            )
         )
         headers = {"Location": f"/cases/{result.case_id}"}
         if result.replayed:
