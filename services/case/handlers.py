@@ -156,10 +156,12 @@ class CaseApi:
         transcript = await self._rpc(
             agentmail.TRANSCRIPT, agentmail.GetTranscript(thread_id=record.thread_id), agentmail.Transcript
         )
+        # The adapter bounds the transcript (newest messages within a byte budget) so this reply fits the bus.
         return msgspec.structs.replace(
             view,
-            conversation_thread=format_transcript(transcript.messages),
+            conversation_thread=format_transcript(transcript.messages, omitted=transcript.omitted),
             conversation_messages=transcript_entries(transcript.messages),
+            conversation_messages_omitted=transcript.omitted or msgspec.UNSET,
         )
 
     async def list(self, query: case.ListCases) -> case.CasePage:

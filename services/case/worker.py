@@ -47,6 +47,7 @@ from services.case.lifecycle import (
 from services.case.model import CaseRecord, SendEmailCommand
 from services.case.outbox import OutboxRelay
 from services.case.store import CaseStore
+from services.case.transcript import for_agent
 from shared.clock import now_ms
 from shared.contracts import agentmail
 from shared.contracts.case import (
@@ -120,12 +121,13 @@ class Worker:
         return updated
 
     async def transcript(self, case: CaseRecord) -> list[agentmail.TranscriptMessage]:
+        """The thread as the agent reads it (bounded: see `for_agent`)."""
         if case.thread_id is None:
             return []
         thread = await self._rpc(
             agentmail.TRANSCRIPT, agentmail.GetTranscript(thread_id=case.thread_id), agentmail.Transcript
         )
-        return thread.messages
+        return for_agent(thread.messages)
 
     # ---- commands ----------------------------------------------------------------------------------------
 
@@ -251,7 +253,7 @@ class Worker:
                 return None
             transcript = await self.transcript(case)
             if all(entry.message_id != message.message_id for entry in transcript):
-                transcript = [*transcript, as_transcript_message(message)]
+                transcript = for_agent([*transcript, as_transcript_message(message)])
             try:
                 judgement = await self.agent.judge(JudgeRequest(case=case, transcript=transcript, trigger="reply"))
             except AgentCannotProceed as stuck:
