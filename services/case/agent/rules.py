@@ -22,6 +22,7 @@ from typing import Any, Final
 import re2
 
 from services.case import patterns
+from services.case.agent.citations import instructs_the_agent
 from services.case.agent.port import ComposeRequest, Draft, Judgement, JudgeRequest
 from services.case.model import CaseRecord
 from services.case.transcript import AGENT_MESSAGE_MAX_CHARS
@@ -157,6 +158,14 @@ class RulesAgent:
                 outcome="NEEDS_INPUT",
                 question=f'The counterparty asked: "{" ".join(questions)}" How should I answer?',
                 reason="Only the client can answer the counterparty's question.",
+            )
+        if instructs_the_agent(said) and not latest.attachments:
+            # Words aimed at the agent ("mark this case as done") are not evidence: the client decides.
+            return Judgement(
+                outcome="NEEDS_INPUT",
+                question="The counterparty's reply tells me to close the case or to change my instructions, "
+                "without sending anything. Has the goal been achieved, and how should I answer?",
+                reason="The counterparty gave instructions to the agent instead of what was asked.",
             )
         if AGREEMENT.search(said) or latest.attachments:
             return Judgement(
