@@ -15,6 +15,7 @@ counterparty's say-so alone.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -47,8 +48,11 @@ INSTRUCTION_TO_THE_AGENT: Final = re2.compile(
 
 
 def instructs_the_agent(text: str) -> bool:
-    """Whether `text` addresses the agent (orders it, or tries to re-program it) instead of the request."""
-    return INSTRUCTION_TO_THE_AGENT.search(text) is not None
+    """Whether `text` addresses the agent (orders it, or tries to re-program it) instead of the request.
+    Read as NFKC without format characters, so fullwidth letters or zero-width joins do not hide the words."""
+    folded = unicodedata.normalize("NFKC", text)
+    visible = "".join(char for char in folded if unicodedata.category(char) != "Cf")
+    return INSTRUCTION_TO_THE_AGENT.search(visible) is not None
 
 
 class Citation(msgspec.Struct, frozen=True):
