@@ -27,9 +27,11 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from hypothesis.stateful import rule
 from pymongo.asynchronous.database import AsyncDatabase
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
+from schemathesis.generation.stateful.state_machine import StepInput, StepOutput
 from schemathesis.specs.openapi.checks import content_type_conformance, status_code_conformance
 
 from services.case.agent.prompts import JUDGEMENT_SCHEMA_NAME
@@ -182,8 +184,24 @@ def test_schemathesis_stateful_and_negative_runs_find_no_server_error(stack: Sta
     checks = [not_a_server_error, status_code_conformance, content_type_conformance]
     base_url = stack.gateway_url
 
-    class HostileClient(schema.as_state_machine()):  # type: ignore[misc]
+    calls: list[tuple[str, GenerationMode]] = []
+    workflow = schema.as_state_machine()
+    create = schema["/cases"]["POST"]
+
+    class HostileClient(workflow):  # type: ignore[misc,valid-type]
+        # Schemathesis's own roots are operations likely to succeed on random input; a valid case is not random
+        # input (IANA zones, email syntax), so the workflow also starts from real cases and follows the links.
+        @rule(target=workflow.bundles["POST /cases -> 201"])
+        def create_a_real_case(self) -> StepOutput:
+            case = create.Case(body=case_body(), media_type="application/json")
+            step = StepInput.initial(case)
+            self.recorder.record_case(case=case)  # as schemathesis's own root steps do, so links can follow it
+            self.control.record_step(step, self.recorder)
+            output: StepOutput = self._step(step)
+            return output
+
         def get_call_kwargs(self, case: Any) -> dict[str, Any]:
+            calls.append((case.operation.label, case.meta.generation.mode if case.meta else GenerationMode.POSITIVE))
             return {"base_url": base_url, "headers": {"x-api-key": api_key}}
 
         def validate_response(self, response: Any, case: Any, **kwargs: Any) -> None:
@@ -191,14 +209,19 @@ def test_schemathesis_stateful_and_negative_runs_find_no_server_error(stack: Sta
 
     HostileClient.run(
         settings=settings(
-            max_examples=30,
-            stateful_step_count=6,
+            max_examples=10,
+            stateful_step_count=4,
             deadline=None,
             database=None,
             derandomize=True,
             suppress_health_check=list(HealthCheck),
         )
     )
+    modes = {mode for _, mode in calls}
+    print(f"\nschemathesis stateful: {len(calls)} calls over {len({label for label, _ in calls})} operations")
+    assert modes == {GenerationMode.POSITIVE, GenerationMode.NEGATIVE}
+    # Chained: from a created case to reading, cancelling, answering and listing its deliveries.
+    assert {"POST /cases", "GET /cases/{case_id}", "POST /cases/{case_id}/cancel"} <= {label for label, _ in calls}
     assert schema.statistic.transitions.total > 0  # the run chained operations, not just single calls
 
 
