@@ -392,6 +392,12 @@ async def test_hostile_emails_neither_stall_nor_cross_tenants_nor_complete_a_cas
             problems.append(f"{mail.name}: the message is not in the transcript")
         if shown["status"] == "COMPLETED":
             problems.append(f"{mail.name}: completed on the counterparty's say-so ({shown.get('result')})")
+        if mail.fooled_by is not None:
+            # The model was asked and claimed the goal achieved; the citation check refused its evidence.
+            asked = [call.schema_name for call in fake_model.calls_containing(address)]
+            question = (shown.get("inputRequest") or {}).get("question", "")
+            if JUDGEMENT_SCHEMA_NAME not in asked or "instruction to the agent" not in question:
+                problems.append(f"{mail.name}: the fooled model's claim was not refused as such ({question!r})")
         for email in await scenario.emails_to(address):
             if secret in email["text"] or secret in email["subject"]:
                 problems.append(f"{mail.name}: the client's metadata was revealed to the counterparty")
