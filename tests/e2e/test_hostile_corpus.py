@@ -4,6 +4,8 @@ Three parts, in this order, on the real stack (NATS, the embedded MongoDB, the s
 1. A 1 MB single-line reply and a reply crafted against the client's own `pattern` (`^(a+)+b$` against
    "aaaa…c", exponential for a backtracking engine) are judged while another tenant polls `GET /cases/{id}`:
    every poll answers 200, none near the RPC timeout (the p99 is printed), and the huge reply is shown whole.
+   A `resultSchema` the worker could not use (a pattern RE2 refuses, a remote or unresolvable `$ref`) is a 400
+   at create naming the field.
 2. Schemathesis over the OpenAPI document, stateful (chained operations, links inferred from the document)
    and in negative mode: no 5xx, and every response documented.
 3. A corpus of hostile inbound emails through the simulator's `/_sim/inbound`, with the case service on
@@ -172,6 +174,29 @@ async def test_a_huge_reply_and_one_crafted_against_the_clients_pattern_do_not_s
     assert shown["status"] == "RUNNING"
     after = (await api.get(f"/cases/{watcher.case_id}", headers=watcher.key)).json()["data"]
     assert after == before
+
+
+@pytest.mark.parametrize(
+    ("result_schema", "path"),
+    [
+        (
+            {"type": "object", "properties": {"code": {"type": "string", "pattern": "(?=x)x"}}},
+            "properties.code.pattern",
+        ),
+        ({"type": "object", "properties": {"code": {"$ref": "https://evil.example/s.json"}}}, "properties.code.$ref"),
+        ({"type": "object", "properties": {"code": {"$ref": "#/$defs/missing"}}}, "properties.code.$ref"),
+    ],
+    ids=["lookahead-pattern", "remote-ref", "unresolvable-ref"],
+)
+async def test_a_result_schema_the_worker_could_not_use_is_refused_at_create_naming_the_field(
+    api: httpx.AsyncClient, client: dict[str, Any], stack_db: AsyncDatabase[Document], result_schema: Any, path: str
+) -> None:
+    response = await api.post("/cases", json=case_body(resultSchema=result_schema), headers=headers(client["apiKey"]))
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "INVALID_REQUEST"
+    assert error["message"].startswith(f"resultSchema.{path}: ")
+    assert await stack_db.cases.count_documents({"clientId": client["clientId"]}) == 0
 
 
 # ---- 2. schemathesis: stateful and negative ------------------------------------------------------------
