@@ -22,6 +22,14 @@ from typing import Final
 import msgspec
 from faststream.nats import NatsBroker
 
+from services.agentmail_adapter.bounds import (
+    ENTRY_OVERHEAD_BYTES,
+    INBOUND_SUBJECT_MAX_CHARS,
+    TRANSCRIPT_MAX_BYTES,
+    bounded_text,
+    encoded_size,
+    outgoing_subject,
+)
 from services.agentmail_adapter.client import (
     AgentMailClient,
     AgentMailMisconfigured,
@@ -73,6 +81,7 @@ from shared.logs import case_id_var
 from shared.messaging import document_publication, publish_durable
 from shared.settings import AgentMailSettings
 from shared.subjects import AGENTMAIL_EVENTS, AGENTMAIL_INGRESS_BODIES, Service, queue_group
+from shared.text import clipped
 
 log = logging.getLogger("caseflow.agentmail_adapter")
 
@@ -171,13 +180,15 @@ def register_handlers(
 
     @broker.subscriber(SEND, queue=QUEUE)
     async def send_email(request: SendEmail) -> Ok[SendOutcome]:
-        message = SendMessage(to=request.to, subject=request.subject, text=request.text, html=request.html)
+        # Whoever wrote it (the client's objective, the model), a subject goes out single-line and bounded.
+        subject = outgoing_subject(request.subject)
+        message = SendMessage(to=request.to, subject=subject, text=request.text, html=request.html)
         email = Outgoing(
             case_id=request.case_id,
             attempt=request.attempt,
             inbox_id=inbox_id,
             to=request.to,
-            subject=request.subject,
+            subject=subject,
             text=request.text,
             in_reply_to=None,
         )
@@ -194,7 +205,8 @@ def register_handlers(
             attempt=request.attempt,
             inbox_id=reply_inbox,
             to=request.to or _reply_recipients(original),
-            subject=_reply_subject(original.subject if original is not None else ""),
+            # AgentMail derives a reply's subject from the thread; what we record is made safe the same way.
+            subject=outgoing_subject(_reply_subject(original.subject if original is not None else "")),
             text=request.text,
             in_reply_to=answered,
         )
@@ -212,8 +224,20 @@ def register_handlers(
 
     @broker.subscriber(TRANSCRIPT, queue=QUEUE)
     async def transcript(request: GetTranscript) -> Ok[Transcript]:
-        messages = await store.thread(request.thread_id)
-        return Ok(Transcript(thread_id=request.thread_id, messages=[_transcript_message(m) for m in messages]))
+        """The newest messages of the thread that fit TRANSCRIPT_MAX_BYTES (always the newest one), oldest first."""
+        newest_first: list[TranscriptMessage] = []
+        budget = TRANSCRIPT_MAX_BYTES
+        cut = False
+        async for stored in store.thread_newest_first(request.thread_id):
+            message = _transcript_message(stored)
+            size = encoded_size(message.text) + encoded_size(message.subject) + ENTRY_OVERHEAD_BYTES
+            if newest_first and size > budget:
+                cut = True
+                break
+            budget -= size
+            newest_first.append(message)
+        omitted = await store.thread_size(request.thread_id) - len(newest_first) if cut else 0
+        return Ok(Transcript(thread_id=request.thread_id, messages=newest_first[::-1], omitted=omitted))
 
     @broker.subscriber(INGEST_WEBHOOK, queue=QUEUE)
     async def ingest_webhook(request: IngestWebhook) -> Ok[WebhookAccepted]:
@@ -246,28 +270,14 @@ def register_handlers(
             with provider_errors():
                 message = await mail.get_message(message.inbox_id, message.message_id)
             text = body_text(message) or ""
-        received = message_received(event_id, message, bounded_text(text, message_id=message.message_id))
+        # Stored and published whole up to the bound (a marker says what was cut): the event must fit the bus.
+        received = message_received(event_id, message, bounded_text(text))
+        received = msgspec.structs.replace(received, subject=clipped(received.subject, INBOUND_SUBJECT_MAX_CHARS))
         # The thread → case map from our own record of the sends, so a reply finds its case even before the
         # case service has written its send's confirmation.
         received = msgspec.structs.replace(received, case_id=await store.case_of_thread(received.thread_id))
         await store.record(_inbound(received))
         await publish_durable(broker, MESSAGE_RECEIVED, received, stream=AGENTMAIL_EVENTS, msg_id=event_id)
-
-
-# The most of an inbound message's text that is stored and published: the whole of any real reply, while a
-# hostile or runaway body can neither exceed a MongoDB document (16 MB) or a NATS message (8 MB) nor be lost.
-INBOUND_TEXT_LIMIT_CHARS: Final = 512 * 1024
-
-
-def bounded_text(text: str, *, message_id: str) -> str:
-    """`text` cut to INBOUND_TEXT_LIMIT_CHARS with a visible marker saying how much was left out."""
-    if len(text) <= INBOUND_TEXT_LIMIT_CHARS:
-        return text
-    left_out = len(text) - INBOUND_TEXT_LIMIT_CHARS
-    return (
-        f"{text[:INBOUND_TEXT_LIMIT_CHARS]}\n\n[Caseflow kept the first {INBOUND_TEXT_LIMIT_CHARS} characters of "
-        f"this message; {left_out} more are in AgentMail, message {message_id}.]"
-    )
 
 
 # ---- records ----------------------------------------------------------------------------------------------
@@ -355,7 +365,7 @@ def _transcript_message(stored: StoredMessage) -> TranscriptMessage:
         from_address=stored.from_address,
         to=stored.to,
         subject=stored.subject,
-        text=stored.text,
+        text=bounded_text(stored.text),  # messages stored before the bound existed
         at=stored.timestamp,
         attachments=[
             AttachmentInfo(attachment_id=a.attachment_id, filename=a.filename, size=a.size, content_type=a.content_type)

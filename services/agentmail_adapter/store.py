@@ -11,10 +11,11 @@ event about 28 hours after the first attempt, so a week is ample and the collect
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import AsyncIterator
 from typing import Final, Literal
 
 import msgspec
-from pymongo import ASCENDING, IndexModel
+from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 
 from shared.mongo import Document
@@ -99,6 +100,16 @@ class MessageStore:
             [("timestamp", ASCENDING), ("recordedAt", ASCENDING)]
         )
         return [msgspec.convert(document, StoredMessage) async for document in cursor]
+
+    def thread_newest_first(self, thread_id: str) -> AsyncIterator[StoredMessage]:
+        """The thread's messages, newest first, read lazily (a caller that stops early reads no more)."""
+        cursor = self._messages.find({"threadId": thread_id}).sort(
+            [("timestamp", DESCENDING), ("recordedAt", DESCENDING)]
+        )
+        return (msgspec.convert(document, StoredMessage) async for document in cursor)
+
+    async def thread_size(self, thread_id: str) -> int:
+        return await self._messages.count_documents({"threadId": thread_id})
 
     async def event_handled(self, event_id: str) -> bool:
         return await self._events.find_one({"_id": event_id}, projection={"_id": 1}) is not None

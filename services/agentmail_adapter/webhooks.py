@@ -62,10 +62,12 @@ def body_text(message: Message) -> str | None:
 
 
 def is_auto_submitted(message: Message) -> bool:
-    """An `Auto-Submitted` header other than `no` marks an auto-reply (RFC 3834), not a person's answer."""
+    """An `Auto-Submitted` header whose keyword is not `no` marks an auto-reply (RFC 3834), not a person's answer.
+    The keyword is the value's first token: parameters (`; ...`) and anything after a folded line are not it."""
     for name, value in message.headers.items():
         if name.lower() == "auto-submitted":
-            return value.strip().lower() != "no"
+            keyword = value.strip().replace(";", " ").split(maxsplit=1)
+            return not keyword or keyword[0].lower() != "no"
     return False
 
 

@@ -196,15 +196,23 @@ class CaseApi:
         if not case_threads(record):
             return msgspec.structs.replace(view, conversation_thread=None, conversation_messages=None)
 
+        omitted = 0
+
         async def thread(thread_id: str) -> list[agentmail.TranscriptMessage]:
+            nonlocal omitted
             found = await self._rpc(
                 agentmail.TRANSCRIPT, agentmail.GetTranscript(thread_id=thread_id), agentmail.Transcript
             )
+            # The adapter bounds each thread (newest messages within a byte budget) so the reply fits the bus.
+            omitted += found.omitted
             return found.messages
 
         messages = await case_transcript(record, thread)
         return msgspec.structs.replace(
-            view, conversation_thread=format_transcript(messages), conversation_messages=transcript_entries(messages)
+            view,
+            conversation_thread=format_transcript(messages, omitted=omitted),
+            conversation_messages=transcript_entries(messages),
+            conversation_messages_omitted=omitted or msgspec.UNSET,
         )
 
     async def list(self, query: case.ListCases) -> case.CasePage:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 import msgspec
-from jsonschema import Draft202012Validator
+from referencing.exceptions import Unresolvable
 
 from services.case.agent.port import Judgement, TokenUsage
 from services.case.domain import case_event, outbox_message, with_outbox
@@ -39,6 +39,7 @@ from services.case.model import (
     TokenUsageRecord,
     UnjudgedReply,
 )
+from services.case.patterns import PatternError, ResultValidator
 from shared.contracts.case import (
     CMD_INPUT_PROVIDED,
     CMD_JUDGE_REPLY,
@@ -748,7 +749,12 @@ def result_problem(schema: dict[str, Any] | None, result: dict[str, Any] | None)
         return None
     if result is None:
         return "no result was extracted"
-    error = next(iter(sorted(Draft202012Validator(schema).iter_errors(result), key=str)), None)
+    try:
+        # RE2 for every pattern: the result holds text the counterparty wrote.
+        error = next(iter(sorted(ResultValidator(schema).iter_errors(result), key=str)), None)
+    except (PatternError, Unresolvable) as exc:
+        # Refused at create since these checks exist; a case stored before them fails here, not in a loop.
+        return f"resultSchema cannot be used: {exc}"
     if error is None:
         return None
     where = ".".join(str(part) for part in error.absolute_path)

@@ -3,6 +3,8 @@
 Each failure is a 400 INVALID_REQUEST whose message starts with the field path, e.g.
 `counterparty.address: must be an email address`. Checks use well-kept libraries: `email-validator` for
 addresses, the IANA database (`zoneinfo` + `tzdata`) for time zones, `jsonschema` (draft 2020-12) for schemas.
+A `resultSchema` is also checked for what would fail later in the worker: every `pattern` must compile on RE2
+(the linear-time engine results are validated with, see `patterns`) and every `$ref` must point inside it.
 """
 
 from __future__ import annotations
@@ -10,14 +12,15 @@ from __future__ import annotations
 import functools
 import ipaddress
 import zoneinfo
-from typing import Final
-from urllib.parse import urlsplit
+from typing import Any, Final
+from urllib.parse import unquote, urlsplit
 
 import msgspec
 from email_validator import EmailNotValidError, validate_email
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
+from services.case.patterns import PatternError, compile_pattern
 from shared.contracts.case import NewCase
 from shared.errors import ErrorCode, ServiceError
 
@@ -64,6 +67,7 @@ def validate_new_case(case: NewCase, *, allow_private_webhooks: bool) -> None:
             where = ".".join(str(part) for part in exc.absolute_path)
             path = f"resultSchema.{where}" if where else "resultSchema"
             raise invalid(path, f"is not a valid JSON Schema (draft 2020-12): {exc.message}") from None
+        check_result_schema(case.result_schema)
     if case.client_webhook_url is not None:
         check_webhook_url(case.client_webhook_url, allow_private=allow_private_webhooks)
     for path, value in (
@@ -75,6 +79,65 @@ def validate_new_case(case: NewCase, *, allow_private_webhooks: bool) -> None:
             raise invalid(path, f"must not be nested more than {MAX_NESTING} levels deep")
     if case.metadata is not None and len(msgspec.json.encode(case.metadata)) > MAX_METADATA_BYTES:
         raise invalid("metadata", f"must be at most {MAX_METADATA_BYTES} bytes once serialized")
+
+
+# Keywords whose values are data, not schemas: a "$ref" or "pattern" inside them is not a keyword.
+_DATA_KEYWORDS: Final = frozenset({"const", "enum", "examples", "default"})
+_REFERENCE_KEYWORDS: Final = ("$ref", "$dynamicRef")
+
+
+def check_result_schema(schema: dict[str, Any]) -> None:
+    """Refuse what `check_schema` lets through but the worker could not use: a pattern RE2 cannot compile, a
+    `$ref` that is remote or does not resolve, a nested `$id` (it would change what `#/...` means), and
+    `unevaluatedProperties` beside `patternProperties` (jsonschema evaluates that pair with backtracking `re`)."""
+    keywords_seen: set[str] = set()
+    pending: list[tuple[object, str]] = [(schema, "resultSchema")]
+    while pending:
+        node, path = pending.pop()
+        if isinstance(node, list):
+            pending.extend((item, f"{path}.{index}") for index, item in enumerate(node))
+            continue
+        if not isinstance(node, dict):
+            continue
+        keywords_seen.update(key for key in node if isinstance(key, str))
+        if isinstance(pattern := node.get("pattern"), str):
+            _check_pattern(f"{path}.pattern", pattern)
+        if isinstance(named := node.get("patternProperties"), dict):
+            for key in named:
+                _check_pattern(f"{path}.patternProperties.{key}", str(key))
+        for keyword in _REFERENCE_KEYWORDS:
+            if isinstance(reference := node.get(keyword), str) and not _resolves_locally(schema, reference):
+                raise invalid(f"{path}.{keyword}", "must be a local reference (#/...) resolving within resultSchema")
+        if path != "resultSchema" and isinstance(node.get("$id"), str):
+            raise invalid(f"{path}.$id", "is not supported below the top of resultSchema")
+        pending.extend((value, f"{path}.{key}") for key, value in node.items() if key not in _DATA_KEYWORDS)
+    if {"unevaluatedProperties", "patternProperties"} <= keywords_seen:
+        raise invalid("resultSchema", "must not combine unevaluatedProperties with patternProperties")
+
+
+def _check_pattern(path: str, pattern: str) -> None:
+    try:
+        compile_pattern(pattern)
+    except PatternError as exc:
+        raise invalid(path, f"is not supported by the linear-time regular expression engine (RE2): {exc}") from None
+
+
+def _resolves_locally(root: object, reference: str) -> bool:
+    """Whether `reference` is `#` or a JSON Pointer fragment `#/...` naming a value inside `root`."""
+    if reference == "#":
+        return True
+    if not reference.startswith("#/"):
+        return False
+    target = root
+    for token in reference[2:].split("/"):
+        part = unquote(token).replace("~1", "/").replace("~0", "~")
+        if isinstance(target, dict) and part in target:
+            target = target[part]
+        elif isinstance(target, list) and part.isdigit() and int(part) < len(target):
+            target = target[int(part)]
+        else:
+            return False
+    return True
 
 
 def nesting_depth(value: object) -> int:

@@ -63,7 +63,7 @@ from services.case.lifecycle import (
 from services.case.model import CaseRecord, JudgeReplyCommand, SendEmailCommand
 from services.case.outbox import OutboxRelay
 from services.case.store import CaseStore, MessageMatch, UnmatchedMessage, UnmatchedStore
-from services.case.transcript import case_transcript
+from services.case.transcript import case_transcript, for_agent
 from shared import metrics
 from shared.clock import now_ms
 from shared.contracts import agentmail
@@ -144,7 +144,7 @@ class Worker:
         return updated
 
     async def transcript(self, case: CaseRecord) -> list[agentmail.TranscriptMessage]:
-        """Every thread of the case, merged oldest first."""
+        """Every thread of the case, merged oldest first, as the agent reads it (bounded: see `for_agent`)."""
 
         async def thread(thread_id: str) -> list[agentmail.TranscriptMessage]:
             found = await self._rpc(
@@ -152,7 +152,7 @@ class Worker:
             )
             return found.messages
 
-        return await case_transcript(case, thread)
+        return for_agent(await case_transcript(case, thread))
 
     # ---- commands ----------------------------------------------------------------------------------------
 
@@ -340,7 +340,7 @@ class Worker:
             noted = next(reply for reply in case.unjudged_replies if reply.message_id == message_id)
             transcript = await self.transcript(case)
             if received is not None and all(entry.message_id != message_id for entry in transcript):
-                transcript = [*transcript, as_transcript_message(received)]
+                transcript = for_agent([*transcript, as_transcript_message(received)])
             try:
                 judgement = await self.agent.judge(JudgeRequest(case=case, transcript=transcript, trigger="reply"))
             except AgentCannotProceed as stuck:

@@ -97,8 +97,12 @@ class TranscriptMessage(Contract, frozen=True):
 
 
 class Transcript(Contract, frozen=True):
+    """Bounded (services/agentmail_adapter/bounds.py): the newest messages that fit, and how many older ones
+    were left out."""
+
     thread_id: str
     messages: list[TranscriptMessage]  # oldest first
+    omitted: int = 0
 
 
 # The headers the gateway forwards with an AgentMail webhook's body (Svix's signature scheme), lower-cased.

@@ -159,6 +159,8 @@ class CaseView(Contract, frozen=True, omit_defaults=True):
     # Only with includeTranscript=true: UNSET leaves them out; None means "no thread yet".
     conversation_thread: str | UnsetType | None = UNSET
     conversation_messages: list[TranscriptEntry] | UnsetType | None = UNSET
+    # How many of the thread's oldest messages the size-capped transcript leaves out (only when some are).
+    conversation_messages_omitted: int | UnsetType = UNSET
 
 
 class CreatedCase(Contract, frozen=True):

@@ -27,8 +27,9 @@ from prometheus_client import REGISTRY
 from pymongo.asynchronous.database import AsyncDatabase
 from svix.webhooks import Webhook
 
+from services.agentmail_adapter.bounds import MESSAGE_TEXT_MAX_BYTES, SUBJECT_MAX_CHARS, TRANSCRIPT_MAX_BYTES
 from services.agentmail_adapter.client import AgentMailClient
-from services.agentmail_adapter.handlers import INBOUND_TEXT_LIMIT_CHARS, register_handlers
+from services.agentmail_adapter.handlers import register_handlers
 from services.agentmail_adapter.store import (
     HANDLED_EVENT_TTL,
     INBOUND_EVENTS,
@@ -535,9 +536,8 @@ async def test_a_genuine_webhook_too_large_for_nats_is_accepted_at_once_and_its_
     injected = await sim.inject(from_="huge@example.com", text=text)
     [event] = await eventually(lambda: events_for(client, injected["event_id"]), what="MessageReceived", timeout=30)
     assert event.text.startswith("word word")
-    assert event.text.endswith(f"message {event.message_id}.]")
-    assert "Caseflow kept the first" in event.text
-    assert len(event.text) < INBOUND_TEXT_LIMIT_CHARS + 200
+    assert event.text.endswith("more characters not kept: the message is too large]")
+    assert len(msgspec.json.encode(event.text)) <= MESSAGE_TEXT_MAX_BYTES
     stored = await adapter.find(event.message_id)
     assert stored is not None
     assert stored.text == event.text
@@ -551,3 +551,77 @@ async def test_a_genuine_webhook_too_large_for_nats_is_accepted_at_once_and_its_
     except NotFoundError:  # nats-py's answer for an empty bucket
         remaining = []
     assert remaining == []
+
+
+# ---- bounds (services/agentmail_adapter/bounds.py) ----------------------------------------------------------
+
+
+async def test_an_outgoing_subject_with_line_breaks_goes_out_on_one_line_and_bounded(
+    adapter: MessageStore, client: NatsBroker, sim: SimulatorControl
+) -> None:
+    forged = "Signed W-9\r\nBcc: everyone@example.com\u202e" + " word" * 100
+    email = msgspec.structs.replace(first_email("case-subject"), subject=forged)
+    sent = await send_or_reply(client, SEND, email)
+    assert isinstance(sent, Sent)
+    [delivered] = await sim.outbox()
+    assert delivered["subject"].startswith("Signed W-9 Bcc: everyone@example.com word word")
+    assert len(delivered["subject"]) <= SUBJECT_MAX_CHARS
+    assert not any(char in delivered["subject"] for char in "\r\n\u202e")
+    stored = await adapter.find(sent.message_id)
+    assert stored is not None
+    assert stored.subject == delivered["subject"]
+
+
+def stored_message(thread_id: str, index: int, text: str) -> StoredMessage:
+    return StoredMessage(
+        message_id=f"<{thread_id}-{index}@example.com>",
+        inbox_id=INBOX,
+        thread_id=thread_id,
+        direction="inbound",
+        from_address="someone@example.com",
+        to=[INBOX],
+        subject=f"Re: part {index}",
+        text=text,
+        timestamp=1_000 + index,
+        recorded_at=1_000 + index,
+    )
+
+
+async def test_a_transcript_keeps_the_newest_messages_within_its_budget_and_counts_the_rest(
+    adapter: MessageStore, client: NatsBroker
+) -> None:
+    thread_id = str(uuid.uuid4())
+    # Six messages of a megabyte each (the thread is 6 MB) and, newest, one stored before the bound (3 MB).
+    for index in range(6):
+        await adapter.record(stored_message(thread_id, index, f"{index}" * 1_000_000))
+    await adapter.record(stored_message(thread_id, 6, "\x00" * 3_000_000))
+    reply = await ask(client, TRANSCRIPT, GetTranscript(thread_id=thread_id), Transcript)
+    encoded = len(msgspec.json.encode(reply))
+    assert encoded <= TRANSCRIPT_MAX_BYTES
+    # The clipped newest (at most 1.5 MB) and one megabyte message fit the 2.5 MB budget; a second does not.
+    assert [m.message_id for m in reply.messages] == [f"<{thread_id}-{i}@example.com>" for i in (5, 6)]
+    assert reply.omitted == 5
+    newest = reply.messages[-1]
+    assert newest.text.endswith("more characters not kept: the message is too large]")
+    assert len(msgspec.json.encode(newest.text)) <= MESSAGE_TEXT_MAX_BYTES
+    for index in range(7, 9):
+        await adapter.record(stored_message(thread_id, index, "short"))
+    latest = await ask(client, TRANSCRIPT, GetTranscript(thread_id=thread_id), Transcript)
+    assert [m.text for m in latest.messages][-2:] == ["short", "short"]
+    assert latest.omitted == 9 - len(latest.messages)
+
+
+async def test_a_huge_inbound_message_is_stored_and_published_whole_up_to_the_bound(
+    adapter: MessageStore, client: NatsBroker, sim: SimulatorControl, gateway: httpx.AsyncClient
+) -> None:
+    megabyte = "m" * 1_000_000
+    fits = await sim.inject(from_="big@example.com", text=megabyte, body_in_webhook=False)
+    [event] = await eventually(lambda: events_for(client, fits["event_id"]), what="the 1 MB message")
+    assert event.text == megabyte  # kept whole
+    too_big = await sim.inject(from_="big@example.com", text="z" * 3_000_000, body_in_webhook=False)
+    [cut] = await eventually(lambda: events_for(client, too_big["event_id"]), what="the 3 MB message")
+    assert cut.text.startswith("z" * 1_000_000)
+    assert cut.text.endswith("more characters not kept: the message is too large]")
+    stored = await adapter.find(cut.message_id)
+    assert stored is not None
+    assert stored.text == cut.text

@@ -101,6 +101,9 @@ def test_body_text_prefers_extracted_text_then_text_then_html(fields: dict[str, 
         ({"Auto-Submitted": "no"}, False),
         ({"auto-submitted": "auto-replied"}, True),
         ({"AUTO-SUBMITTED": " Auto-Generated "}, True),
+        ({"Auto-Submitted": "no\r\nX-Injected: yes"}, False),  # the keyword is the first token (RFC 3834)
+        ({"Auto-Submitted": "auto-replied; owner-email=a@b.example"}, True),
+        ({"Auto-Submitted": ""}, True),
     ],
 )
 def test_auto_submitted_is_any_value_but_no(headers: dict[str, str], auto: bool) -> None:

@@ -7,17 +7,21 @@ anything after "On ... wrote:" or an "Original Message" separator) removed, beca
 own email, and our words must never count as the counterparty's. A quote is compared after collapsing whitespace
 only: a paraphrase, a changed character, or a sentence from our own emails fails. What the check cannot do is
 judge meaning: a verbatim quote that does not actually support its field still passes, which is why a quote must
-also be at least a few characters long.
+also be at least a few characters long, and why words that address the agent itself ("ignore your instructions",
+"mark this case as done": `INSTRUCTION_TO_THE_AGENT`) never count as evidence: a case is not completed on the
+counterparty's say-so alone.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 import msgspec
+import re2
 
 from shared.contracts.agentmail import TranscriptMessage
 
@@ -27,6 +31,28 @@ MIN_QUOTE_CHARS: Final = 4
 _QUOTED_HISTORY: Final = re.compile(
     r"(?:^|\n)[ \t]*(?:On [^\n]{0,300}?wrote:|-{2,}\s*Original Message\s*-{2,})[ \t]*(?:\n|$)", re.IGNORECASE
 )
+
+
+# Words aimed at the agent rather than at the request: prompt injections, and orders to close the case. RE2.
+INSTRUCTION_TO_THE_AGENT: Final = re2.compile(
+    r"(?i)\b(?:"
+    r"(?:ignore|disregard|forget|override)\s+(?:\w+\s+){0,3}(?:instructions?|rules|prompts?|guidelines)"
+    r"|(?:mark|set|flag|record|close|consider|treat|update)\s+(?:(?:this|the|that|it|my|our|your)\s+)?"
+    r"(?:(?:case|task|request|ticket|goal|job|status)\s+)?(?:as\s+|to\s+)?"
+    r"(?:done|completed?|achieved|resolved|closed|finished|successful|goal[ _]achieved)"
+    r"|(?:system|developer)\s+(?:prompt|message|override|instructions?)"
+    r"|(?:reveal|print|show|repeat|output|dump)\s+(?:\w+\s+){0,3}(?:case\s*file|prompt|instructions|metadata)"
+    r"|goal_achieved|you\s+are\s+now\b"
+    r")"
+)
+
+
+def instructs_the_agent(text: str) -> bool:
+    """Whether `text` addresses the agent (orders it, or tries to re-program it) instead of the request.
+    Read as NFKC without format characters, so fullwidth letters or zero-width joins do not hide the words."""
+    folded = unicodedata.normalize("NFKC", text)
+    visible = "".join(char for char in folded if unicodedata.category(char) != "Cf")
+    return INSTRUCTION_TO_THE_AGENT.search(visible) is not None
 
 
 class Citation(msgspec.Struct, frozen=True):
@@ -78,6 +104,8 @@ def unsupported_fields(
         quote = normalised(citation.quote)
         if len(quote) < MIN_QUOTE_CHARS or not any(char.isalnum() for char in quote):
             return f'the quote "{quote}" is too short to be evidence'
+        if instructs_the_agent(quote):
+            return f'the quote "{_clip(quote)}" is an instruction to the agent, not evidence'
         if any(quote in words for words in theirs):
             return None
         if any(quote in text for text in ours):

@@ -7,6 +7,10 @@ Results are filled in from `resultSchema` field by field (booleans, strings with
 numbers, enums, received attachments); the lifecycle validates them before any case completes.
 It is predictable by design: good enough for the scripted counterparties and for tests, and the reference
 behaviour the LLM backend is compared with.
+
+Everything it matches against counterparty text is linear in that text and reads a bounded prefix of it (the
+first `AGENT_MESSAGE_MAX_CHARS`): its own patterns and the client's `pattern`s run on RE2, which cannot
+backtrack, so a huge or crafted reply costs milliseconds, never the event loop that answers the case API.
 """
 
 from __future__ import annotations
@@ -15,26 +19,33 @@ import datetime as dt
 import re
 from typing import Any, Final
 
+import re2
+
+from services.case import patterns
+from services.case.agent.citations import instructs_the_agent
 from services.case.agent.port import ComposeRequest, Draft, Judgement, JudgeRequest
 from services.case.model import CaseRecord
+from services.case.transcript import AGENT_MESSAGE_MAX_CHARS
 from shared.contracts.agentmail import TranscriptMessage
 
-REFUSAL: Final = re.compile(
-    r"\b(won'?t be able|will not be able|unable to|not able to|cannot provide|can'?t provide|decline|refuse|"
-    r"not interested|will not (?:provide|send|share)|do not wish)\b",
-    re.IGNORECASE,
+# RE2 patterns (linear time); RE2 spells "end of text" \z and takes flags inline.
+REFUSAL: Final = re2.compile(
+    r"(?i)\b(won'?t be able|will not be able|unable to|not able to|cannot provide|can'?t provide|decline|refuse|"
+    r"not interested|will not (?:provide|send|share)|do not wish)\b"
 )
-AGREEMENT: Final = re.compile(
-    r"\b(attached|enclosed|please find|here is|here's|we agree|i agree|signed|done|completed|sent it)\b", re.IGNORECASE
+AGREEMENT: Final = re2.compile(
+    r"(?i)\b(attached|enclosed|please find|here is|here's|we agree|i agree|signed|done|completed|sent it)\b"
 )
 # Questions the agent can answer from the case itself: what is needed, and what for.
-ABOUT_THE_REQUEST: Final = re.compile(
-    r"\b(what (?:exactly )?(?:do )?you need|what (?:it|this) is for|what is (?:it|this) for|remind me|"
-    r"what (?:is|was) (?:the|your) (?:request|reason)|why do you need|which document)\b",
-    re.IGNORECASE,
+ABOUT_THE_REQUEST: Final = re2.compile(
+    r"(?i)\b(what (?:exactly )?(?:do )?you need|what (?:it|this) is for|what is (?:it|this) for|remind me|"
+    r"what (?:is|was) (?:the|your) (?:request|reason)|why do you need|which document)\b"
 )
-QUESTION_SENTENCE: Final = re.compile(r"[^.!?\n]*\?")
-SIGN_OFF: Final = re.compile(r"\n\s*(best regards|regards|thanks|thank you|cheers)[,!]?\s*\n.*\Z", re.IGNORECASE | re.S)
+QUESTION_SENTENCE: Final = re2.compile(r"[^.!?\n]*\?")
+SIGN_OFF: Final = re2.compile(r"(?is)\n\s*(best regards|regards|thanks|thank you|cheers)[,!]?\s*\n.*\z")
+QUOTE_INTRODUCTION: Final = re2.compile(r"\n\s*On .+ wrote:\s*\n")
+SENTENCE_END: Final = re2.compile(r"([.!?])\s+")
+NUMBER: Final = re2.compile(r"-?\d+(?:\.\d+)?")
 
 
 def _first_name(name: str) -> str:
@@ -74,11 +85,13 @@ def _latest_inbound(transcript: list[TranscriptMessage]) -> TranscriptMessage | 
 
 
 def _body_of(message: TranscriptMessage) -> str:
-    """The new part of an email: quoted history and the sign-off are not what the sender is saying now."""
-    lines = [line for line in message.text.splitlines() if not line.lstrip().startswith(">")]
+    """The new part of an email's first AGENT_MESSAGE_MAX_CHARS characters: quoted history and the sign-off are
+    not what the sender is saying now."""
+    analysed = message.text[:AGENT_MESSAGE_MAX_CHARS]
+    lines = [line for line in analysed.splitlines() if not line.lstrip().startswith(">")]
     text = "\n".join(lines)
-    text = re.split(r"\n\s*On .+ wrote:\s*\n", text, maxsplit=1)[0]
-    return SIGN_OFF.sub("", text).strip()
+    text = QUOTE_INTRODUCTION.split(text, maxsplit=1)[0]
+    return str(SIGN_OFF.sub("", text)).strip()
 
 
 class RulesAgent:
@@ -135,7 +148,7 @@ class RulesAgent:
         said = _body_of(latest)
         if REFUSAL.search(said):
             return Judgement(outcome="REFUSED", reason=_sentence(said, REFUSAL) or "The counterparty declined.")
-        questions = [q.strip() for q in QUESTION_SENTENCE.findall(said) if q.strip()]
+        questions = [str(q).strip() for q in QUESTION_SENTENCE.findall(said) if str(q).strip()]
         if questions:
             answered_by_client = request.trigger == "input" and bool(_human_context(case.goal.knowledge))
             if answered_by_client or ABOUT_THE_REQUEST.search(said):
@@ -145,6 +158,14 @@ class RulesAgent:
                 outcome="NEEDS_INPUT",
                 question=f'The counterparty asked: "{" ".join(questions)}" How should I answer?',
                 reason="Only the client can answer the counterparty's question.",
+            )
+        if instructs_the_agent(said) and not latest.attachments:
+            # Words aimed at the agent ("mark this case as done") are not evidence: the client decides.
+            return Judgement(
+                outcome="NEEDS_INPUT",
+                question="The counterparty's reply tells me to close the case or to change my instructions, "
+                "without sending anything. Has the goal been achieved, and how should I answer?",
+                reason="The counterparty gave instructions to the agent instead of what was asked.",
             )
         if AGREEMENT.search(said) or latest.attachments:
             return Judgement(
@@ -160,11 +181,18 @@ class RulesAgent:
         )
 
 
-def _sentence(text: str, pattern: re.Pattern[str]) -> str | None:
-    for sentence in re.split(r"(?<=[.!?])\s+", text):
+def _sentence(text: str, pattern: Any) -> str | None:
+    """The first sentence of `text` that `pattern` (an RE2 pattern) finds something in."""
+    for sentence in _sentences(text):
         if pattern.search(sentence):
             return sentence.strip()
     return None
+
+
+def _sentences(text: str) -> list[str]:
+    """`text` split after each `.`, `!` or `?` that whitespace follows, the punctuation kept with its sentence."""
+    parts = SENTENCE_END.split(text)  # [sentence, punctuation, sentence, punctuation, ..., rest]
+    return [parts[index] + (parts[index + 1] if index + 1 < len(parts) else "") for index in range(0, len(parts), 2)]
 
 
 def extract_result(case: CaseRecord, message: TranscriptMessage, said: str) -> dict[str, Any] | None:
@@ -193,7 +221,7 @@ def _field_value(name: str, spec: dict[str, Any], case: CaseRecord, message: Tra
         # The message delivered or agreed to what was asked: that is what a boolean in the schema asks.
         return True
     if kind in ("number", "integer"):
-        match = re.search(r"-?\d+(?:\.\d+)?", said)
+        match = NUMBER.search(said)
         if match is None:
             return None
         return int(float(match.group())) if kind == "integer" else float(match.group())
@@ -204,8 +232,11 @@ def _field_value(name: str, spec: dict[str, Any], case: CaseRecord, message: Tra
     if kind == "string":
         received = dt.datetime.fromtimestamp(message.at / 1000, dt.UTC)
         if "pattern" in spec:
-            found = re.search(spec["pattern"].strip("^$"), said)
-            return found.group() if found else None
+            # The client's pattern, on RE2 (compiled and accepted at create; the stripped form may not compile).
+            try:
+                return patterns.search(spec["pattern"].strip("^$"), said)
+            except patterns.PatternError:
+                return None
         if spec.get("format") == "date" or lowered.endswith("date"):
             return received.date().isoformat()
         if spec.get("format") == "date-time" or lowered.endswith("at") or "time" in lowered:
