@@ -71,7 +71,9 @@ class CaseApi:
                 case_id, lambda record: change(domain.ensure_owner(record, client_id))
             )
         except WriteConflict:
-            raise ServiceError(ErrorCode.INTERNAL_ERROR, "The case is changing too often; retry shortly.") from None
+            raise ServiceError(
+                ErrorCode.SERVICE_UNAVAILABLE, "The case is changing too often; retry shortly."
+            ) from None
         if written is None:
             raise ServiceError(ErrorCode.CASE_NOT_FOUND)
         return written[1]

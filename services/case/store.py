@@ -19,6 +19,7 @@ from pymongo.errors import DuplicateKeyError
 
 from services.case.lifecycle import OPEN_STATUSES, SCHEDULABLE_STATUSES
 from services.case.model import CaseRecord, address_key, from_document, to_document
+from shared.failures import Transient
 from shared.mongo import Document
 
 CASES: Final = "cases"
@@ -54,8 +55,12 @@ INDEXES: Final = {
 }
 
 
-class WriteConflict(Exception):
-    """Other writes kept changing a case between our read and our write."""
+class WriteConflict(Transient):
+    """Other writes kept changing a case between our read and our write: contention, not poison, so a message
+    that meets it is redelivered with backoff (onto a calmer case) and never counted toward parking."""
+
+    def __init__(self, case_id: str) -> None:
+        super().__init__("mongodb", f"case {case_id} kept changing under concurrent writes")
 
 
 @dataclass(frozen=True, slots=True)
