@@ -10,7 +10,9 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from shared.mongo import Document
-from tests.support.api import new_client
+from shared.settings import AgentMailSettings
+from tests.support.api import ISSUED_SECRETS, new_client
+from tests.support.log_scan import leaked_secrets
 from tests.support.processes import NatsServer, Stack
 
 E2E_DB = "caseflow_e2e"
@@ -37,7 +39,7 @@ def stack(nats_server: NatsServer, mongo_url: str, log_dir: Path) -> Iterator[St
             "AUTH_CACHE_SECONDS": "3600",
             # One follow-up "hour" lasts half a second: a 72-hour delay is 36 s, a 1-hour delay 0.5 s.
             "FOLLOW_UP_HOUR_SECONDS": "0.5",
-            # Secrets the services hold; the log scan (test_zz_no_secrets_in_logs) checks none leaks.
+            # Secrets the services hold; the session-end log scan (tests/support/log_scan.py) checks none leaks.
             "KEY_HASH_SECRET": "e2e-key-hash-secret-do-not-log",
             "OPENAI_API_KEY": "sk-e2e-openai-key-do-not-log",
         },
@@ -45,6 +47,20 @@ def stack(nats_server: NatsServer, mongo_url: str, log_dir: Path) -> Iterator[St
     running.start()
     yield running
     running.stop()
+    # After every test that used the stack, in any order: no secret in any line any process wrote.
+    defaults = AgentMailSettings()
+    secrets = {
+        *ISSUED_SECRETS,
+        running.env.get("AGENTMAIL_API_KEY", defaults.agentmail_api_key),
+        running.env.get("AGENTMAIL_WEBHOOK_SECRET", defaults.agentmail_webhook_secret),
+        running.env["KEY_HASH_SECRET"],
+        running.env["OPENAI_API_KEY"],
+    }
+    log_files = list(log_dir.glob("*.log"))
+    assert {path.stem for path in log_files} >= {"gateway", "auth", "billing", "case", "agentmail_adapter", "webhook"}
+    lines, leaks = leaked_secrets(log_files, secrets)
+    assert lines > 100, "the stack's processes should have logged"
+    assert not leaks, "secrets in logs:\n" + "\n".join(leaks[:20])
 
 
 @pytest.fixture
