@@ -205,6 +205,18 @@ class FailureHandling:
     poison: PoisonCounts
 
 
+def _shed_reply(raw: Msg, headers: Mapping[str, str]) -> Err | None:
+    """Admission for a request (core NATS request/reply): an error answered without running the handler when
+    the asker's deadline has already passed while the request queued (it has given up: the work would be wasted,
+    or worse, commit something nobody was told about)."""
+    deadline = request_deadline_ms(headers)
+    if deadline is not None and now_ms() >= deadline:
+        metrics.DEADLINE_DROPS.labels(subject=metrics.bounded_subject(raw.subject)).inc()
+        log.info("request dropped: its deadline had passed", extra={"subject": raw.subject})
+        return Err(code=ErrorCode.SERVICE_UNAVAILABLE, message="The request's deadline passed.", kind="transient")
+    return None
+
+
 class ServiceMiddleware(BaseMiddleware):
     """Binds the request id, turns failures into error replies (RPC) or delayed redeliveries (JetStream), and
     counts every handled message by subject and outcome (`caseflow_nats_messages_total`).
@@ -229,6 +241,11 @@ class ServiceMiddleware(BaseMiddleware):
         # Every way out below sets the outcome the metrics record: ok, an error code, retried or parked.
         outcome: str = metrics.OUTCOME_OK
         try:
+            if not jetstream and raw_message.reply:
+                shed = _shed_reply(raw_message, msg.headers)
+                if shed is not None:
+                    outcome = metrics.OUTCOME_SHED
+                    return shed
             result = await call_next(msg)
             if jetstream:
                 self.handling.poison.forget(_message_key(raw_message))
@@ -359,7 +376,11 @@ def create_broker(settings: CommonSettings, service: Service) -> NatsBroker:
         logger=logging.getLogger("caseflow.broker"),
         log_level=logging.DEBUG,
     )
-    handling = FailureHandling(broker=broker, policy=retry_policy(settings), poison=PoisonCounts())
+    handling = FailureHandling(
+        broker=broker,
+        policy=retry_policy(settings),
+        poison=PoisonCounts(),
+    )
     broker.add_middleware(cast("Any", functools.partial(ServiceMiddleware, handling=handling)))
     return broker
 

@@ -48,6 +48,8 @@ OUTCOME_RETRIED: Final = "retried"
 OUTCOME_PARKED: Final = "parked"
 # A JetStream message its handler terminated itself (not parked).
 OUTCOME_REJECTED: Final = "rejected"
+# A request answered 503 without running its handler: its deadline had passed while it queued.
+OUTCOME_SHED: Final = "shed"
 
 NATS_MESSAGES: Final = Counter(
     "caseflow_nats_messages",

@@ -362,3 +362,38 @@ async def test_a_request_handler_failing_on_a_dependency_replies_with_its_kind(
 def test_the_policy_reads_its_cap_from_the_settings() -> None:
     policy = retry_policy(load_settings(CommonSettings, {"CONSUMER_BACKOFF_CAP_SECONDS": "7"}))
     assert policy.delay_after(1000) == 7.0
+
+
+# ---- admission: deadlines and queue bounds at the handler ---------------------------------------------------
+
+
+async def test_a_request_whose_deadline_passed_while_it_queued_is_answered_without_running_its_handler(
+    service_broker: NatsBroker, raw_broker: NatsBroker, subject_prefix: str
+) -> None:
+    handled: list[str] = []
+    release = asyncio.Event()
+
+    @service_broker.subscriber(f"{subject_prefix}.rpc.blocking", queue="blocking")
+    async def blocking(job: Job) -> object:
+        from shared.contracts.rpc import Ok
+
+        handled.append(job.job_id)
+        await release.wait()
+        return Ok(Echo(text=job.text, request_id=None))
+
+    await service_broker.start()
+    await service_broker.connection.flush()
+    subject = f"{subject_prefix}.rpc.blocking"
+    first = asyncio.create_task(request(raw_broker, subject, Job("first"), Echo, timeout=10))
+    await asyncio.sleep(0.2)  # the first is being handled; the next queues behind it
+    with pytest.raises(ServiceError) as gave_up:
+        await request(raw_broker, subject, Job("impatient"), Echo, timeout=0.3)
+    assert gave_up.value.code is ErrorCode.SERVICE_UNAVAILABLE
+    dropped_before = REGISTRY.get_sample_value("caseflow_deadline_drops_total", {"subject": subject}) or 0.0
+    release.set()
+    assert (await first).text == ""
+    # The impatient request reaches its handler only after its asker gave up: it is dropped, not handled.
+    third = await request(raw_broker, subject, Job("third", "ok"), Echo, timeout=10)
+    assert third.text == "ok"
+    assert handled == ["first", "third"]
+    assert REGISTRY.get_sample_value("caseflow_deadline_drops_total", {"subject": subject}) == dropped_before + 1
