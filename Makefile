@@ -9,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install run status test test-faults demo bench lint format docs up down lock clean
+.PHONY: help install run status test test-faults soak demo bench lint format docs up down lock clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ test: $(STAMP)  ## run the test suite (starts its own NATS, MongoDB, simulator a
 
 test-faults: $(STAMP)  ## crash, outage and restart tests on a stack of their own (CI runs them too)
 	$(BIN)/python -m pytest tests/faults $(PYTEST_ARGS)
+
+soak: $(STAMP)  ## chaos soak: 300 cases under a seeded fault schedule, checked from outside (SEED=n replays one)
+	$(BIN)/python -m tests.faults.soak $(if $(SEED),--seed $(SEED)) --cases $(or $(CASES),300)
 
 demo: $(STAMP)  ## against a running `make run`: one case per scripted counterparty, followed live
 	$(BIN)/python -m deploy.demo

@@ -57,6 +57,8 @@ MONGO_DB: Final = "caseflow_soak"
 OPENAI_TIMEOUT_SECONDS: Final = 3.0
 AGENTMAIL_TIMEOUT_SECONDS: Final = 1.0
 SOAK_ADDRESS: Final = re.compile(r"[a-z]+\.s\d+n\d+@sim\.example")
+# How long the final reads retry a 5xx or no answer (the stack may still be catching up after the faults).
+READ_PATIENCE_SECONDS: Final = 60.0
 
 
 def stack_settings(config: SoakConfig) -> dict[str, str]:
@@ -77,8 +79,11 @@ def stack_settings(config: SoakConfig) -> dict[str, str]:
         "AGENTMAIL_RETRY_BASE_SECONDS": "0.2",
         "AGENTMAIL_RETRY_MAX_SECONDS": "1",
         "SEND_TIMEOUT_SECONDS": "8",
-        "RPC_TIMEOUT_SECONDS": "3",
+        # The default: shorter, a loaded two-core machine times out healthy requests and its retries pile up.
+        "RPC_TIMEOUT_SECONDS": "5",
         "MONGO_TIMEOUT_SECONDS": "2",
+        # A stopped process finishes its in-flight work quickly (teardown of ten processes stays short).
+        "SHUTDOWN_GRACE_SECONDS": "2",
         "WEBHOOK_RETRY_SCHEDULE_SECONDS": "0,0.5,1,2,4,8,8,8",
         "WEBHOOK_CLAIM_LEASE_SECONDS": "3",
         "WEBHOOK_POLL_SECONDS": "0.2",
@@ -172,6 +177,7 @@ class Soak:
         self.started = time.monotonic()
         self.client: Json = {}
         self.settle_seconds = 0.0
+        self.api: httpx.AsyncClient | None = None  # the client of the run, once it started
 
     def elapsed(self) -> float:
         return round(time.monotonic() - self.started, 1)
@@ -243,7 +249,7 @@ class Soak:
                     if response.status_code == 202:
                         answered.add(request["id"])
                         self.answered_inputs[case["caseId"]] += 1
-            except (httpx.HTTPError, ValueError, KeyError):
+            except (httpx.HTTPError, ReadFailed, KeyError):
                 pass  # the gateway or a service is down right now; the next round asks again
             await asyncio.sleep(1.0)
 
@@ -330,13 +336,18 @@ class Soak:
     async def inject_stray(self, fault: Fault) -> str:
         """An inbound email that answers no thread: from a stranger, or a fresh email from the counterparty of a
         case that ended well before (it matches no open case). Either way it must not be discarded."""
-        if fault.target == "stranger":
-            sender = f"stranger.s{self.seed}@elsewhere.example"
-        else:
-            earlier = [
-                c for c in self.plan.cases if c.behaviour == "refuse" and c.create_at_seconds < fault.at_seconds - 15
-            ]
-            sender = earlier[-1].address if earlier else f"refuse.s{self.seed}nolder@sim.example"
+        sender = f"stranger.s{self.seed}@elsewhere.example"
+        if fault.target == "counterparty":
+            sender = f"refuse.s{self.seed}nobody@sim.example"  # when no refused case has ended yet
+            for record in reversed(self.creates):
+                if record.planned.behaviour != "refuse" or record.case_id is None:
+                    continue
+                # Only a case that has ended: a fresh email to an open case is a reply and would change it.
+                assert self.api is not None
+                case = await get_data(self.api, f"/cases/{record.case_id}", patience_seconds=10)
+                if case.get("status") in TERMINAL:
+                    sender = record.planned.address
+                    break
         async with httpx.AsyncClient(base_url=f"{self.stack.stack.simulator.url}/_sim", timeout=10) as sim:
             response = await sim.post(
                 "/inbound",
@@ -354,7 +365,7 @@ class Soak:
             return False
         try:
             cases = {c["caseId"]: c for c in await list_cases(api)}
-        except (httpx.HTTPError, ValueError, KeyError):
+        except (ReadFailed, KeyError):
             return False
         received = {_webhook_key(body) for _, body in self.received()}
         return all(
@@ -375,6 +386,7 @@ class Soak:
         async with httpx.AsyncClient(
             base_url=self.stack.stack.gateway_url, headers=headers, timeout=10, limits=limits
         ) as api:
+            self.api = api
             self.started = time.monotonic()
             stop_inputs = asyncio.Event()
             give_up_at = self.started + config.fault_phase_seconds + config.settle_seconds * 0.5
@@ -427,14 +439,26 @@ class Soak:
         cases: list[Json] = []
         transcripts: dict[str, list[Json]] = {}
         webhook_logs: dict[str, list[Json]] = {}
-        for listed in await list_cases(api):
+        unreadable: list[str] = []
+        try:
+            every_case = await list_cases(api, patience_seconds=READ_PATIENCE_SECONDS)
+        except ReadFailed as exc:
+            every_case, unreadable = [], [str(exc)]
+        for listed in every_case:
             case_id = listed["caseId"]
-            full = _json(await api.get(f"/cases/{case_id}", params={"includeTranscript": "true"}))
-            case = full.get("data") or listed
+            try:
+                case = await get_data(
+                    api, f"/cases/{case_id}", {"includeTranscript": "true"}, patience_seconds=READ_PATIENCE_SECONDS
+                )
+                logged = await get_data(
+                    api, f"/cases/{case_id}/webhook-deliveries", patience_seconds=READ_PATIENCE_SECONDS
+                )
+            except ReadFailed as exc:
+                unreadable.append(str(exc))
+                case, logged = listed, {}
             cases.append(case)
             transcripts[case_id] = list(case.get("conversationMessages") or [])
-            logged = _json(await api.get(f"/cases/{case_id}/webhook-deliveries"))
-            webhook_logs[case_id] = list((logged.get("data") or {}).get("items") or [])
+            webhook_logs[case_id] = list(logged.get("items") or [])
         simulator = self.stack.stack.simulator.url
         async with httpx.AsyncClient(base_url=f"{simulator}/_sim", timeout=30) as sim:
             outbox = (await sim.get("/outbox", params={"to": f".s{self.seed}n"})).json()["messages"]
@@ -474,10 +498,38 @@ class Soak:
             poison_markers=self.poison_markers,
             answered_inputs=dict(self.answered_inputs),
             model_calls_by_address=dict(model_calls),
+            unreadable=unreadable,
         )
 
 
-async def list_cases(api: httpx.AsyncClient, *, status: str | None = None) -> list[Json]:
+class ReadFailed(Exception):
+    """A read from outside got no 2xx within its patience."""
+
+
+async def get_data(
+    api: httpx.AsyncClient, path: str, params: dict[str, str | int] | None = None, *, patience_seconds: float = 0.0
+) -> Json:
+    """The `data` of a GET, retried like a client would on 5xx and no answer for `patience_seconds`."""
+    deadline = time.monotonic() + patience_seconds
+    last = "no answer"
+    while True:
+        try:
+            response = await api.get(path, params=params)
+        except httpx.HTTPError as exc:
+            last = repr(exc)
+        else:
+            if response.is_success:
+                data = _json(response).get("data")
+                return data if isinstance(data, dict) else {}
+            last = f"{response.status_code} {response.text[:200]}"
+            if response.status_code < 500:
+                raise ReadFailed(f"GET {path}: {last}")
+        if time.monotonic() >= deadline:
+            raise ReadFailed(f"GET {path}: {last}")
+        await asyncio.sleep(1.0)
+
+
+async def list_cases(api: httpx.AsyncClient, *, status: str | None = None, patience_seconds: float = 0.0) -> list[Json]:
     """Every case of the soak client (GET /cases, all pages)."""
     items: list[Json] = []
     cursor: str | None = None
@@ -487,9 +539,7 @@ async def list_cases(api: httpx.AsyncClient, *, status: str | None = None) -> li
             params["status"] = status
         if cursor:
             params["cursor"] = cursor
-        response = await api.get("/cases", params=params)
-        response.raise_for_status()
-        data = response.json()["data"]
+        data = await get_data(api, "/cases", params, patience_seconds=patience_seconds)
         items += data["items"]
         cursor = data["nextCursor"]
         if not cursor:
@@ -577,7 +627,7 @@ def report(soak: Soak, checks: list[CheckResult], observed: Observed) -> str:
     lines.append("")
     lines.append(
         f"FAILED {len(failed)} of {len(checks)} checks; reproduce with: python -m tests.faults.soak --seed "
-        f"{config.seed} --cases {config.cases}" + (" --short" if config.cases == short_config(0).cases else "")
+        f"{config.seed} --cases {config.cases}" + (" --short" if config.preset == "short" else "")
         if failed
         else f"all {len(checks)} checks passed (seed {config.seed})"
     )

@@ -90,6 +90,7 @@ class Observed:
     poison_markers: list[str]
     answered_inputs: dict[str, int]  # caseId → inputs the soak client got a 202 for
     model_calls_by_address: dict[str, int]
+    unreadable: list[str] = field(default_factory=list)  # final reads that got no 2xx within their patience
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,8 +347,14 @@ def sent_4xx_cases(observed: Observed) -> set[str]:
     return found
 
 
+def check_readable(observed: Observed) -> CheckResult:
+    """The API answered every final read (a case it cannot show is checked only from its list item)."""
+    return _result("the API answered every final read", len(observed.cases), observed.unreadable, "cases read")
+
+
 def run_checks(observed: Observed) -> list[CheckResult]:
     return [
+        check_readable(observed),
         check_creates_answered(observed),
         check_settled(observed),
         check_none_created(observed),

@@ -70,9 +70,11 @@ class PlannedCase:
 @dataclass(frozen=True, slots=True)
 class SoakConfig:
     seed: int
+    preset: Literal["full", "short"] = "full"
     cases: int = 300
-    fault_phase_seconds: float = 180.0
-    settle_seconds: float = 150.0
+    # About one create a second (the rate of the short run): faster, two shared cores fall behind for good.
+    fault_phase_seconds: float = 360.0
+    settle_seconds: float = 180.0
     kills_per_process: int = 2
     nats_restarts: int = 2
     mongodb_restarts: int = 2
@@ -102,6 +104,7 @@ def short_config(seed: int) -> SoakConfig:
     """The run inside `make test-faults`: 60 cases, each fault kind at least once, a few minutes."""
     return SoakConfig(
         seed=seed,
+        preset="short",
         cases=60,
         fault_phase_seconds=75.0,
         settle_seconds=90.0,
