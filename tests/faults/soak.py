@@ -89,8 +89,8 @@ def stack_settings(config: SoakConfig) -> dict[str, str]:
         "WEBHOOK_POLL_SECONDS": "0.2",
         "WEBHOOK_TIMEOUT_SECONDS": "2",
         "WEBHOOK_ACK_WAIT_SECONDS": "5",
-        # The simulator redelivers its webhooks for about a minute (a killed gateway or adapter is back by then).
-        "AGENTMAIL_SIM_WEBHOOK_RETRY_SECONDS": "0.5,1,2,4,8,15,30",
+        # The simulator redelivers its webhooks for about four minutes (AgentMail, through Svix, for days).
+        "AGENTMAIL_SIM_WEBHOOK_RETRY_SECONDS": "0.5,1,2,4,8,15,30,30,30,30,30,30",
         "OPENAI_API_KEY": "sk-soak-openai-key-do-not-log",
         "OPENAI_MODEL": "fake-rules-model",
         "OPENAI_TIMEOUT_SECONDS": str(OPENAI_TIMEOUT_SECONDS),
@@ -202,8 +202,9 @@ class Soak:
         first try still in flight) and 429, until a 201; every answer recorded."""
         await self._at(record.planned.create_at_seconds)
         body = self._body(record.planned)
-        delay = 0.3
+        delay = 0.5
         while time.monotonic() < give_up_at:
+            retry_after = 0.0
             try:
                 response = await api.post(
                     "/cases", json=body, headers={"Idempotency-Key": record.planned.idempotency_key}
@@ -227,8 +228,10 @@ class Soak:
                     return
                 if response.status_code < 500 and response.status_code not in {409, 429}:
                     return  # a 4xx the client must not retry: the check reports it
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 3.0)
+                retry_after = _seconds(response.headers.get("retry-after"))
+            # A well-behaved client: exponential backoff, never sooner than the gateway's Retry-After.
+            await asyncio.sleep(max(delay, retry_after))
+            delay = min(delay * 1.5, 5.0)
 
     async def answer_inputs(self, api: httpx.AsyncClient, stop: asyncio.Event) -> None:
         """Play the client: answer every PENDING input request (the `ask` counterparty's question)."""
@@ -434,7 +437,18 @@ class Soak:
                 await asyncio.to_thread(process.start)
         await asyncio.to_thread(self.stack.stack.wait_ready, timeout=90)
 
+    async def quiet(self, seconds: float = 5.0, *, at_most: float = 30.0) -> None:
+        """Wait until the webhook receiver has heard nothing new for `seconds` (a late status change's webhook
+        is still on its way), at most `at_most` seconds."""
+        deadline = time.monotonic() + at_most
+        count, since = len(self.stack.receiver.received), time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - since < seconds:
+            await asyncio.sleep(0.5)
+            if len(self.stack.receiver.received) != count:
+                count, since = len(self.stack.receiver.received), time.monotonic()
+
     async def observe(self, api: httpx.AsyncClient) -> Observed:
+        await self.quiet()
         # GET /cases finds every case of the client (ghosts too); GET /cases/{id} is the state checked.
         cases: list[Json] = []
         transcripts: dict[str, list[Json]] = {}
@@ -459,6 +473,17 @@ class Soak:
             cases.append(case)
             transcripts[case_id] = list(case.get("conversationMessages") or [])
             webhook_logs[case_id] = list(logged.get("items") or [])
+        received = self.received()
+        # A case that changed while it was being read has a newer webhook than its state: read it again.
+        changed_since = {_webhook_key(body)[0] for _, body in received} - {
+            c["caseId"] for c in cases if c["status"] in TERMINAL
+        }
+        for index, case in enumerate(cases):
+            if case["caseId"] in changed_since:
+                try:
+                    cases[index] = await get_data(api, f"/cases/{case['caseId']}", {"includeTranscript": "true"})
+                except ReadFailed as exc:
+                    unreadable.append(str(exc))
         simulator = self.stack.stack.simulator.url
         async with httpx.AsyncClient(base_url=f"{simulator}/_sim", timeout=30) as sim:
             outbox = (await sim.get("/outbox", params={"to": f".s{self.seed}n"})).json()["messages"]
@@ -468,7 +493,9 @@ class Soak:
         for delivery in deliveries:
             if delivery["event_type"] == "message.received":
                 message = json.loads(delivery["body"])["message"]
-                inbound[message["message_id"]] = message
+                accepted = inbound.get(message["message_id"], {}).get("accepted", False) or delivery["delivered"]
+                # Whether our ingress ever acknowledged it (2xx): if not, the simulator gave up redelivering.
+                inbound[message["message_id"]] = {**message, "accepted": accepted}
         mongo: AsyncMongoClient[Json] = AsyncMongoClient(self.stack.mongo.url)
         try:
             db = mongo[MONGO_DB]
@@ -487,7 +514,7 @@ class Soak:
             cases=cases,
             transcripts=transcripts,
             webhook_logs=webhook_logs,
-            received_webhooks=self.received(),
+            received_webhooks=received,
             webhook_secret=str(self.client["webhookSecret"]),
             outbox=outbox,
             provider_calls=calls,
@@ -574,6 +601,13 @@ def _json(response: httpx.Response) -> Json:
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}
+
+
+def _seconds(header: str | None) -> float:
+    try:
+        return float(header) if header else 0.0
+    except ValueError:
+        return 0.0
 
 
 def _webhook_key(body: bytes) -> tuple[str, str]:
