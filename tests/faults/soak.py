@@ -347,7 +347,10 @@ class Soak:
                     continue
                 # Only a case that has ended: a fresh email to an open case is a reply and would change it.
                 assert self.api is not None
-                case = await get_data(self.api, f"/cases/{record.case_id}", patience_seconds=10)
+                try:
+                    case = await get_data(self.api, f"/cases/{record.case_id}", patience_seconds=5)
+                except ReadFailed:
+                    continue  # the stack is busy or down right now: try an earlier case
                 if case.get("status") in TERMINAL:
                     sender = record.planned.address
                     break
@@ -640,7 +643,7 @@ def report(soak: Soak, checks: list[CheckResult], observed: Observed) -> str:
         times = ", ".join(
             f"{e.started_seconds:.0f}"
             + (f" ({e.fault.duration_seconds:g}s)" if e.fault.duration_seconds else "")
-            + (" NOT INJECTED" if e.note.startswith("not injected") else "")
+            + (f" NOT INJECTED ({e.note})" if e.note.startswith("not injected") else "")
             for e in entries
         )
         lines.append(f"  {label:<26}{len(entries):>6}  {times}")

@@ -319,13 +319,12 @@ def check_inbound(observed: Observed) -> CheckResult:
             if observed.unmatched is None
             else "not in the unmatched store"
         )
-        ingress = "accepted by our webhook ingress" if message.get("accepted") else "never accepted by our ingress"
+        # Not acknowledged: every attempt so far got an error or no answer (the work may still have been done).
+        ingress = "acknowledged by our ingress" if message.get("accepted") else "not acknowledged by our ingress"
         bad.append(f"{message_id} from {message['from']} ({ingress}): in no transcript, {where}")
     result = _result("no inbound message discarded", len(observed.inbound), bad, "inbound messages")
     refused = sum(1 for message in observed.inbound if not message.get("accepted"))
-    return CheckResult(
-        result.name, result.passed, f"{result.counts}; {refused} never accepted by our ingress", result.failures
-    )
+    return CheckResult(result.name, result.passed, f"{result.counts}; {refused} not acknowledged 2xx", result.failures)
 
 
 def check_model_share(observed: Observed) -> CheckResult:
