@@ -460,7 +460,9 @@ class Soak:
         try:
             every_case = await list_cases(api, patience_seconds=READ_PATIENCE_SECONDS)
         except ReadFailed as exc:
-            every_case, unreadable = [], [str(exc)]
+            # Without the list, ghosts are invisible; still read every case the client was given.
+            unreadable = [f"{exc} (ghost cases unknown)"]
+            every_case = [{"caseId": r.case_id} for r in self.creates if r.case_id]
         for listed in every_case:
             case_id = listed["caseId"]
             try:
@@ -472,6 +474,8 @@ class Soak:
                 )
             except ReadFailed as exc:
                 unreadable.append(str(exc))
+                if "status" not in listed:
+                    continue  # neither listed nor readable: the outcome check reports it as missing
                 case, logged = listed, {}
             cases.append(case)
             transcripts[case_id] = list(case.get("conversationMessages") or [])

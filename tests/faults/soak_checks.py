@@ -9,14 +9,15 @@ failures (case ids, addresses, message ids) so that a failing seed says what to 
 
 from __future__ import annotations
 
+import hmac
 import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from standardwebhooks import Webhook
-from standardwebhooks.webhooks import WebhookVerificationError
 
 from shared.contracts.case import NOTHING_SCHEDULED
 from tests.faults.soak_plan import PlannedCase
@@ -102,7 +103,24 @@ class CheckResult:
 
 
 def _result(name: str, looked_at: int, bad: list[str], what: str) -> CheckResult:
-    return CheckResult(name, not bad, f"{looked_at - len(bad)}/{looked_at} {what}", bad[:SAMPLES])
+    return CheckResult(name, not bad, f"{looked_at} {what}, {len(bad)} failures", bad[:SAMPLES])
+
+
+def _nothing_read(observed: Observed) -> list[str]:
+    """A check over no case at all passes nothing: the reads failed."""
+    return ["no case could be read"] if not observed.cases and observed.creates else []
+
+
+def signed_by(secret: str, headers: dict[str, str], body: bytes) -> bool:
+    """The Standard Webhooks signature check without its 5-minute freshness window: the soak checks signatures
+    long after delivery, and freshness is the receiver's concern, proven elsewhere."""
+    try:
+        stamp = datetime.fromtimestamp(int(headers["webhook-timestamp"]), UTC)
+        expected = Webhook(secret).sign(headers["webhook-id"], stamp, body.decode()).split(",", 1)[1]
+    except (KeyError, ValueError):
+        return False
+    offered = [part.split(",", 1)[1] for part in headers.get("webhook-signature", "").split() if part.startswith("v1,")]
+    return any(hmac.compare_digest(expected, signature) for signature in offered)
 
 
 def _by_address(cases: Iterable[Json]) -> dict[str, list[Json]]:
@@ -127,7 +145,7 @@ def check_creates_answered(observed: Observed) -> CheckResult:
 def check_settled(observed: Observed) -> CheckResult:
     """Every case terminal, or legitimately waiting: INPUT_NEEDED with a PENDING request, or RUNNING with a
     future nextActionAt (the sentinel is no schedule at all: a case that waits for nothing is wedged)."""
-    bad = []
+    bad = _nothing_read(observed)
     for case in observed.cases:
         status = case["status"]
         if status in TERMINAL:
@@ -146,7 +164,8 @@ def check_settled(observed: Observed) -> CheckResult:
 
 
 def check_none_created(observed: Observed) -> CheckResult:
-    bad = [f"{c['caseId']} {c['counterparty']['address']}" for c in observed.cases if c["status"] == "CREATED"]
+    bad = _nothing_read(observed)
+    bad += [f"{c['caseId']} {c['counterparty']['address']}" for c in observed.cases if c["status"] == "CREATED"]
     return _result("none left CREATED", len(observed.cases), bad, "cases")
 
 
@@ -163,7 +182,7 @@ def check_outcomes(observed: Observed, sent_4xx_cases: set[str]) -> CheckResult:
         looked += 1
         case = next((c for c in by_address.get(record.planned.address, []) if c["caseId"] == case_id), None)
         if case is None:
-            bad.append(f"{case_id} {record.planned.address}: not listed by GET /cases")
+            bad.append(f"{case_id} {record.planned.address}: neither listed by GET /cases nor readable")
             continue
         outcome = (case["status"], case.get("resultStatus"))
         allowed = {EXPECTED_OUTCOME[record.planned.behaviour]}
@@ -239,11 +258,8 @@ def check_webhooks(observed: Observed) -> CheckResult:
     bad = []
     received: dict[str, list[Json]] = defaultdict(list)  # caseId → bodies
     ids_by_change: dict[tuple[str, str], set[str]] = defaultdict(set)
-    verifier = Webhook(observed.webhook_secret)
     for headers, body in observed.received_webhooks:
-        try:
-            verifier.verify(body, headers)
-        except WebhookVerificationError:
+        if not signed_by(observed.webhook_secret, headers, body):
             bad.append(f"webhook {headers.get('webhook-id')}: signature does not verify")
             continue
         event: Json = json.loads(body)
