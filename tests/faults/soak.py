@@ -57,6 +57,8 @@ MONGO_DB: Final = "caseflow_soak"
 OPENAI_TIMEOUT_SECONDS: Final = 3.0
 AGENTMAIL_TIMEOUT_SECONDS: Final = 1.0
 SOAK_ADDRESS: Final = re.compile(r"[a-z]+\.s\d+n\d+@sim\.example")
+# A client's pool of concurrent creates (300 independent retry loops at once would only measure the storm).
+CREATE_CONCURRENCY: Final = 8
 # How long the final reads retry a 5xx or no answer (the stack may still be catching up after the faults).
 READ_PATIENCE_SECONDS: Final = 60.0
 
@@ -177,6 +179,8 @@ class Soak:
         self.started = time.monotonic()
         self.client: Json = {}
         self.settle_seconds = 0.0
+        # The client's connection pool: at most this many creates in flight, however many are due or retrying.
+        self.create_slots = asyncio.Semaphore(CREATE_CONCURRENCY)
         self.api: httpx.AsyncClient | None = None  # the client of the run, once it started
 
     def elapsed(self) -> float:
@@ -206,9 +210,10 @@ class Soak:
         while time.monotonic() < give_up_at:
             retry_after = 0.0
             try:
-                response = await api.post(
-                    "/cases", json=body, headers={"Idempotency-Key": record.planned.idempotency_key}
-                )
+                async with self.create_slots:
+                    response = await api.post(
+                        "/cases", json=body, headers={"Idempotency-Key": record.planned.idempotency_key}
+                    )
             except httpx.HTTPError:
                 record.answers.append(CreateAnswer(self.elapsed(), None))
             else:
