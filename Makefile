@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help install run status test test-faults test-browser demo bench lint format docs up down lock clean
+.PHONY: help install run status test test-faults test-browser soak demo bench lint format docs up down lock clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ test-faults: $(STAMP)  ## crash, outage and restart tests on a stack of their ow
 test-browser: $(STAMP)  ## headless-Chromium tests (tests/browser); installs Debian's chromium with apt-get if missing
 	@test -x $(CHROMIUM) || { $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y chromium; }
 	CHROMIUM_PATH=$(CHROMIUM) $(BIN)/python -m pytest tests/browser $(PYTEST_ARGS)
+
+soak: $(STAMP)  ## chaos soak: 300 cases under a seeded fault schedule, checked from outside (SEED=n replays one)
+	$(BIN)/python -m tests.faults.soak $(if $(SEED),--seed $(SEED)) --cases $(or $(CASES),300)
 
 demo: $(STAMP)  ## against a running `make run`: one case per scripted counterparty, followed live
 	$(BIN)/python -m deploy.demo
