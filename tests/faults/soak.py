@@ -76,6 +76,14 @@ def stack_settings(config: SoakConfig) -> dict[str, str]:
         # Today's whole consumer retry budget is a few seconds (soak_plan.SoakConfig.retry_budget_seconds).
         "CONSUMER_BACKOFF_SECONDS": ",".join(str(s) for s in config.consumer_backoff_seconds),
         "CONSUMER_MAX_DELIVER": str(config.consumer_max_deliver),
+        # Transient failures back off to a few seconds at most, so an outage's end is noticed within the run.
+        "CONSUMER_BACKOFF_CAP_SECONDS": "4",
+        # The reconciler's leases, compressed: a step whose message never comes is requested again within seconds.
+        "SEND_LEASE_SECONDS": "20",
+        "INPUT_LEASE_SECONDS": "15",
+        "REPLY_LEASE_SECONDS": "15",
+        "CREATE_CONFIRM_GRACE_SECONDS": "15",
+        "OPENAI_PROBE_RETRY_SECONDS": "2",
         "AGENTMAIL_TIMEOUT_SECONDS": str(AGENTMAIL_TIMEOUT_SECONDS),
         "AGENTMAIL_MAX_RETRIES": "2",
         "AGENTMAIL_RETRY_BASE_SECONDS": "0.2",
