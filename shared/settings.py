@@ -108,6 +108,15 @@ class GatewaySettings(CommonSettings, frozen=True, kw_only=True):
     max_connections: Annotated[int, Meta(ge=1)] = 2000
     # AgentMail's webhook ingress has its own body limit: a genuine event is never refused for the client limit.
     agentmail_ingress_max_body_bytes: Annotated[int, Meta(ge=1024)] = 64 * 1024 * 1024
+    # /console sessions are Fernet tokens (encrypted and signed) in a cookie, so any gateway holding these keys
+    # reads any session: the first key seals new sessions, all of them open (rotation).
+    console_session_keys: Annotated[list[FernetKey], Meta(min_length=1, extra=SECRET)] = msgspec.field(
+        default_factory=lambda: ["ZGV2LW9ubHktY29uc29sZS1zZXNzaW9uLWtleS0wMDE="]
+    )
+    # How long a console sign-in lasts; the API key behind it is still checked on every request.
+    console_session_seconds: Annotated[int, Meta(ge=60)] = 8 * 3600
+    # How often an open console page asks whether what it shows has changed.
+    console_poll_seconds: PositiveSeconds = 2.0
 
 
 # A Fernet key: URL-safe base64 of 32 random bytes (`python -c "from cryptography.fernet import Fernet;
@@ -278,7 +287,8 @@ def _refuse_dev_secrets_in_production(settings: CommonSettings) -> None:
     hints = get_type_hints(type(settings), include_extras=True)
     for field in msgspec.structs.fields(settings):
         # An empty default means "not needed unless you use it" (a local model server needs no key).
-        default = field.default
+        # A list default comes from its factory (field.default is then NODEFAULT).
+        default = field.default_factory() if field.default is msgspec.NODEFAULT else field.default
         if field_extra(hints[field.name]).get("secret") and default and getattr(settings, field.name) == default:
             raise SettingsError(env_var(field.name), "must be set in production (the default is for local use only)")
 
