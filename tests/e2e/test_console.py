@@ -73,11 +73,8 @@ async def test_the_cookie_is_secure_behind_a_trusted_proxy_that_says_https(stack
             assert "secure" in form.headers["set-cookie"].lower()
             # httpx would not send a Secure cookie back over http: hand it over as the browser behind TLS would.
             token = form.headers["set-cookie"].split(";")[0].split("=", 1)[1]
-            signed = await proxied.post(
-                "/console/sign-in",
-                data={"csrf": csrf_of(form.text), "api_key": key},
-                cookies={"caseflow_console_sign_in": token},
-            )
+            proxied.cookies.set("caseflow_console_sign_in", token)
+            signed = await proxied.post("/console/sign-in", data={"csrf": csrf_of(form.text), "api_key": key})
     assert signed.status_code == 303, signed.text
     assert "secure" in {part.strip().lower() for part in session_cookie(signed).split(";")}
 
