@@ -180,8 +180,17 @@ async def test_filters_and_paging_go_through_the_list_rpc(
     client = new_client(stack)
     owner = Scenario(api, stack, client)
     reference = f"console-{uuid.uuid4().hex[:8]}"
-    created = [(await owner.start("silent", clientReferenceId=reference))[0] for _ in range(27)]
+    # A year between follow-ups: once each first email is out, no case changes (so moves pages) while we page.
+    quiet = {"clientReferenceId": reference, "followUpDelayHours": 8760}
+    created = [(await owner.start("silent", **quiet))[0] for _ in range(27)]
     await owner.start("silent")
+
+    async def all_sent() -> bool | None:
+        listed = await api.get("/cases", params={"clientReferenceId": reference, "limit": 100}, headers=owner.key)
+        items = listed.json()["data"]["items"]
+        return (len(items) == 27 and all(item["attemptCount"] == 1 for item in items)) or None
+
+    await eventually(all_sent, timeout=60, what="every first email sent")
     await sign_in(console, client["apiKey"])
 
     first = await console.get("/console/cases", params={"clientReferenceId": reference})
@@ -202,6 +211,10 @@ async def test_filters_and_paging_go_through_the_list_rpc(
     bad = await console.get("/console/cases", params={"status": "NOT_A_STATUS"})
     assert bad.status_code == 400
     assert "INVALID_REQUEST" in bad.text
+
+    usage = await console.get("/console/usage")
+    assert usage.status_code == 200
+    assert 'id="usage-used">28<' in usage.text  # the billing service's count, as GET /usage reports it
 
 
 async def test_the_live_fragment_answers_204_until_the_case_changes(
@@ -230,3 +243,12 @@ async def test_the_live_fragment_answers_204_until_the_case_changes(
     assert changed.status_code == 200
     assert 'id="case-status">COMPLETED<' in changed.text
     assert changed.text.startswith('<div id="case-live"')
+
+    # The signed PDF the counterparty attached: the link asks the attachment RPC for a fresh download URL.
+    link = re.search(r'href="(/console/cases/[^"]+/attachments/[^"]+)"', changed.text)
+    assert link
+    download = await console.get(link.group(1))
+    assert download.status_code == 303
+    async with httpx.AsyncClient(timeout=10) as anywhere:
+        pdf = await anywhere.get(download.headers["location"])
+    assert pdf.content.startswith(b"%PDF")
