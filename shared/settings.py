@@ -111,6 +111,15 @@ class GatewaySettings(CommonSettings, frozen=True, kw_only=True):
     max_connections: Annotated[int, Meta(ge=1)] = 2000
     # AgentMail's webhook ingress has its own body limit: a genuine event is never refused for the client limit.
     agentmail_ingress_max_body_bytes: Annotated[int, Meta(ge=1024)] = 64 * 1024 * 1024
+    # /console sessions are Fernet tokens (encrypted and signed) in a cookie, so any gateway holding these keys
+    # reads any session: the first key seals new sessions, all of them open (rotation).
+    console_session_keys: Annotated[list[FernetKey], Meta(min_length=1, extra=SECRET)] = msgspec.field(
+        default_factory=lambda: ["ZGV2LW9ubHktY29uc29sZS1zZXNzaW9uLWtleS0wMDE="]
+    )
+    # How long a console sign-in lasts; the API key behind it is still checked on every request.
+    console_session_seconds: Annotated[int, Meta(ge=60)] = 8 * 3600
+    # How often an open console page asks whether what it shows has changed.
+    console_poll_seconds: PositiveSeconds = 2.0
 
 
 # A Fernet key: URL-safe base64 of 32 random bytes (`python -c "from cryptography.fernet import Fernet;
@@ -307,7 +316,8 @@ def _refuse_dev_secrets_in_production(settings: CommonSettings) -> None:
     hints = get_type_hints(type(settings), include_extras=True)
     for field in msgspec.structs.fields(settings):
         # An empty default means "not needed unless you use it" (a local model server needs no key).
-        default = field.default
+        # A list default comes from its factory (field.default is then NODEFAULT).
+        default = field.default_factory() if field.default is msgspec.NODEFAULT else field.default
         if field_extra(hints[field.name]).get("secret") and default and getattr(settings, field.name) == default:
             raise SettingsError(env_var(field.name), "must be set in production (the default is for local use only)")
 
@@ -388,6 +398,9 @@ SETTING_HELP: Final[dict[str, str]] = {
     "RATE_LIMIT_CREATE": "POST /cases throttle per API key: requests per second / burst",
     "RATE_LIMIT_DEFAULT": "throttle of the other routes per API key: requests per second / burst",
     "AGENTMAIL_INGRESS_MAX_BODY_BYTES": "largest AgentMail webhook accepted at /webhooks/agentmail (413 above)",
+    "CONSOLE_SESSION_KEYS": "Fernet keys sealing /console session cookies: the first seals, all open (rotation)",
+    "CONSOLE_SESSION_SECONDS": "how long a /console sign-in lasts (the key is still checked on every request)",
+    "CONSOLE_POLL_SECONDS": "how often an open /console page asks whether what it shows has changed",
     "RATE_LIMIT_FAILED_AUTH": "failed authentications or AgentMail signatures per source address: per second / burst",
     "TRUSTED_PROXIES": "CIDRs of reverse proxies whose X-Forwarded-For names the client (none by default)",
     "MAX_IN_FLIGHT_CREATE": "POST /cases requests a gateway works on at once; more are shed (503, Retry-After)",

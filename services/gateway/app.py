@@ -22,6 +22,7 @@ from litestar.types import ControllerRouterHandler
 from services.gateway.admission import AdmissionMiddleware, InFlightLimits
 from services.gateway.auth import KeyCache
 from services.gateway.client_address import TrustedProxies
+from services.gateway.console.render import console_templates
 from services.gateway.context import GatewayContext
 from services.gateway.errors import ErrorResponder
 from services.gateway.guards import FAILED_AUTH, add_rate_limit_headers
@@ -103,6 +104,7 @@ def create_litestar(
             )
         ],
         request_max_body_size=settings.max_body_bytes,
+        template_config=console_templates(),
         on_startup=[start_broker],
         on_shutdown=[stop],
         openapi_config=OpenAPIConfig(

@@ -83,12 +83,16 @@ def test_production_refuses_development_secrets() -> None:
     with pytest.raises(SettingsError) as caught:
         load_settings(AuthSettings, {"CASEFLOW_ENV": "production"})
     assert caught.value.variable == "KEY_HASH_SECRET"
-    settings = load_settings(AuthSettings, {"CASEFLOW_ENV": "production", "KEY_HASH_SECRET": "x" * 32})
+    with pytest.raises(SettingsError) as caught:
+        load_settings(AuthSettings, {"CASEFLOW_ENV": "production", "KEY_HASH_SECRET": "x" * 32})
+    assert caught.value.variable == "WEBHOOK_SECRET_KEYS"  # a list default (from a factory) is refused too
+    own_keys = {"WEBHOOK_SECRET_KEYS": base64.urlsafe_b64encode(b"k" * 32).decode()}
+    settings = load_settings(AuthSettings, {"CASEFLOW_ENV": "production", "KEY_HASH_SECRET": "x" * 32, **own_keys})
     assert settings.key_hash_secret == "x" * 32
 
 
 def test_deploy_required_variables_include_connections_and_secrets() -> None:
-    assert deploy_required_variables(GatewaySettings) == ["NATS_URL", "MONGO_URL"]
+    assert deploy_required_variables(GatewaySettings) == ["NATS_URL", "MONGO_URL", "CONSOLE_SESSION_KEYS"]
     assert set(deploy_required_variables(AgentMailSettings)) >= {
         "AGENTMAIL_BASE_URL",
         "AGENTMAIL_API_KEY",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from litestar.types import ControllerRouterHandler
 
+from services.gateway.console.pages import CONSOLE_ROUTER
 from services.gateway.routes.agentmail_webhook import agentmail_webhook
 from services.gateway.routes.cases import CasesController, UsageController
 from services.gateway.routes.docs import api_docs, docs_asset
@@ -19,4 +20,5 @@ ROUTES: list[ControllerRouterHandler] = [
     UsageController,
     agentmail_webhook,
     WebhookDeliveriesController,
+    CONSOLE_ROUTER,
 ]
