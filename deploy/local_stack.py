@@ -25,6 +25,7 @@ import httpx
 import msgspec
 from pymongo.errors import PyMongoError
 
+from deploy import nats_config
 from services.auth.accounts import Accounts, NewClient
 from services.auth.store import AuthStore
 from shared.mongo import create_mongo_client
@@ -70,6 +71,9 @@ def local_environment(environ: dict[str, str]) -> dict[str, str]:
     env.setdefault("WEBHOOK_ALLOW_PRIVATE", "true")
     for service, port in METRICS_PORTS.items():
         env.setdefault(metrics_port_variable(service), str(port))
+    # nats-server's users (deploy/nats.conf) with their development passwords, which the services derive too.
+    for variable, password in nats_config.local_environment().items():
+        env.setdefault(variable, password)
     env["CASEFLOW_ROOT"] = str(ROOT)
     env["CASEFLOW_DATA"] = str(DATA)
     env["CASEFLOW_BIN"] = str(Path(sys.executable).parent)

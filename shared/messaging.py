@@ -16,6 +16,7 @@ import asyncio
 import functools
 import logging
 import time
+import urllib.parse
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from faststream import AckPolicy
 from faststream.exceptions import HandlerException, IncorrectState, NackMessage, RejectMessage
 from faststream.middlewares import BaseMiddleware
 from faststream.nats import JStream, NatsBroker, PullSub
+from faststream.security import SASLPlaintext
 from nats.aio.client import DEFAULT_INBOX_PREFIX
 from nats.aio.client import Client as NatsClient
 from nats.js.api import ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
@@ -38,7 +40,7 @@ from shared import metrics
 from shared.contracts.rpc import Err, Ok
 from shared.errors import ERROR_SPECS, ErrorCode, ServiceError
 from shared.logs import request_id_var
-from shared.settings import CommonSettings
+from shared.settings import CommonSettings, dev_nats_password
 from shared.subjects import MSG_ID_HEADER, PARKED, REQUEST_ID_HEADER, Service, StreamSpec, parked_subject
 
 if TYPE_CHECKING:
@@ -200,10 +202,34 @@ class ServiceMiddleware(BaseMiddleware):
         raise NackMessage(delay=delay) from exc
 
 
+def nats_servers(nats_url: str) -> list[str]:
+    """NATS_URL as nats-py wants it: a cluster is given as a comma-separated list of server URLs, all of which a
+    client knows from the start, so it connects (and reconnects) to whichever node is up."""
+    return [server.strip() for server in nats_url.split(",") if server.strip()]
+
+
+def nats_credentials(settings: CommonSettings, default_user: str) -> tuple[str, str]:
+    """(user, password) this process connects with: NATS_USER/NATS_PASSWORD, else `default_user` (the service's
+    name) with its development password (deploy/nats_config.py gives nats-server the same)."""
+    user = settings.nats_user or default_user
+    return user, settings.nats_password or dev_nats_password(user)
+
+
+def nats_connect_options(settings: CommonSettings, default_user: str) -> dict[str, Any]:
+    """Servers and credentials for nats-py's connect (and FastStream's NatsBroker). Credentials written into
+    NATS_URL itself (`nats://user:password@host:4222`, the tests' own user) win over NATS_USER/NATS_PASSWORD."""
+    servers = nats_servers(settings.nats_url)
+    if any(urllib.parse.urlsplit(server).username for server in servers):
+        return {"servers": servers}
+    user, password = nats_credentials(settings, default_user)
+    return {"servers": servers, "user": user, "password": password}
+
+
 def create_broker(settings: CommonSettings, service: Service) -> NatsBroker:
+    options = nats_connect_options(settings, str(service))
     broker = NatsBroker(
-        # A cluster is given as a comma-separated list of server URLs.
-        [server.strip() for server in settings.nats_url.split(",") if server.strip()],
+        options["servers"],
+        security=SASLPlaintext(options["user"], options["password"]) if "user" in options else None,
         name=f"caseflow-{service}",
         serializer=MsgSpecSerializer(),
         graceful_timeout=settings.shutdown_grace_seconds,
@@ -227,6 +253,7 @@ def create_broker(settings: CommonSettings, service: Service) -> NatsBroker:
         },
     )
     broker.add_middleware(cast("Any", middleware))
+    _consumer_replicas[broker] = settings.stream_replicas
     return broker
 
 
@@ -319,6 +346,9 @@ class DurableConsumer:
 # What each broker consumes durably, so the runtime can report every consumer's lag without a list to keep in
 # step with the handlers. Weak keys: a broker that is gone (tests build many) takes its entry with it.
 _durable_consumers: weakref.WeakKeyDictionary[NatsBroker, list[DurableConsumer]] = weakref.WeakKeyDictionary()
+# STREAM_REPLICAS of the settings each broker was created with: its durable consumers get as many replicas as
+# the streams, so a consumer's state (what is acknowledged) survives the loss of a node like the messages do.
+_consumer_replicas: weakref.WeakKeyDictionary[NatsBroker, int] = weakref.WeakKeyDictionary()
 
 
 def durable_consumers(broker: NatsBroker) -> tuple[DurableConsumer, ...]:
@@ -346,7 +376,12 @@ def durable_subscriber(
         max_workers=max_workers,
         # Redelivery after a crash is driven by ack_wait; redelivery after a handled failure by our nack
         # delay. max_deliver is unbounded here because ServiceMiddleware parks the message itself.
-        config=ConsumerConfig(durable_name=durable, ack_wait=ack_wait_seconds, max_deliver=-1),
+        config=ConsumerConfig(
+            durable_name=durable,
+            ack_wait=ack_wait_seconds,
+            max_deliver=-1,
+            num_replicas=_consumer_replicas.get(broker, 1),
+        ),
     )
     _durable_consumers.setdefault(broker, []).append(
         DurableConsumer(stream=stream.name, durable=durable, subject=subject)

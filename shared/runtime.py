@@ -28,7 +28,7 @@ from shared.contracts.health import HealthReport
 from shared.contracts.rpc import Empty, Ok
 from shared.failures import DEPENDENCY_PROBLEMS
 from shared.logs import configure_logging
-from shared.messaging import connect_with_retry, create_broker, durable_consumers, ensure_streams
+from shared.messaging import connect_with_retry, create_broker, durable_consumers, ensure_streams, nats_credentials
 from shared.mongo import create_mongo_client, ensure_indexes, ping
 from shared.settings import CommonSettings, secret_values
 from shared.subjects import Service, StreamSpec, health_subject, queue_group
@@ -47,7 +47,9 @@ class ServiceRuntime:
         streams: Sequence[StreamSpec] = (),
         indexes: Mapping[str, Sequence[IndexModel]] | None = None,
     ) -> None:
-        configure_logging(service, settings.log_level, secrets=secret_values(settings))
+        # The NATS password is redacted even when it is the development one derived from the service's name.
+        nats_password = nats_credentials(settings, str(service))[1]
+        configure_logging(service, settings.log_level, secrets=[*secret_values(settings), nats_password])
         self.service = service
         self.settings = settings
         self.log = logging.getLogger(f"caseflow.{service}")
@@ -113,7 +115,7 @@ class ServiceRuntime:
 
     async def _startup(self) -> None:
         await connect_with_retry(self.broker)
-        await ensure_streams(self.broker, self._streams, replicas=self.settings.jetstream_replicas)
+        await ensure_streams(self.broker, self._streams, replicas=self.settings.stream_replicas)
         await ensure_indexes(self.db, self._indexes)
 
     async def _start_loops(self) -> None:

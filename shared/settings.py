@@ -22,6 +22,8 @@ from msgspec import Meta
 
 DEPLOY_REQUIRED: Final = {"deploy_required": True}
 SECRET: Final = {"deploy_required": True, "secret": True}
+# A secret whose empty default stands for a development value derived elsewhere (NATS passwords).
+REQUIRED_IN_PRODUCTION: Final = {"required_in_production": True}
 
 Port = Annotated[int, Meta(ge=1, le=65535)]
 PositiveSeconds = Annotated[float, Meta(gt=0)]
@@ -49,7 +51,13 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     rpc_timeout_seconds: PositiveSeconds = 5.0
     # How long a stopping service waits for in-flight messages before exiting.
     shutdown_grace_seconds: PositiveSeconds = 15.0
-    jetstream_replicas: Annotated[int, Meta(ge=1, le=5)] = 1
+    # Replicas of every stream and durable consumer (3 on a three-node NATS cluster; 1 on a single server).
+    stream_replicas: Annotated[int, Meta(ge=1, le=5)] = 1
+    # This process's NATS user and password (deploy/nats.conf gives each service, the admin CLI and the tests
+    # their own, with permissions for their own subjects only). Empty: the service's name as the user and its
+    # development password (`dev_nats_password`), which CASEFLOW_ENV=production refuses.
+    nats_user: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]*$")] = ""
+    nats_password: Annotated[str, Meta(extra=SECRET | REQUIRED_IN_PRODUCTION)] = ""
     # Redelivery of a JetStream message whose handler failed: delay before the n-th retry (the last value
     # repeats), and the delivery count after which the message is parked on the PARKED stream.
     consumer_backoff_seconds: Annotated[list[PositiveSeconds], Meta(min_length=1)] = msgspec.field(
@@ -206,8 +214,17 @@ def _refuse_dev_secrets_in_production(settings: CommonSettings) -> None:
     for field in msgspec.structs.fields(settings):
         # An empty default means "not needed unless you use it" (a local model server needs no key).
         default = field.default
-        if field_extra(hints[field.name]).get("secret") and default and getattr(settings, field.name) == default:
+        extra = field_extra(hints[field.name])
+        value = getattr(settings, field.name)
+        left_at_default = extra.get("secret") and default and value == default
+        if left_at_default or (extra.get("required_in_production") and not value):
             raise SettingsError(env_var(field.name), "must be set in production (the default is for local use only)")
+
+
+def dev_nats_password(user: str) -> str:
+    """The development password of a NATS user: what `make run` and the tests give nats-server and the clients
+    when NATS_PASSWORD is not set. Never accepted in production (NATS_PASSWORD is then required)."""
+    return f"dev-only-nats-{user}-password"
 
 
 def field_extra(annotation: Any) -> dict[str, Any]:
@@ -266,7 +283,9 @@ SETTING_HELP: Final[dict[str, str]] = {
     "LOG_LEVEL": "DEBUG, INFO, WARNING or ERROR; one JSON object per line",
     "RPC_TIMEOUT_SECONDS": "deadline of a request between services; a miss is a 503 to the client",
     "SHUTDOWN_GRACE_SECONDS": "how long SIGTERM waits for in-flight work",
-    "JETSTREAM_REPLICAS": "replicas of each stream (3 on a NATS cluster)",
+    "STREAM_REPLICAS": "replicas of each stream and durable consumer (3 on a three-node NATS cluster)",
+    "NATS_USER": "this process's NATS user (default: the service's name; see deploy/nats.conf)",
+    "NATS_PASSWORD": "this process's NATS password (secret; required in production)",
     "CONSUMER_BACKOFF_SECONDS": "delays before redelivering a message whose handler failed (the last repeats)",
     "CONSUMER_MAX_DELIVER": "deliveries before a failing message is parked on the PARKED stream",
     "CONSUMER_KEEP_ALIVE_SECONDS": "how often a running handler tells JetStream it is still working",

@@ -68,14 +68,24 @@ def test_bad_value_names_the_variable(cls: type, variable: str, value: str) -> N
 
 def test_production_refuses_development_secrets() -> None:
     with pytest.raises(SettingsError) as caught:
-        load_settings(AuthSettings, {"CASEFLOW_ENV": "production"})
+        load_settings(AuthSettings, {"CASEFLOW_ENV": "production", "NATS_PASSWORD": "n" * 24})
     assert caught.value.variable == "KEY_HASH_SECRET"
-    settings = load_settings(AuthSettings, {"CASEFLOW_ENV": "production", "KEY_HASH_SECRET": "x" * 32})
+    settings = load_settings(
+        AuthSettings, {"CASEFLOW_ENV": "production", "KEY_HASH_SECRET": "x" * 32, "NATS_PASSWORD": "n" * 24}
+    )
     assert settings.key_hash_secret == "x" * 32
 
 
+def test_production_requires_a_nats_password_of_its_own() -> None:
+    # Locally an empty NATS_PASSWORD means the service's development password; production must set one.
+    with pytest.raises(SettingsError) as caught:
+        load_settings(GatewaySettings, {"CASEFLOW_ENV": "production"})
+    assert caught.value.variable == "NATS_PASSWORD"
+    assert load_settings(GatewaySettings, {"CASEFLOW_ENV": "production", "NATS_PASSWORD": "s3cret"}).nats_password
+
+
 def test_deploy_required_variables_include_connections_and_secrets() -> None:
-    assert deploy_required_variables(GatewaySettings) == ["NATS_URL", "MONGO_URL"]
+    assert deploy_required_variables(GatewaySettings) == ["NATS_URL", "MONGO_URL", "NATS_PASSWORD"]
     assert set(deploy_required_variables(AgentMailSettings)) >= {
         "AGENTMAIL_BASE_URL",
         "AGENTMAIL_API_KEY",
@@ -87,5 +97,5 @@ def test_deploy_required_variables_include_connections_and_secrets() -> None:
 
 def test_production_accepts_an_empty_optional_secret() -> None:
     # OPENAI_API_KEY is empty by default (local model servers need none): production does not demand it.
-    settings = load_settings(CaseSettings, {"CASEFLOW_ENV": "production"})
+    settings = load_settings(CaseSettings, {"CASEFLOW_ENV": "production", "NATS_PASSWORD": "s3cret"})
     assert settings.openai_api_key == ""
