@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, cast
 
 import msgspec
 import nats.errors
+import nats.js.errors
 from fast_depends.msgspec import MsgSpecSerializer
 from faststream import AckPolicy
 from faststream.exceptions import HandlerException, IncorrectState, NackMessage, RejectMessage
@@ -57,6 +58,21 @@ def database_unavailable(exc: BaseException) -> bool:
     """MongoDB is not reachable right now (a restart, a failover, an operation timeout): the caller may retry,
     so the reply is SERVICE_UNAVAILABLE (503), not INTERNAL_ERROR."""
     return isinstance(exc, ConnectionFailure) or (isinstance(exc, PyMongoError) and exc.timeout)
+
+
+def broker_unavailable(exc: BaseException) -> bool:
+    """NATS or a JetStream stream cannot take a message right now: the connection is down, or a stream is
+    electing a new leader after a node died (no responder, no stream response, a timeout). The caller may
+    retry, so the reply is SERVICE_UNAVAILABLE (503), not INTERNAL_ERROR (found by the cluster fault tests)."""
+    return isinstance(
+        exc,
+        nats.js.errors.NoStreamResponseError
+        | nats.js.errors.ServiceUnavailableError
+        | nats.errors.NoRespondersError
+        | nats.errors.TimeoutError
+        | nats.errors.ConnectionClosedError
+        | nats.errors.OutboundBufferLimitError,
+    )
 
 
 class PermanentFailure(Exception):
@@ -144,9 +160,12 @@ class ServiceMiddleware(BaseMiddleware):
             if isinstance(exc, ServiceError):
                 outcome = exc.code
                 return Err.of(exc)
-            if database_unavailable(exc):
+            if database_unavailable(exc) or broker_unavailable(exc):
                 outcome = ErrorCode.SERVICE_UNAVAILABLE
-                log.warning("MongoDB unavailable while handling a request", extra={"subject": raw.subject})
+                log.warning(
+                    "MongoDB or JetStream unavailable while handling a request",
+                    extra={"subject": raw.subject, "error": type(exc).__name__},
+                )
                 return Err(
                     code=ErrorCode.SERVICE_UNAVAILABLE,
                     message=ERROR_SPECS[ErrorCode.SERVICE_UNAVAILABLE].default_message,

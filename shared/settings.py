@@ -72,6 +72,9 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     # every process on a machine needs a port of its own: `make run` gives each service one (9101-9106),
     # docker-compose gives every container 9100.
     metrics_port: Annotated[int, Meta(ge=0, le=65535)] = 0
+    # Port of a backend service's own health endpoint (GET /livez, GET /readyz; all interfaces) for Kubernetes
+    # probes; 0 turns it off. The gateway answers /healthz and /readyz on its API port instead.
+    health_port: Annotated[int, Meta(ge=0, le=65535)] = 0
 
 
 class GatewaySettings(CommonSettings, frozen=True, kw_only=True):
@@ -291,6 +294,7 @@ SETTING_HELP: Final[dict[str, str]] = {
     "CONSUMER_KEEP_ALIVE_SECONDS": "how often a running handler tells JetStream it is still working",
     "MONGO_TIMEOUT_SECONDS": "deadline of each MongoDB operation and server selection",
     "METRICS_PORT": "Prometheus metrics port of the process (0: off)",
+    "HEALTH_PORT": "a backend service's own /livez and /readyz for probes (0: off)",
     "GATEWAY_HOST": "address the gateway listens on (0.0.0.0 in containers)",
     "GATEWAY_PORT": "the API's port",
     "MAX_BODY_BYTES": "largest request body (413 above)",

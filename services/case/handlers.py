@@ -31,7 +31,7 @@ from shared.contracts import agentmail, billing, case
 from shared.contracts.rpc import Ok
 from shared.errors import ErrorCode, ServiceError
 from shared.logs import case_id_var, client_id_var, request_id_var
-from shared.messaging import document_publication, request
+from shared.messaging import broker_unavailable, document_publication, request
 from shared.settings import CaseSettings
 from shared.subjects import CASE_COMMANDS, CASE_EVENTS, Service, queue_group
 
@@ -128,7 +128,10 @@ class CaseApi:
                 log.exception("could not undo the create; the outbox relay will complete it")
             else:
                 await self._release(command.client_id, reservation)
-            raise ServiceError(ErrorCode.INTERNAL_ERROR) from exc
+            # A stream electing a new leader (a NATS node died) is a 503 the client may retry, not a 500.
+            raise ServiceError(
+                ErrorCode.SERVICE_UNAVAILABLE if broker_unavailable(exc) else ErrorCode.INTERNAL_ERROR
+            ) from exc
         log.info("case created")
         return case_id
 
