@@ -272,7 +272,11 @@ def network_policies() -> list[dict[str, Any]]:
             "apiVersion": "networking.k8s.io/v1",
             "kind": "NetworkPolicy",
             "metadata": {"name": name},
-            "spec": {"podSelector": {"matchLabels": pods} if pods else {}, "policyTypes": ["Ingress"], "ingress": ingress},
+            "spec": {
+                "podSelector": {"matchLabels": pods} if pods else {},
+                "policyTypes": ["Ingress"],
+                "ingress": ingress,
+            },
         }
 
     services = {"podSelector": {"matchLabels": CLIENT_LABEL}}

@@ -182,11 +182,19 @@ class Gateways:
         self.outcomes.other.append(f"no gateway accepted a connection for {method} {path}")
         return None
 
-    async def create(self, run: str, index: int) -> None:
+    async def create(self, run: str, index: int, *, attempts: int = 30) -> None:
+        """Create one case as a careful client does: the same Idempotency-Key on every try, and after a 503 (or a
+        409 saying the earlier try is still in flight) wait what Retry-After says and try again."""
         body = silent_case(run, index)
-        response = await self.send("POST", "/cases", json=body, headers={"Idempotency-Key": f"{run}-{index}"})
-        if response is not None:
+        for _ in range(attempts):
+            response = await self.send("POST", "/cases", json=body, headers={"Idempotency-Key": f"{run}-{index}"})
+            if response is None:
+                return
             self.outcomes.record(response, body["counterparty"]["address"])
+            if response.status_code not in (409, 503):
+                return
+            await asyncio.sleep(float(response.headers.get("retry-after", "1")))
+        self.outcomes.other.append(f"create {index} still refused after {attempts} tries")
 
     async def aclose(self) -> None:
         for client in self.clients:
