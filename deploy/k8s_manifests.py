@@ -59,6 +59,7 @@ CLUSTER_VALUES: Final[dict[str, str]] = {
 SECRET_REFS: Final[dict[str, tuple[str, str]]] = {
     "MONGO_URL": ("caseflow-mongodb-caseflow-caseflow", "connectionString.standard"),
     "KEY_HASH_SECRET": ("caseflow-secrets", "KEY_HASH_SECRET"),
+    "WEBHOOK_SECRET_KEYS": ("caseflow-secrets", "WEBHOOK_SECRET_KEYS"),
     "AGENTMAIL_API_KEY": ("caseflow-secrets", "AGENTMAIL_API_KEY"),
     "AGENTMAIL_WEBHOOK_SECRET": ("caseflow-secrets", "AGENTMAIL_WEBHOOK_SECRET"),
     "OPENAI_API_KEY": ("caseflow-secrets", "OPENAI_API_KEY"),

@@ -30,6 +30,7 @@ from pymongo.errors import PyMongoError
 
 from deploy import nats_config
 from services.auth.accounts import Accounts, NewClient
+from services.auth.secrets import SecretCipher
 from services.auth.store import AuthStore
 from shared.mongo import create_mongo_client
 from shared.settings import AuthSettings, load_settings_or_exit
@@ -205,7 +206,10 @@ async def _usable_or_new_dev_client(saved: NewClient | None) -> NewClient:
     settings = load_settings_or_exit(AuthSettings, "make run")
     mongo = create_mongo_client(settings, app_name="caseflow-local-stack")
     try:
-        accounts = Accounts(AuthStore(mongo[settings.mongo_db]), key_hash_secret=settings.key_hash_secret)
+        accounts = Accounts(
+            AuthStore(mongo[settings.mongo_db], cipher=SecretCipher(settings.webhook_secret_keys)),
+            key_hash_secret=settings.key_hash_secret,
+        )
         if saved is not None and await accounts.is_usable_key(saved.api_key):
             return saved
         return await accounts.create_client(name="local-dev", plan="unlimited")

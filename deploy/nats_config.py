@@ -14,8 +14,9 @@ Design decisions a reader must know:
   (`$CASEFLOW_NATS_PASSWORD_<USER>`) that nats-server resolves at start-up, and it refuses to start when one is
   missing. Locally they default to `dev_nats_password(user)`, which the clients derive too; production sets
   NATS_PASSWORD per service from a Secret (CASEFLOW_ENV=production refuses an unset one).
-- Replies: every user may publish a response to a request it received (`allow_responses`) and subscribe to
-  `_INBOX.>` for the replies to its own requests (nats-py's inbox prefix).
+- Replies: every user subscribes to `_INBOX.>` for the replies to its own requests (nats-py's inbox prefix), and a
+  service that answers requests may publish to `_INBOX.>` (its replies; `allow_responses` alone breaks when a
+  node dies between a request and its reply).
 """
 
 from __future__ import annotations
@@ -34,10 +35,12 @@ from shared.messaging import durable_consumers
 from shared.settings import dev_nats_password
 from shared.subjects import (
     ADMIN_NATS_USER,
+    AGENTMAIL_INGRESS_BODIES,
     ALL_STREAMS,
     BACKEND_SERVICES,
     PARKED,
     TEST_NATS_USER,
+    ObjectBucket,
     Service,
     StreamSpec,
     health_subject,
@@ -82,6 +85,30 @@ REQUESTS: Final[Mapping[str, tuple[str, ...]]] = {
     # The admin CLI (services.auth.admin): tells gateways about key changes, asks billing for usage reports.
     ADMIN_NATS_USER: (auth.KEYS_CHANGED, billing.USAGE_REPORT),
 }
+
+
+# JetStream object store buckets each process reads or writes (shared/blobs.py): the gateway puts AgentMail
+# bodies too large for one message, the adapter reads them.
+OBJECT_BUCKETS: Final[Mapping[str, tuple[ObjectBucket, ...]]] = {
+    Service.GATEWAY: (AGENTMAIL_INGRESS_BODIES,),
+    Service.AGENTMAIL_ADAPTER: (AGENTMAIL_INGRESS_BODIES,),
+}
+
+
+def object_store_api(buckets: Iterable[ObjectBucket]) -> list[str]:
+    """What nats-py's object store does with a bucket: create or look up its stream `OBJ_<bucket>`, publish
+    chunks and metadata under `$O.<bucket>.`, read metadata, read chunks through an ordered consumer (with flow
+    control), purge what it replaces or deletes."""
+    allowed: list[str] = []
+    for bucket in buckets:
+        stream = f"OBJ_{bucket.name}"
+        allowed += [f"$O.{bucket.name}.>"]
+        allowed += [f"$JS.API.STREAM.{verb}.{stream}" for verb in ("INFO", "CREATE", "UPDATE", "PURGE", "MSG.GET")]
+        allowed += [f"$JS.API.DIRECT.GET.{stream}", f"$JS.API.DIRECT.GET.{stream}.>"]
+        allowed += [f"$JS.API.CONSUMER.CREATE.{stream}", f"$JS.API.CONSUMER.CREATE.{stream}.>"]
+        allowed += [f"$JS.API.CONSUMER.{verb}.{stream}.>" for verb in ("INFO", "DELETE")]
+        allowed += [f"$JS.FC.{stream}.>", f"$JS.ACK.{stream}.>"]
+    return allowed
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,9 +172,19 @@ def service_user(service: Service) -> NatsUser:
     streams |= {stream for stream, _ in consumers}
     if service in BACKEND_SERVICES:
         streams.add(PARKED.name)  # every ServiceRuntime declares PARKED (ensure_streams), where it parks failures
+    # Replies go to the asker's inbox. `allow_responses` covers a reply through the server that delivered the
+    # request; after a node dies the responder may answer through another node, which never saw the request and
+    # refuses the reply (found by the cluster fault tests), so publishing to inboxes is allowed outright.
+    responds = (INBOX,) if received else ()
     return NatsUser(
         name=str(service),
-        publish=(*REQUESTS[service], *published, *jetstream_api(streams, consumers)),
+        publish=(
+            *REQUESTS[service],
+            *published,
+            *jetstream_api(streams, consumers),
+            *object_store_api(OBJECT_BUCKETS.get(service, ())),
+            *responds,
+        ),
         subscribe=(*received, INBOX),
     )
 

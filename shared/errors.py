@@ -26,6 +26,7 @@ class ErrorCode(StrEnum):
     CASE_NOT_CANCELLABLE = "CASE_NOT_CANCELLABLE"
     IDEMPOTENCY_KEY_IN_USE = "IDEMPOTENCY_KEY_IN_USE"
     PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
     IDEMPOTENCY_KEY_MISMATCH = "IDEMPOTENCY_KEY_MISMATCH"
     USAGE_LIMIT_REACHED = "USAGE_LIMIT_REACHED"
     RATE_LIMITED = "RATE_LIMITED"
@@ -54,6 +55,7 @@ ERROR_SPECS: Final[dict[ErrorCode, ErrorSpec]] = {
     ErrorCode.CASE_NOT_CANCELLABLE: ErrorSpec(409, "The case has finished and cannot be cancelled."),
     ErrorCode.IDEMPOTENCY_KEY_IN_USE: ErrorSpec(409, "A request with this Idempotency-Key is still in progress."),
     ErrorCode.PAYLOAD_TOO_LARGE: ErrorSpec(413, "The request body is too large."),
+    ErrorCode.REQUEST_TIMEOUT: ErrorSpec(408, "The request did not arrive in time."),
     ErrorCode.IDEMPOTENCY_KEY_MISMATCH: ErrorSpec(
         422, "This Idempotency-Key was already used with a different request body."
     ),

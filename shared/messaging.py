@@ -375,6 +375,11 @@ def durable_consumers(broker: NatsBroker) -> tuple[DurableConsumer, ...]:
     return tuple(_durable_consumers.get(broker, ()))
 
 
+def stream_replicas(broker: NatsBroker) -> int:
+    """STREAM_REPLICAS of the settings `broker` was created with (1 for a broker made elsewhere)."""
+    return _consumer_replicas.get(broker, 1)
+
+
 def durable_subscriber(
     broker: NatsBroker,
     *,
@@ -399,7 +404,7 @@ def durable_subscriber(
             durable_name=durable,
             ack_wait=ack_wait_seconds,
             max_deliver=-1,
-            num_replicas=_consumer_replicas.get(broker, 1),
+            num_replicas=stream_replicas(broker),
         ),
     )
     _durable_consumers.setdefault(broker, []).append(

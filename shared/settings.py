@@ -10,6 +10,9 @@ A bad value stops the process with a message that names the variable: `load_sett
 
 from __future__ import annotations
 
+import base64
+import binascii
+import ipaddress
 import os
 import re
 import sys
@@ -24,6 +27,10 @@ DEPLOY_REQUIRED: Final = {"deploy_required": True}
 SECRET: Final = {"deploy_required": True, "secret": True}
 # A secret whose empty default stands for a development value derived elsewhere (NATS passwords).
 REQUIRED_IN_PRODUCTION: Final = {"required_in_production": True}
+# A Svix / Standard Webhooks signing secret: `whsec_` + base64 of at least WHSEC_MIN_BYTES random bytes. A shorter
+# key (`whsec_` alone is an empty HMAC key) would make signatures forgeable, so the process refuses to start.
+WEBHOOK_SIGNING_SECRET: Final = {**SECRET, "whsec": True}
+WHSEC_MIN_BYTES: Final = 24
 
 Port = Annotated[int, Meta(ge=1, le=65535)]
 PositiveSeconds = Annotated[float, Meta(gt=0)]
@@ -89,11 +96,35 @@ class GatewaySettings(CommonSettings, frozen=True, kw_only=True):
     rate_limit_default: Annotated[str, Meta(pattern=RATE_PATTERN)] = "50/100"
     # How long a verified API key is trusted without asking auth again; revocations evict it at once.
     auth_cache_seconds: Annotated[float, Meta(ge=0)] = 30.0
+    # Requests that fail authentication (or AgentMail signature checks), per source address, before the address
+    # is answered 429 without a lookup: requests per second / burst.
+    rate_limit_failed_auth: Annotated[str, Meta(pattern=RATE_PATTERN)] = "1/20"
+    # Reverse proxies whose X-Forwarded-For is believed (CIDRs, comma-separated); none by default.
+    trusted_proxies: Annotated[list[str], Meta(extra={"cidrs": True})] = msgspec.field(default_factory=list)
+    # /readyz answers from a result at most this old, so probing it cannot fan out to every service per request.
+    readyz_cache_seconds: Annotated[float, Meta(ge=0)] = 1.0
+    # Slow clients (slowloris): a request's headers must arrive within this of the connection opening (or of the
+    # previous response), and no gap between two pieces of its body may be longer than the body timeout: 408.
+    header_read_timeout_seconds: PositiveSeconds = 10.0
+    body_read_timeout_seconds: PositiveSeconds = 30.0
+    # Connections open at once; the next is answered 503 with Retry-After and closed.
+    max_connections: Annotated[int, Meta(ge=1)] = 2000
+    # AgentMail's webhook ingress has its own body limit: a genuine event is never refused for the client limit.
+    agentmail_ingress_max_body_bytes: Annotated[int, Meta(ge=1024)] = 64 * 1024 * 1024
+
+
+# A Fernet key: URL-safe base64 of 32 random bytes (`python -c "from cryptography.fernet import Fernet;
+# print(Fernet.generate_key().decode())"`).
+FernetKey = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{43}=$")]
 
 
 class AuthSettings(CommonSettings, frozen=True, kw_only=True):
     # Development defaults for secrets are refused when CASEFLOW_ENV=production.
     key_hash_secret: Annotated[str, Meta(min_length=16, extra=SECRET)] = "dev-only-key-hash-secret-change-me"  # noqa: S105
+    # Keys that encrypt client webhook secrets at rest: the first encrypts, all decrypt (rotation).
+    webhook_secret_keys: Annotated[list[FernetKey], Meta(min_length=1, extra=SECRET)] = msgspec.field(
+        default_factory=lambda: ["ZGV2LW9ubHktd2ViaG9vay1zZWNyZXQta2V5LTAwMDE="]
+    )
 
 
 class BillingSettings(CommonSettings, frozen=True, kw_only=True):
@@ -137,7 +168,7 @@ class AgentMailSettings(CommonSettings, frozen=True, kw_only=True):
     agentmail_base_url: Annotated[str, Meta(pattern=r"^https?://", extra=DEPLOY_REQUIRED)] = "http://127.0.0.1:8025"
     agentmail_api_key: Annotated[str, Meta(min_length=1, extra=SECRET)] = "am_dev_simulator_key"
     agentmail_inbox_id: Annotated[str, Meta(min_length=1, extra=DEPLOY_REQUIRED)] = "caseflow@sim.example"
-    agentmail_webhook_secret: Annotated[str, Meta(pattern=r"^whsec_", extra=SECRET)] = (
+    agentmail_webhook_secret: Annotated[str, Meta(pattern=r"^whsec_", extra=WEBHOOK_SIGNING_SECRET)] = (
         "whsec_ZGV2LW9ubHktYWdlbnRtYWlsLXdlYmhvb2stc2VjcmV0"  # noqa: S105
     )
     # One HTTP attempt's deadline; a timed-out send is retried under the same Idempotency-Key.
@@ -206,8 +237,42 @@ def load_settings[S: CommonSettings](cls: type[S], environ: Mapping[str, str] | 
         variable = env_var(match.group(1)) if match else "<settings>"
         problem = message.split(" - at `", 1)[0]
         raise SettingsError(variable, problem) from None
+    _refuse_weak_signing_secrets(settings)
+    _refuse_bad_networks(settings)
     _refuse_dev_secrets_in_production(settings)
     return settings
+
+
+def _refuse_bad_networks(settings: CommonSettings) -> None:
+    hints = get_type_hints(type(settings), include_extras=True)
+    for field in msgspec.structs.fields(settings):
+        if not field_extra(hints[field.name]).get("cidrs"):
+            continue
+        for cidr in getattr(settings, field.name):
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise SettingsError(env_var(field.name), f"{cidr!r} is not an IP address or CIDR network") from None
+
+
+def whsec_key_bytes(secret: str) -> bytes | None:
+    """The HMAC key of a `whsec_` secret, or None when it is not valid base64."""
+    try:
+        return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except binascii.Error:
+        return None
+
+
+def _refuse_weak_signing_secrets(settings: CommonSettings) -> None:
+    hints = get_type_hints(type(settings), include_extras=True)
+    for field in msgspec.structs.fields(settings):
+        if not field_extra(hints[field.name]).get("whsec"):
+            continue
+        key = whsec_key_bytes(getattr(settings, field.name))
+        if key is None or len(key) < WHSEC_MIN_BYTES:
+            raise SettingsError(
+                env_var(field.name), f"must be whsec_ followed by base64 of at least {WHSEC_MIN_BYTES} bytes"
+            )
 
 
 def _refuse_dev_secrets_in_production(settings: CommonSettings) -> None:
@@ -245,11 +310,14 @@ def field_extra(annotation: Any) -> dict[str, Any]:
 def secret_values(settings: CommonSettings) -> list[str]:
     """The values of the settings tagged secret (for log redaction)."""
     hints = get_type_hints(type(settings), include_extras=True)
-    return [
-        str(getattr(settings, f.name))
-        for f in msgspec.structs.fields(settings)
-        if field_extra(hints[f.name]).get("secret") and getattr(settings, f.name)
-    ]
+    values: list[str] = []
+    for f in msgspec.structs.fields(settings):
+        if not field_extra(hints[f.name]).get("secret"):
+            continue
+        value = getattr(settings, f.name)
+        # A key ring is redacted key by key.
+        values.extend(str(item) for item in (value if isinstance(value, list) else [value]) if item)
+    return values
 
 
 def deploy_required_variables(cls: type[CommonSettings]) -> list[str]:
@@ -303,8 +371,16 @@ SETTING_HELP: Final[dict[str, str]] = {
     "RETRY_AFTER_SECONDS": "Retry-After sent with 503s",
     "RATE_LIMIT_CREATE": "POST /cases throttle per API key: requests per second / burst",
     "RATE_LIMIT_DEFAULT": "throttle of the other routes per API key: requests per second / burst",
+    "AGENTMAIL_INGRESS_MAX_BODY_BYTES": "largest AgentMail webhook accepted at /webhooks/agentmail (413 above)",
+    "RATE_LIMIT_FAILED_AUTH": "failed authentications or AgentMail signatures per source address: per second / burst",
+    "TRUSTED_PROXIES": "CIDRs of reverse proxies whose X-Forwarded-For names the client (none by default)",
+    "HEADER_READ_TIMEOUT_SECONDS": "a request's headers must arrive within this (408 after)",
+    "BODY_READ_TIMEOUT_SECONDS": "longest pause while a request body arrives (408 after)",
+    "MAX_CONNECTIONS": "connections a gateway holds at once; the next gets 503 with Retry-After",
+    "READYZ_CACHE_SECONDS": "how long /readyz reuses its last answer",
     "AUTH_CACHE_SECONDS": "how long a gateway trusts a verified key (revocations evict it at once)",
     "KEY_HASH_SECRET": "HMAC key API keys are hashed with; changing it invalidates every key",
+    "WEBHOOK_SECRET_KEYS": "Fernet keys encrypting client webhook secrets at rest; the first encrypts (secret)",
     "PLANS": "plan:cap pairs, cases per client per UTC month (0: no cap)",
     "FOLLOW_UP_HOUR_SECONDS": 'length of one follow-up "hour" (1 runs a 72-hour schedule in 72 s)',
     "AGENT_BACKEND": "`rules` (deterministic, offline) or `openai` (any OpenAI-compatible server)",

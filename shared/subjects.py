@@ -90,6 +90,24 @@ PARKED: Final = StreamSpec(
 ALL_STREAMS: Final = (CASE_COMMANDS, CASE_EVENTS, AGENTMAIL_EVENTS, PARKED)
 
 
+@dataclass(frozen=True, slots=True)
+class ObjectBucket:
+    """A JetStream object store bucket (chunked blobs larger than one NATS message)."""
+
+    name: str
+    ttl_seconds: float
+    description: str = ""
+
+
+# AgentMail webhook bodies too large for one NATS message, handed from the gateway to the adapter by name. The
+# gateway deletes each after the adapter answered; the TTL only sweeps what a crash left behind.
+AGENTMAIL_INGRESS_BODIES: Final = ObjectBucket(
+    name="AGENTMAIL_INGRESS_BODIES",
+    ttl_seconds=3600.0,
+    description="AgentMail webhook bodies too large to forward inline, read by the adapter to verify them.",
+)
+
+
 class Consumer(StrEnum):
     """Durable JetStream consumer names (shared by every replica of the consuming service)."""
 

@@ -39,6 +39,7 @@ from services.agentmail_adapter.webhooks import (
     message_received,
 )
 from shared import metrics
+from shared.blobs import object_bucket
 from shared.clock import now_ms
 from shared.contracts.agentmail import (
     ATTACHMENT_LINK,
@@ -69,7 +70,7 @@ from shared.errors import ErrorCode, ServiceError
 from shared.logs import case_id_var
 from shared.messaging import document_publication, publish_durable
 from shared.settings import AgentMailSettings
-from shared.subjects import AGENTMAIL_EVENTS, Service, queue_group
+from shared.subjects import AGENTMAIL_EVENTS, AGENTMAIL_INGRESS_BODIES, Service, queue_group
 
 log = logging.getLogger("caseflow.agentmail_adapter")
 
@@ -204,7 +205,11 @@ def register_handlers(
 
     @broker.subscriber(INGEST_WEBHOOK, queue=QUEUE)
     async def ingest_webhook(request: IngestWebhook) -> Ok[WebhookAccepted]:
-        event = verifier.verify(request.body, request.headers)
+        body = request.body
+        if request.body_object is not None:
+            # Too large to forward inline: the gateway stored the exact bytes; they are verified like any other.
+            body = (await (await object_bucket(broker, AGENTMAIL_INGRESS_BODIES)).get(request.body_object)).data or b""
+        event = verifier.verify(body, request.headers)
         if await store.event_handled(event.event_id):
             return Ok(WebhookAccepted(event_id=event.event_id, duplicate=True))
         if event.event_type == MESSAGE_RECEIVED_TYPE and event.message is not None:
@@ -227,9 +232,25 @@ def register_handlers(
             with provider_errors():
                 message = await mail.get_message(message.inbox_id, message.message_id)
             text = body_text(message) or ""
-        received = message_received(event_id, message, text)
+        received = message_received(event_id, message, bounded_text(text, message_id=message.message_id))
         await store.record(_inbound(received))
         await publish_durable(broker, MESSAGE_RECEIVED, received, stream=AGENTMAIL_EVENTS, msg_id=event_id)
+
+
+# The most of an inbound message's text that is stored and published: the whole of any real reply, while a
+# hostile or runaway body can neither exceed a MongoDB document (16 MB) or a NATS message (8 MB) nor be lost.
+INBOUND_TEXT_LIMIT_CHARS: Final = 512 * 1024
+
+
+def bounded_text(text: str, *, message_id: str) -> str:
+    """`text` cut to INBOUND_TEXT_LIMIT_CHARS with a visible marker saying how much was left out."""
+    if len(text) <= INBOUND_TEXT_LIMIT_CHARS:
+        return text
+    left_out = len(text) - INBOUND_TEXT_LIMIT_CHARS
+    return (
+        f"{text[:INBOUND_TEXT_LIMIT_CHARS]}\n\n[Caseflow kept the first {INBOUND_TEXT_LIMIT_CHARS} characters of "
+        f"this message; {left_out} more are in AgentMail, message {message_id}.]"
+    )
 
 
 # ---- records ----------------------------------------------------------------------------------------------

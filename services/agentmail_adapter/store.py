@@ -4,11 +4,13 @@
 redelivered webhook) is an idempotent upsert; case transcripts are read from here, never fetched live.
 `inbound_events` holds one document per webhook event *fully handled* (stored and published): it is written
 last, so a crash before it makes the redelivered webhook run again, and JetStream's Nats-Msg-Id dedupe
-absorbs the repeated publish.
+absorbs the repeated publish. MongoDB deletes it HANDLED_EVENT_TTL later: AgentMail (Svix) stops retrying an
+event about 28 hours after the first attempt, so a week is ample and the collection cannot grow without bound.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Final, Literal
 
 import msgspec
@@ -19,13 +21,17 @@ from shared.mongo import Document
 
 MESSAGES: Final = "messages"
 INBOUND_EVENTS: Final = "inbound_events"
+HANDLED_EVENT_TTL: Final = dt.timedelta(days=7)
 
 INDEXES: Final = {
     MESSAGES: [
         IndexModel([("threadId", ASCENDING), ("timestamp", ASCENDING)], name="thread_time"),
         IndexModel([("caseId", ASCENDING), ("attempt", ASCENDING)], name="case_attempt", sparse=True),
     ],
-    INBOUND_EVENTS: [],
+    INBOUND_EVENTS: [
+        # MongoDB deletes an event record once expiresAt (a BSON date) has passed.
+        IndexModel([("expiresAt", ASCENDING)], name="expires_ttl", expireAfterSeconds=0),
+    ],
 }
 
 
@@ -92,4 +98,10 @@ class MessageStore:
 
     async def mark_event_handled(self, event_id: str, event: HandledEvent) -> None:
         # $setOnInsert: a concurrent or repeated delivery keeps the first record.
-        await self._events.update_one({"_id": event_id}, {"$setOnInsert": msgspec.to_builtins(event)}, upsert=True)
+        record = {**msgspec.to_builtins(event), "expiresAt": _as_utc_date(event.handled_at) + HANDLED_EVENT_TTL}
+        await self._events.update_one({"_id": event_id}, {"$setOnInsert": record}, upsert=True)
+
+
+def _as_utc_date(unix_ms: int) -> dt.datetime:
+    """A naive UTC datetime, as PyMongo stores and returns BSON dates."""
+    return dt.datetime.fromtimestamp(unix_ms / 1000, dt.UTC).replace(tzinfo=None)

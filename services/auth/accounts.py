@@ -73,6 +73,10 @@ class RotatedWebhookSecret(Output, frozen=True, kw_only=True):
     webhook_secret: str
 
 
+class ReencryptedSecrets(Output, frozen=True, kw_only=True):
+    reencrypted: int
+
+
 class KeySummary(Output, frozen=True, kw_only=True):
     key_id: str
     status: KeyStatus
@@ -197,6 +201,10 @@ class Accounts:
         if client is None:
             raise _unknown_client(client_id)
         return RotatedWebhookSecret(client_id=client.client_id, webhook_secret=client.webhook_secret)
+
+    async def reencrypt_webhook_secrets(self) -> ReencryptedSecrets:
+        """After putting a new key first in WEBHOOK_SECRET_KEYS: every stored secret under that key."""
+        return ReencryptedSecrets(reencrypted=await self._store.reencrypt_webhook_secrets())
 
     async def list_clients(self) -> list[ClientSummary]:
         keys_by_client: dict[str, list[KeySummary]] = {}

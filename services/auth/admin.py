@@ -29,6 +29,7 @@ from nats.aio.client import Client as NatsClient
 from pymongo.errors import PyMongoError
 
 from services.auth.accounts import AccountError, Accounts, ClientPlan, KeyState, MonthlyUsage, Output
+from services.auth.secrets import SecretCipher, UndecryptableSecret
 from services.auth.store import INDEXES, AuthStore, Client
 from shared.contracts.auth import KEYS_CHANGED, KeysChanged
 from shared.contracts.billing import USAGE_MONTH_PATTERN, USAGE_REPORT, GetUsageReport, UsageReport
@@ -100,6 +101,10 @@ COMMANDS: dict[str, tuple[str, Command]] = {
     "rotate-webhook-secret": (
         "replace a client's webhook signing secret; prints the new whsec_ secret",
         lambda admin, args: admin.accounts.rotate_webhook_secret(args.client_id),
+    ),
+    "reencrypt-webhook-secrets": (
+        "re-encrypt every stored webhook secret with the first WEBHOOK_SECRET_KEYS key (after a key rotation)",
+        lambda admin, args: admin.accounts.reencrypt_webhook_secrets(),
     ),
     "list-clients": (
         "list every client with its plan and its keys' ids and statuses (no secrets)",
@@ -265,7 +270,9 @@ async def run(settings: AuthSettings, args: argparse.Namespace) -> Result:
         db = mongo[settings.mongo_db]
         # The CLI may run before the auth service ever started: the unique hash index must exist first.
         await ensure_indexes(db, INDEXES, attempts=1)
-        accounts = Accounts(AuthStore(db), key_hash_secret=settings.key_hash_secret)
+        accounts = Accounts(
+            AuthStore(db, cipher=SecretCipher(settings.webhook_secret_keys)), key_hash_secret=settings.key_hash_secret
+        )
         _, command = COMMANDS[args.command]
         result = await command(Admin(accounts=accounts, settings=settings), args)
     finally:
@@ -285,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = load_settings_or_exit(AuthSettings, "auth admin")
     try:
         result = asyncio.run(run(settings, args))
-    except AccountError as exc:
+    except (AccountError, UndecryptableSecret) as exc:
         print(f"{PROG} {args.command}: {exc}", file=sys.stderr)
         return 1
     except PyMongoError as exc:

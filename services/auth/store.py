@@ -15,6 +15,7 @@ from pymongo import ASCENDING, IndexModel, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.auth.domain import KeyStatus
+from services.auth.secrets import SecretCipher
 from shared.mongo import Document
 
 CLIENTS: Final = "clients"
@@ -31,7 +32,8 @@ INDEXES: Final = {
 
 
 class Client(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    """A `clients` document. The webhook secret is stored readable: the webhook service signs with it."""
+    """A client. `webhook_secret` is the plaintext `whsec_` secret here; its document holds it encrypted
+    (services.auth.secrets), because the webhook service must sign with the secret itself."""
 
     client_id: str = msgspec.field(name="_id")
     name: str
@@ -57,27 +59,34 @@ def _document(record: msgspec.Struct) -> Document:
     return document
 
 
-def _client(document: Document | None) -> Client | None:
-    return None if document is None else msgspec.convert(document, Client)
-
-
 def _api_key(document: Document | None) -> ApiKey | None:
     return None if document is None else msgspec.convert(document, ApiKey)
 
 
 class AuthStore:
-    def __init__(self, db: AsyncDatabase[Document]) -> None:
+    def __init__(self, db: AsyncDatabase[Document], *, cipher: SecretCipher) -> None:
         self._clients = db[CLIENTS]
         self._keys = db[API_KEYS]
+        self._cipher = cipher
+
+    def _client_document(self, client: Client) -> Document:
+        document = _document(client)
+        document["webhookSecret"] = self._cipher.encrypt(client.webhook_secret)
+        return document
+
+    def _client(self, document: Document | None) -> Client | None:
+        if document is None:
+            return None
+        return msgspec.convert({**document, "webhookSecret": self._cipher.decrypt(document["webhookSecret"])}, Client)
 
     async def insert_client(self, client: Client) -> None:
-        await self._clients.insert_one(_document(client))
+        await self._clients.insert_one(self._client_document(client))
 
     async def insert_api_key(self, key: ApiKey) -> None:
         await self._keys.insert_one(_document(key))
 
     async def find_client(self, client_id: str) -> Client | None:
-        return _client(await self._clients.find_one({"_id": client_id}))
+        return self._client(await self._clients.find_one({"_id": client_id}))
 
     async def find_api_key(self, key_id: str) -> ApiKey | None:
         return _api_key(await self._keys.find_one({"_id": key_id}))
@@ -101,11 +110,11 @@ class AuthStore:
         return await self._set_client_fields(client_id, {"plan": plan}, now=now)
 
     async def set_webhook_secret(self, client_id: str, secret: str, *, now: int) -> Client | None:
-        return await self._set_client_fields(client_id, {"webhookSecret": secret}, now=now)
+        return await self._set_client_fields(client_id, {"webhookSecret": self._cipher.encrypt(secret)}, now=now)
 
     async def _set_client_fields(self, client_id: str, fields: Document, *, now: int) -> Client | None:
         """None when there is no such client."""
-        return _client(
+        return self._client(
             await self._clients.find_one_and_update(
                 {"_id": client_id},
                 {"$set": {**fields, "updatedAt": now}},
@@ -115,7 +124,20 @@ class AuthStore:
 
     async def list_clients(self) -> list[Client]:
         documents = await self._clients.find().sort([("createdAt", ASCENDING), ("_id", ASCENDING)]).to_list()
-        return [msgspec.convert(document, Client) for document in documents]
+        return [client for document in documents if (client := self._client(document)) is not None]
+
+    async def reencrypt_webhook_secrets(self) -> int:
+        """Re-encrypt every client's webhook secret with the first key (after a rotation); returns how many
+        documents changed. Each write is conditioned on the value it read, so a concurrent rotation wins."""
+        changed = 0
+        async for document in self._clients.find({}, {"webhookSecret": 1}):
+            stored = document["webhookSecret"]
+            fresh = self._cipher.reencrypt(stored)
+            result = await self._clients.update_one(
+                {"_id": document["_id"], "webhookSecret": stored}, {"$set": {"webhookSecret": fresh}}
+            )
+            changed += result.modified_count
+        return changed
 
     async def list_api_keys(self) -> list[ApiKey]:
         documents = await self._keys.find().sort([("createdAt", ASCENDING), ("_id", ASCENDING)]).to_list()

@@ -6,11 +6,12 @@ Its Prometheus metrics are served on METRICS_PORT by the exporter's own thread, 
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import uvicorn
 
 from services.gateway.app import create_app
-from services.gateway.http_protocol import EnvelopeH11Protocol
+from services.gateway.http_protocol import ConnectionLimits, EnvelopeH11Protocol
 from shared.logs import configure_logging
 from shared.messaging import create_broker
 from shared.metrics import serve_metrics_or_exit
@@ -33,7 +34,14 @@ def main() -> None:
         server_header=False,
         lifespan="on",
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
-        http=EnvelopeH11Protocol,
+        http=functools.partial(  # type: ignore[arg-type]
+            EnvelopeH11Protocol,
+            limits=ConnectionLimits(
+                header_read_timeout_seconds=settings.header_read_timeout_seconds,
+                max_connections=settings.max_connections,
+                retry_after_seconds=settings.retry_after_seconds,
+            ),
+        ),
         # Headers beyond this size are refused (400, enveloped) instead of buffered.
         h11_max_incomplete_event_size=settings.max_header_bytes,
     )

@@ -21,9 +21,11 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ControllerRouterHandler
 
 from services.gateway.auth import KeyCache
+from services.gateway.client_address import TrustedProxies
 from services.gateway.context import GatewayContext
 from services.gateway.errors import ErrorResponder
-from services.gateway.guards import add_rate_limit_headers
+from services.gateway.guards import FAILED_AUTH, add_rate_limit_headers
+from services.gateway.memo import Memo
 from services.gateway.request_id import RequestIdGuard
 from services.gateway.routes import ROUTES
 from services.gateway.throttle import RateLimit, Throttle
@@ -56,8 +58,11 @@ def create_litestar(
             limits={
                 "create": RateLimit.parse(settings.rate_limit_create),
                 "default": RateLimit.parse(settings.rate_limit_default),
+                FAILED_AUTH: RateLimit.parse(settings.rate_limit_failed_auth),
             }
         ),
+        trusted_proxies=TrustedProxies(settings.trusted_proxies),
+        readiness=Memo(ttl_seconds=settings.readyz_cache_seconds),
     )
 
     @broker.subscriber(KEYS_CHANGED)
@@ -115,4 +120,5 @@ def create_app(
     return RequestIdGuard(
         create_litestar(settings, broker, extra_route_handlers=extra_route_handlers),
         max_header_bytes=settings.max_header_bytes,
+        body_read_timeout_seconds=settings.body_read_timeout_seconds,
     )

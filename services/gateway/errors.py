@@ -16,6 +16,7 @@ from litestar.types import ExceptionHandlersMap
 
 from services.gateway.envelope import ErrorEnvelope, error_response
 from services.gateway.guards import RateLimited
+from services.gateway.request_id import BodyTooSlow
 from shared.errors import ErrorCode, ServiceError
 
 log = logging.getLogger("caseflow.gateway")
@@ -50,6 +51,9 @@ class ErrorResponder:
     def rate_limited(self, _: Request[Any, Any, Any], exc: RateLimited) -> Response[ErrorEnvelope]:
         return error_response(ErrorCode.RATE_LIMITED, headers=exc.decision.headers())
 
+    def body_too_slow(self, _: Request[Any, Any, Any], __: BodyTooSlow) -> Response[ErrorEnvelope]:
+        return error_response(ErrorCode.REQUEST_TIMEOUT, headers={"connection": "close"})
+
     def validation_error(self, _: Request[Any, Any, Any], exc: ValidationException) -> Response[ErrorEnvelope]:
         return error_response(ErrorCode.INVALID_REQUEST, describe_validation_error(exc))
 
@@ -74,6 +78,7 @@ class ErrorResponder:
         return {
             ServiceError: self.service_error,
             RateLimited: self.rate_limited,
+            BodyTooSlow: self.body_too_slow,
             ValidationException: self.validation_error,
             HTTPException: self.http_error,
             Exception: self.unexpected,

@@ -12,6 +12,7 @@ route matched is labelled `unmatched`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -19,7 +20,7 @@ import uuid
 from typing import Final
 
 from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 
 from services.gateway.envelope import error_body_bytes
 from shared import metrics
@@ -39,10 +40,35 @@ def incoming_request_id(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
+class BodyTooSlow(Exception):
+    """The client paused longer than BODY_READ_TIMEOUT_SECONDS while sending the request body."""
+
+
 class RequestIdGuard:
-    def __init__(self, app: ASGIApp, *, max_header_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_header_bytes: int, body_read_timeout_seconds: float) -> None:
         self.app = app
         self.max_header_bytes = max_header_bytes
+        self.body_read_timeout_seconds = body_read_timeout_seconds
+
+    def _receive_within_deadline(self, receive: Receive) -> Receive:
+        """`receive`, with a deadline on each piece of the body until it is complete (then as it was: the app
+        may wait for a disconnect for as long as a response takes)."""
+        body_done = False
+
+        async def receive_body() -> ReceiveMessage:
+            nonlocal body_done
+            if body_done:
+                return await receive()
+            try:
+                async with asyncio.timeout(self.body_read_timeout_seconds):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTooSlow from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        return receive_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -70,7 +96,12 @@ class RequestIdGuard:
                 # uvicorn only bounds headers that arrive slowly; this bounds them however they arrive.
                 await self._refuse(send_with_id, ErrorCode.INVALID_REQUEST, "The request headers are too large.", 400)
                 return
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, self._receive_within_deadline(receive), send_with_id)
+        except BodyTooSlow:
+            log.info("request body arrived too slowly", extra={"path": scope.get("path")})
+            if started:
+                raise
+            await self._refuse(send_with_id, ErrorCode.REQUEST_TIMEOUT, None, 408)
         except Exception:
             log.exception("request failed outside the application's error handling")
             if started:

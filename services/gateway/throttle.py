@@ -12,6 +12,10 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final
+
+# Above this many buckets, refilled ones are forgotten.
+MAX_BUCKETS: Final = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +62,14 @@ class Throttle:
     _buckets: dict[tuple[str, str], _Bucket] = field(default_factory=dict)
 
     def take(self, *, caller: str, route_class: str) -> Decision:
+        """Spend a token if there is one."""
+        return self._decide(caller, route_class, spend=True)
+
+    def peek(self, *, caller: str, route_class: str) -> Decision:
+        """Whether a token is there, without spending it (for buckets that only failures spend)."""
+        return self._decide(caller, route_class, spend=False)
+
+    def _decide(self, caller: str, route_class: str, *, spend: bool) -> Decision:
         limit = self.limits[route_class]
         now = self.clock()
         bucket = self._buckets.get((caller, route_class))
@@ -65,11 +77,19 @@ class Throttle:
             bucket = self._buckets[(caller, route_class)] = _Bucket(tokens=float(limit.burst), updated=now)
         bucket.tokens = min(float(limit.burst), bucket.tokens + (now - bucket.updated) * limit.rate_per_second)
         bucket.updated = now
-        if bucket.tokens >= 1.0:
+        allowed = bucket.tokens >= 1.0
+        if allowed and spend:
             bucket.tokens -= 1.0
-            allowed = True
-        else:
-            allowed = False
         missing = max(0.0, 1.0 - bucket.tokens)
         reset = math.ceil(missing / limit.rate_per_second) if missing else 0
+        if len(self._buckets) > MAX_BUCKETS:
+            self._forget_full_buckets(now)
         return Decision(allowed=allowed, limit=limit.burst, remaining=int(bucket.tokens), reset_seconds=reset)
+
+    def _forget_full_buckets(self, now: float) -> None:
+        """Drop buckets that have refilled: a flood of distinct callers (random keys, spoofed addresses before
+        a proxy) must not grow the map without bound, and a full bucket is the same as no bucket."""
+        for key, bucket in list(self._buckets.items()):
+            limit = self.limits[key[1]]
+            if bucket.tokens + (now - bucket.updated) * limit.rate_per_second >= limit.burst:
+                del self._buckets[key]

@@ -125,7 +125,11 @@ class Dispatcher:
                 return
             # Auth says the client cannot have webhooks (e.g. it no longer exists): nothing to retry for.
             result = domain.AttemptResult(
-                status=None, error=f"no signing secret: {exc.message}", latency_ms=0, refused=True
+                status=None,
+                error=domain.DESTINATION_NOT_ALLOWED,
+                latency_ms=0,
+                refused=True,
+                detail=f"no signing secret: {exc.message}",
             )
             await self._record(record, claim, at=now_ms(), result=result)
             return
@@ -154,6 +158,7 @@ class Dispatcher:
                 "attempt": attempt,
                 "http_status": result.status,
                 "error": result.error,
+                "detail": result.detail,
                 "latency_ms": result.latency_ms,
                 "state": step.state if kept else "claim lost",
             },

@@ -37,15 +37,26 @@ def decode_body(body: bytes) -> WebhookBody:
     return msgspec.json.decode(body, type=WebhookBody)
 
 
+# What the delivery log tells a client about an attempt that got no HTTP answer. Deliberately coarse: the log is
+# readable by the client and redeliver lets it choose when to try, so an address, a port, a resolver's answer or
+# a TLS detail would let it map the deployment's internal network. The detail goes to the service's own log.
+DESTINATION_NOT_ALLOWED = "destination not allowed or not resolvable"
+CONNECTION_FAILED = "connection failed"
+TIMEOUT = "timeout"
+
+
 @dataclass(frozen=True, slots=True)
 class AttemptResult:
     """What one attempt came to: an HTTP status when one arrived, else the error that prevented it."""
 
     status: int | None
+    # What the client's delivery log shows (a status description or one of the coarse errors above).
     error: str | None
     latency_ms: int
     # The SSRF guard refused the destination: nothing was sent, and retrying cannot change that.
     refused: bool = False
+    # The full reason, for the service's log only (never stored where a client reads it).
+    detail: str | None = None
 
 
 Verdict = Literal["delivered", "gone", "refused", "retry"]

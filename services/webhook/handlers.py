@@ -57,6 +57,8 @@ def delivery_view(record: DeliveryRecord) -> webhook.WebhookDelivery:
             webhook.DeliveryAttempt(at=a.at, status=a.status, latency_ms=a.latency_ms, error=a.error)
             for a in record.attempts
         ],
+        # Deliveries stored before the count existed hold all their attempts.
+        attempt_count=max(record.attempt_count, len(record.attempts)),
         data=domain.decode_body(record.body).data,
     )
 

@@ -16,7 +16,13 @@ from collections.abc import Mapping
 
 import httpx
 
-from services.webhook.domain import AttemptResult, failure_description
+from services.webhook.domain import (
+    CONNECTION_FAILED,
+    DESTINATION_NOT_ALLOWED,
+    TIMEOUT,
+    AttemptResult,
+    failure_description,
+)
 from services.webhook.ssrf import (
     Destination,
     DestinationRefused,
@@ -57,25 +63,28 @@ class WebhookSender:
     async def send(self, url: str, body: bytes, headers: Mapping[str, str]) -> AttemptResult:
         started = time.monotonic()
 
-        def result(status: int | None, error: str | None, *, refused: bool = False) -> AttemptResult:
+        def result(
+            status: int | None, error: str | None, detail: str | None, *, refused: bool = False
+        ) -> AttemptResult:
             latency_ms = int((time.monotonic() - started) * 1000)
-            return AttemptResult(status=status, error=error, latency_ms=latency_ms, refused=refused)
+            return AttemptResult(status=status, error=error, latency_ms=latency_ms, refused=refused, detail=detail)
 
         try:
             async with asyncio.timeout(self.timeout_seconds):
                 destination = await resolve_destination(url, allow_private=self.allow_private, resolver=self.resolver)
                 status = await self._post(destination, body, headers)
         except DestinationRefused as exc:
-            return result(None, str(exc), refused=True)
+            return result(None, DESTINATION_NOT_ALLOWED, str(exc), refused=True)
         except LookupFailed as exc:
-            return result(None, str(exc))
+            # Said like a refusal: "this name does not exist" vs "this name is internal" would be a probe.
+            return result(None, DESTINATION_NOT_ALLOWED, str(exc))
         except (TimeoutError, httpx.TimeoutException):
-            return result(None, f"no response within {self.timeout_seconds:g} s")
+            return result(None, TIMEOUT, f"no response within {self.timeout_seconds:g} s")
         except httpx.HTTPError as exc:
-            return result(None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+            return result(None, CONNECTION_FAILED, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
         if 200 <= status < 300:
-            return result(status, None)
-        return result(status, failure_description(status))
+            return result(status, None, None)
+        return result(status, failure_description(status), None)
 
     async def _post(self, destination: Destination, body: bytes, headers: Mapping[str, str]) -> int:
         """POST to the checked addresses in turn until one accepts the connection; returns the HTTP status."""

@@ -21,6 +21,9 @@ from shared.contracts.webhook import DeliveryState
 from shared.mongo import Document
 
 DELIVERIES: Final = "deliveries"
+# A delivery keeps its newest attempts only (plus the count of all of them): redeliveries and retries could
+# otherwise grow one document towards MongoDB's 16 MB limit.
+STORED_ATTEMPTS: Final = 50
 
 INDEXES: Final = {
     DELIVERIES: [
@@ -58,7 +61,9 @@ class DeliveryRecord(Record, frozen=True):
     next_attempt_at: int | None
     # Attempts since the retry schedule last (re)started: the position in the schedule.
     round_attempts: int = 0
+    # The newest STORED_ATTEMPTS attempts, oldest first; `attempt_count` counts every attempt ever made.
     attempts: list[AttemptRecord] = []
+    attempt_count: int = 0
     # Token of the replica whose attempt is in flight; None when nobody holds the delivery.
     claim: str | None = None
 
@@ -70,6 +75,14 @@ def to_document(record: msgspec.Struct) -> Document:
 
 def from_document(document: Document) -> DeliveryRecord:
     return msgspec.convert(document, DeliveryRecord)
+
+
+def _log_attempt(entry: Document) -> Document:
+    """The update that appends an attempt, dropping the oldest beyond STORED_ATTEMPTS, and counts it."""
+    return {
+        "$push": {"attempts": {"$each": [entry], "$slice": -STORED_ATTEMPTS}},
+        "$inc": {"attemptCount": 1},
+    }
 
 
 class DeliveryStore:
@@ -113,11 +126,11 @@ class DeliveryStore:
         round_attempts: int,
     ) -> bool:
         """Append the attempt and move the schedule on; False if the claim was lost (lease over, redelivery)."""
-        entry = to_document(attempt)
+        logged = _log_attempt(to_document(attempt))
         result = await self.deliveries.update_one(
             {"_id": event_id, "claim": claim},
             {
-                "$push": {"attempts": entry},
+                **logged,
                 "$set": {
                     "state": state,
                     "nextAttemptAt": next_attempt_at,
@@ -129,7 +142,7 @@ class DeliveryStore:
         if result.matched_count == 1:
             return True
         # Whoever holds the delivery now owns its schedule; the attempt still happened, so it is still logged.
-        await self.deliveries.update_one({"_id": event_id}, {"$push": {"attempts": entry}})
+        await self.deliveries.update_one({"_id": event_id}, logged)
         return False
 
     async def for_case(self, *, case_id: str, client_id: str) -> list[DeliveryRecord]:

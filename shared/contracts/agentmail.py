@@ -105,13 +105,22 @@ class Transcript(Contract, frozen=True):
 WEBHOOK_SIGNATURE_HEADERS: Final = ("svix-id", "svix-timestamp", "svix-signature")
 
 
+# Webhook bodies up to this size travel inline in IngestWebhook (base64 in JSON grows them by a third, and NATS
+# carries at most 8 MB per message); larger ones go through the AGENTMAIL_INGRESS_BODIES object store bucket.
+INLINE_WEBHOOK_BODY_BYTES: Final = 4 * 1024 * 1024
+
+
 class IngestWebhook(Contract, frozen=True):
     """The gateway forwards AgentMail's webhook untouched: the exact body bytes and the svix-* headers.
     Replies Ok[WebhookAccepted] only after the event is stored and published; a bad or stale signature:
-    Err INVALID_REQUEST (the gateway answers 400)."""
+    Err INVALID_REQUEST (the gateway answers 400).
+
+    A body over INLINE_WEBHOOK_BODY_BYTES is not inline: `body` is empty and `body_object` names it in the
+    AGENTMAIL_INGRESS_BODIES object store, byte for byte as received."""
 
     body: bytes
     headers: dict[str, str]
+    body_object: str | None = None
 
 
 class WebhookAccepted(Contract, frozen=True):

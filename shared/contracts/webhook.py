@@ -53,7 +53,8 @@ class WebhookDelivery(Contract, frozen=True):
     timestamp: int
     state: DeliveryState
     next_attempt_at: Annotated[int | None, Meta(description="When the next attempt is due; null when finished.")]
-    attempts: list[DeliveryAttempt]
+    attempts: Annotated[list[DeliveryAttempt], Meta(description="The newest attempts (at most 50), oldest first.")]
+    attempt_count: Annotated[int, Meta(description="Every attempt made, including those no longer listed.")]
     data: CaseEventData
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import httpx
 
+from tests.e2e.test_metrics import scrape, total, value
 from tests.support.api import ExtraGateway, case_body, headers, new_client
 from tests.support.processes import Stack
 
@@ -34,3 +35,43 @@ async def test_the_sixth_request_in_a_burst_of_five_is_refused_with_the_envelope
             # Another key is not affected.
             other = new_client(stack)
             assert (await http.get("/cases", headers=headers(other["apiKey"]))).status_code == 200
+
+
+async def test_repeated_failed_authentication_from_one_address_is_429_before_any_lookup(stack: Stack) -> None:
+    known: dict[str, Any] = new_client(stack)
+    verify = {"subject": "auth.rpc.verify_key"}
+    with ExtraGateway(stack, {"RATE_LIMIT_FAILED_AUTH": "0.01/3"}, name="gateway-failed-auth") as gateway:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=15) as http:
+            # A key this gateway has verified keeps working from the same address throughout.
+            assert (await http.get("/usage", headers=headers(known["apiKey"]))).status_code == 200
+            guesses = [await http.get("/usage", headers=headers(f"cf_live_guess{n:040d}")) for n in range(3)]
+            assert [r.status_code for r in guesses] == [401, 401, 401]
+            lookups = total(await scrape(stack, "auth"), "caseflow_nats_messages_total", **verify)
+            throttled = [await http.get("/usage", headers=headers(f"cf_live_more{n:040d}")) for n in range(5)]
+            assert {r.status_code for r in throttled} == {429}
+            assert throttled[0].json()["error"]["code"] == "RATE_LIMITED"
+            assert int(throttled[0].headers["retry-after"]) >= 1
+            # No request without a key gets through either, and none of them cost auth a lookup.
+            assert (await http.get("/usage")).status_code == 429
+            assert total(await scrape(stack, "auth"), "caseflow_nats_messages_total", **verify) == lookups
+            assert (await http.get("/usage", headers=headers(known["apiKey"]))).status_code == 200
+
+
+async def test_repeated_bad_agentmail_signatures_from_one_address_are_429(stack: Stack) -> None:
+    with ExtraGateway(stack, {"RATE_LIMIT_FAILED_AUTH": "0.01/2"}, name="gateway-bad-signatures") as gateway:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=15) as http:
+            forged = {"svix-id": "msg_x", "svix-timestamp": "1", "svix-signature": "v1,Zm9yZ2Vk"}
+            answers = [await http.post("/webhooks/agentmail", content=b"{}", headers=forged) for _ in range(4)]
+            assert [r.status_code for r in answers] == [400, 400, 429, 429]
+            assert int(answers[-1].headers["retry-after"]) >= 1
+
+
+async def test_readyz_answers_from_a_short_cache_without_asking_every_service_each_time(stack: Stack) -> None:
+    health = {"subject": "auth.rpc.health", "outcome": "ok"}
+    with ExtraGateway(stack, {"READYZ_CACHE_SECONDS": "3600"}, name="gateway-readyz-cache") as gateway:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=15) as http:
+            assert (await http.get("/readyz")).status_code == 200
+            asked = value(await scrape(stack, "auth"), "caseflow_nats_messages_total", **health)
+            answers = [await http.get("/readyz") for _ in range(10)]
+            assert {r.status_code for r in answers} == {200}
+            assert value(await scrape(stack, "auth"), "caseflow_nats_messages_total", **health) == asked

@@ -16,16 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.auth import admin as admin_cli
 from services.auth.accounts import Accounts
+from services.auth.secrets import SecretCipher
 from services.auth.store import AuthStore
 from shared.contracts.auth import KEYS_CHANGED, KeysChanged
 from shared.messaging import create_broker
 from shared.mongo import Document
-from shared.settings import GatewaySettings, load_settings
+from shared.settings import AuthSettings, GatewaySettings, load_settings
 from shared.subjects import Service
+from tests.support.auth import TEST_CIPHER
 from tests.support.processes import ROOT, NatsServer, free_port, private_nats_server
 
 SECRET = "admin-cli-test-key-hash-secret"
@@ -37,6 +40,7 @@ SUBCOMMANDS = (
     "revoke-key",
     "set-plan",
     "rotate-webhook-secret",
+    "reencrypt-webhook-secrets",
     "list-clients",
 )
 
@@ -104,7 +108,7 @@ async def gateway_ears(nats_server: NatsServer) -> AsyncIterator[asyncio.Queue[K
 
 
 def accounts_on(db: AsyncDatabase[Document]) -> Accounts:
-    return Accounts(AuthStore(db), key_hash_secret=SECRET)
+    return Accounts(AuthStore(db, cipher=TEST_CIPHER), key_hash_secret=SECRET)
 
 
 async def test_create_client_prints_its_first_key_once_and_the_key_works(
@@ -189,7 +193,28 @@ async def test_rotate_webhook_secret_prints_the_new_secret_and_replaces_the_old(
     assert rotated["webhookSecret"] != created.webhook_secret
     stored = await mongo_db.clients.find_one({"_id": created.client_id})
     assert stored is not None
-    assert stored["webhookSecret"] == rotated["webhookSecret"]
+    # Stored encrypted, never as the secret itself.
+    assert rotated["webhookSecret"] not in repr(stored)
+    assert TEST_CIPHER.decrypt(stored["webhookSecret"]) == rotated["webhookSecret"]
+
+
+async def test_encryption_key_rotation__reencrypted_secrets_read_with_the_new_key_alone(
+    admin_env: dict[str, str], mongo_db: AsyncDatabase[Document]
+) -> None:
+    old_key, new_key = AuthSettings().webhook_secret_keys[0], Fernet.generate_key().decode()
+    created = await accounts_on(mongo_db).create_client(name="acme", plan="free")
+    # Only the old key: the new-key-only deployment cannot read the secret yet, and says so in one line.
+    new_only = {**admin_env, "WEBHOOK_SECRET_KEYS": new_key}
+    refused = await admin(new_only, "list-clients")
+    assert (refused.code, refused.stdout) == (1, "")
+    assert "WEBHOOK_SECRET_KEYS" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    # Rotation as documented: the new key first, re-encrypt, then drop the old key.
+    both = {**admin_env, "WEBHOOK_SECRET_KEYS": f"{new_key},{old_key}"}
+    assert (await admin(both, "reencrypt-webhook-secrets")).json() == {"reencrypted": 1}
+    [client] = await AuthStore(mongo_db, cipher=SecretCipher([new_key])).list_clients()
+    assert client.webhook_secret == created.webhook_secret
+    assert (await admin(new_only, "list-clients")).json()[0]["clientId"] == created.client_id
 
 
 async def test_list_clients_shows_plans_and_key_states_but_no_secrets(
@@ -319,9 +344,10 @@ async def test_no_plaintext_api_key_is_stored_anywhere_in_the_database(
             stored_text.append(repr(document))
     everything = "\n".join(stored_text)
 
-    # The scan sees what is stored: the webhook secrets (kept readable to sign) and every key id are there.
+    # The scan sees what is stored: every key id is there, the webhook secrets only encrypted.
     for entry in created:
-        assert entry["webhookSecret"] in everything
+        assert entry["webhookSecret"] not in everything
+        assert entry["webhookSecret"].removeprefix("whsec_")[:16] not in everything
     for entry in created + issued:
         assert entry["keyId"] in everything
     for body in key_bodies:

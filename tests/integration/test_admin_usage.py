@@ -32,6 +32,7 @@ from shared.settings import BillingSettings, load_settings
 from shared.subjects import Service
 from tests.integration.test_admin_cli import SECRET, admin
 from tests.integration.test_billing_service import SettableClock
+from tests.support.auth import TEST_CIPHER
 from tests.support.processes import NatsServer, free_port, private_nats_server
 
 PLANS = "tiny:10,free:100,unlimited:0"
@@ -82,7 +83,7 @@ async def use_units(billing: NatsBroker, client: NewClient, plan: str, count: in
 
 
 def accounts_on(db: AsyncDatabase[Document]) -> Accounts:
-    return Accounts(AuthStore(db), key_hash_secret=SECRET)
+    return Accounts(AuthStore(db, cipher=TEST_CIPHER), key_hash_secret=SECRET)
 
 
 def table_rows(text: str) -> list[dict[str, str]]:

@@ -8,6 +8,7 @@ nats-server so that no other adapter (the e2e stack's) answers its requests or p
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -21,14 +22,23 @@ import pytest
 import uvicorn
 from fast_depends.msgspec import MsgSpecSerializer
 from faststream.nats import NatsBroker
+from nats.js.errors import NotFoundError
 from pymongo.asynchronous.database import AsyncDatabase
 from svix.webhooks import Webhook
 
 from services.agentmail_adapter.client import AgentMailClient
-from services.agentmail_adapter.handlers import register_handlers
-from services.agentmail_adapter.store import INBOUND_EVENTS, INDEXES, MESSAGES, MessageStore, StoredMessage
+from services.agentmail_adapter.handlers import INBOUND_TEXT_LIMIT_CHARS, register_handlers
+from services.agentmail_adapter.store import (
+    HANDLED_EVENT_TTL,
+    INBOUND_EVENTS,
+    INDEXES,
+    MESSAGES,
+    MessageStore,
+    StoredMessage,
+)
 from services.agentmail_adapter.webhooks import WebhookVerifier
 from services.gateway.app import create_app
+from shared.blobs import object_bucket
 from shared.contracts.agentmail import (
     ATTACHMENT_LINK,
     DELIVERY_EVENT,
@@ -52,7 +62,7 @@ from shared.errors import ErrorCode, ServiceError
 from shared.messaging import create_broker, ensure_streams, request
 from shared.mongo import Document, ensure_indexes
 from shared.settings import AgentMailSettings, GatewaySettings, load_settings
-from shared.subjects import AGENTMAIL_EVENTS, Service
+from shared.subjects import AGENTMAIL_EVENTS, AGENTMAIL_INGRESS_BODIES, Service
 from tests.support.processes import NatsServer, Simulator, free_port
 from tests.support.simulator import (
     INBOX,
@@ -420,6 +430,15 @@ async def test_a_crash_after_storing_or_after_publishing_still_ends_with_exactly
     assert again.json()["data"]["duplicate"] is False
     assert len(await events_for(client, event_id)) == 1
     assert await mongo_db[INBOUND_EVENTS].count_documents({"_id": event_id}) == 1
+    # The dedupe record expires on its own (TTL index), a week after it was handled.
+    handled = await mongo_db[INBOUND_EVENTS].find_one({"_id": event_id})
+    assert handled is not None
+    assert (
+        handled["expiresAt"] - dt.datetime.fromtimestamp(handled["handledAt"] / 1000, dt.UTC).replace(tzinfo=None)
+        == HANDLED_EVENT_TTL
+    )
+    ttl = {index["name"]: index for index in await (await mongo_db[INBOUND_EVENTS].list_indexes()).to_list(None)}
+    assert ttl["expires_ttl"]["expireAfterSeconds"] == 0
 
 
 async def test_a_webhook_without_the_body_makes_the_adapter_fetch_the_message(
@@ -455,3 +474,30 @@ async def test_other_event_types_are_acknowledged_and_not_published(
     response = await gateway.post("/webhooks/agentmail", content=body, headers=signed(body))
     assert response.json() == {"ok": True, "data": {"eventId": "evt-domain", "duplicate": False}}
     assert await events_for(client, "evt-domain") == []
+
+
+async def test_a_genuine_webhook_too_large_for_nats_is_accepted_at_once_and_its_text_stored_bounded(
+    adapter: MessageStore, client: NatsBroker, sim: SimulatorControl, gateway: httpx.AsyncClient
+) -> None:
+    # ~3 MB of text, in the body twice (text and extracted_text): over the clients' 1 MiB limit and over what one
+    # NATS message carries inline, so it travels through the object store.
+    text = "word " * 600_000
+    injected = await sim.inject(from_="huge@example.com", text=text)
+    [event] = await eventually(lambda: events_for(client, injected["event_id"]), what="MessageReceived", timeout=30)
+    assert event.text.startswith("word word")
+    assert event.text.endswith(f"message {event.message_id}.]")
+    assert "Caseflow kept the first" in event.text
+    assert len(event.text) < INBOUND_TEXT_LIMIT_CHARS + 200
+    stored = await adapter.find(event.message_id)
+    assert stored is not None
+    assert stored.text == event.text
+    # AgentMail's first delivery was accepted (never a 413 to be retried until it gives up).
+    [delivery] = await sim.deliveries(injected["event_id"])
+    assert [attempt["status"] for attempt in delivery["attempts"]] == [200]
+    # The body handed over through the object store is gone once the adapter answered.
+    bodies = await object_bucket(client, AGENTMAIL_INGRESS_BODIES)
+    try:
+        remaining = [info.name for info in await bodies.list(ignore_deletes=True)]
+    except NotFoundError:  # nats-py's answer for an empty bucket
+        remaining = []
+    assert remaining == []

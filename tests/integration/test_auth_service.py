@@ -30,6 +30,7 @@ from shared.messaging import create_broker, request
 from shared.mongo import Document, ensure_indexes
 from shared.settings import AuthSettings, load_settings
 from shared.subjects import Service
+from tests.support.auth import TEST_CIPHER
 from tests.support.processes import NatsServer, private_nats_server
 
 SECRET = "integration-test-key-hash-secret"
@@ -47,7 +48,7 @@ async def accounts(nats_server: NatsServer, mongo_db: AsyncDatabase[Document]) -
     """The auth service's handlers running on the test database; yields the admin operations on it."""
     settings = load_settings(AuthSettings, {"NATS_URL": nats_server.url, "KEY_HASH_SECRET": SECRET})
     broker = create_broker(settings, Service.AUTH)
-    store = AuthStore(mongo_db)
+    store = AuthStore(mongo_db, cipher=TEST_CIPHER)
     await ensure_indexes(mongo_db, INDEXES)
     register_auth_handlers(broker, store, key_hash_secret=settings.key_hash_secret)
     await broker.start()
@@ -128,9 +129,9 @@ async def test_keys_of_a_client_that_no_longer_exists_are_unauthorized(
 async def test_a_key_hashed_under_another_secret_is_unknown(
     accounts: Accounts, raw_broker: NatsBroker, mongo_db: AsyncDatabase[Document]
 ) -> None:
-    other = await Accounts(AuthStore(mongo_db), key_hash_secret="another-deployment-secret").create_client(
-        name="elsewhere", plan="free"
-    )
+    other = await Accounts(
+        AuthStore(mongo_db, cipher=TEST_CIPHER), key_hash_secret="another-deployment-secret"
+    ).create_client(name="elsewhere", plan="free")
     assert await mongo_db[API_KEYS].count_documents({"_id": other.key_id}) == 1
     assert await refusal(raw_broker, other.api_key) is ErrorCode.UNAUTHORIZED
 

@@ -246,3 +246,19 @@ async def test_pull_and_decrement_apply_only_when_the_array_holds_the_value(
     assert (await mongo_db.usage.update_one({"_id": "u", "reservations": "r1"}, release)).modified_count == 1
     assert (await mongo_db.usage.update_one({"_id": "u", "reservations": "r1"}, release)).modified_count == 0
     assert await mongo_db.usage.find_one({"_id": "u"}) == {"_id": "u", "used": 1, "reservations": ["r2"]}
+
+
+async def test_push_each_slice_keeps_only_the_newest_entries_and_inc_counts_all(
+    mongo_db: AsyncDatabase[Document],
+) -> None:
+    await mongo_db.deliveries.insert_one({"_id": "capped", "attempts": [], "attemptCount": 0})
+    for n in range(7):
+        await mongo_db.deliveries.update_one(
+            {"_id": "capped"},
+            {"$push": {"attempts": {"$each": [{"n": n}], "$slice": -3}}, "$inc": {"attemptCount": 1}},
+        )
+    assert await mongo_db.deliveries.find_one({"_id": "capped"}) == {
+        "_id": "capped",
+        "attempts": [{"n": 4}, {"n": 5}, {"n": 6}],
+        "attemptCount": 7,
+    }

@@ -202,7 +202,7 @@ async def test_non_2xx_and_timeouts_are_retried_on_the_schedule_until_a_2xx(hook
     assert statuses(record) == [500, None, 503, 204]
     assert [a["error"] for a in record["attempts"]] == [
         "HTTP 500: not a 2xx response",
-        "no response within 1 s",
+        "timeout",
         "HTTP 503: not a 2xx response",
         None,
     ]
@@ -227,7 +227,8 @@ async def test_an_unreachable_endpoint_is_retried_until_the_schedule_runs_out(ho
     assert record["state"] == "failed"
     assert record["nextAttemptAt"] is None
     assert statuses(record) == [None, None, None]
-    assert all(a["error"].startswith("ConnectError") for a in record["attempts"])
+    # The client's log says what it may know; the refused port is not echoed back.
+    assert {a["error"] for a in record["attempts"]} == {"connection failed"}
 
 
 async def test_410_gone_stops_retrying(hooks: Harness) -> None:
@@ -371,7 +372,7 @@ async def test_a_burst_of_100_events_survives_a_kill_and_each_arrives_at_least_o
 
 
 async def test_private_destinations_are_refused_recorded_and_never_called(hooks: Harness) -> None:
-    await hooks.start_service(WEBHOOK_ALLOW_PRIVATE="false")
+    service = await hooks.start_service(WEBHOOK_ALLOW_PRIVATE="false")
     receiver = hooks.receivers.open()
     port = receiver.port
     refused = {
@@ -390,13 +391,20 @@ async def test_private_destinations_are_refused_recorded_and_never_called(hooks:
     events: dict[str, CaseEvent] = {url: hooks.event(url) for url in refused}
     await hooks.publish(list(events.values()))
 
-    outcomes: dict[str, tuple[str, list[int | None], bool]] = {}
+    outcomes: dict[str, tuple[str, list[int | None], str]] = {}
     for url, event in events.items():
         record = await hooks.settled(event.event_id)
         [attempt] = record["attempts"]
-        error = attempt["error"]
-        outcomes[url] = (record["state"], statuses(record), error.startswith(f"destination refused: {refused[url]}"))
-    assert outcomes == {url: ("failed", [None], True) for url in refused}
-    localhost = (await hooks.settled(events[f"http://localhost:{port}/hook"].event_id))["attempts"][0]["error"]
-    assert "a loopback address" in localhost
+        outcomes[url] = (record["state"], statuses(record), attempt["error"])
+    # The client's delivery log never names the resolved address (it could map the internal network with it)...
+    assert outcomes == {url: ("failed", [None], "destination not allowed or not resolvable") for url in refused}
+    # ...while the service's own log keeps the reason for the operator.
+    details: dict[str, str] = {
+        str(line["event_id"]): str(line.get("detail") or "")
+        for line in service.process.json_log_lines()
+        if line.get("msg") == "webhook attempt recorded"
+    }
+    for url, event in events.items():
+        assert details[event.event_id].startswith(f"destination refused: {refused[url]}"), (url, details)
+    assert "a loopback address" in details[events[f"http://localhost:{port}/hook"].event_id]
     assert receiver.received == []

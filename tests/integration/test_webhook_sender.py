@@ -87,8 +87,9 @@ async def test_https_is_verified_against_the_url_hostname_while_pinned(receivers
     # Same address, another name: the certificate does not match it, so nothing is sent.
     wrong = await send(receiver.url(host="other.caseflow.test"), counting_resolver(answers, []), verify=trust)
     assert wrong.status is None
-    assert wrong.error is not None
-    assert "Hostname mismatch" in wrong.error
+    assert wrong.error == "connection failed"
+    assert wrong.detail is not None
+    assert "Hostname mismatch" in wrong.detail
     assert len(receiver.received) == 1
 
 
@@ -103,11 +104,12 @@ async def test_a_redirect_is_reported_and_not_followed(receivers: Receivers) -> 
 async def test_timeouts_and_refused_connections_are_errors_with_a_latency(receivers: Receivers) -> None:
     slow = receivers.open(default=Reply(200, delay_seconds=3))
     timed_out = await send(slow.url(), counting_resolver({}, []), timeout=0.5)
-    assert (timed_out.status, timed_out.error) == (None, "no response within 0.5 s")
+    assert (timed_out.status, timed_out.error, timed_out.detail) == (None, "timeout", "no response within 0.5 s")
     assert timed_out.latency_ms >= 500
 
     refused = await send(f"http://127.0.0.1:{free_port()}/hook", counting_resolver({}, []))
     assert refused.status is None
-    assert refused.error is not None
-    assert refused.error.startswith("ConnectError")
+    assert refused.error == "connection failed"
+    assert refused.detail is not None
+    assert refused.detail.startswith("ConnectError")
     assert refused.refused is False  # a network failure is retried; only the SSRF guard refuses for good

@@ -7,7 +7,8 @@ from shared.failures import DependencyProblems, Misconfigured, Terminal, Transie
 
 
 def _gauge(dependency: str) -> float:
-    return metrics.DEPENDENCY_MISCONFIGURED.labels(dependency=dependency)._value.get()
+    value: float = metrics.DEPENDENCY_MISCONFIGURED.labels(dependency=dependency)._value.get()
+    return value
 
 
 def test_reported_problem__listed_and_counted_until_cleared() -> None:

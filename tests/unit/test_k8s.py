@@ -95,7 +95,8 @@ def test_every_setting_the_service_reads_is_provided_and_parses_in_production(
     assert read == set(config) | set(secrets), f"missing {read - set(config) - set(secrets)}"
     assert not set(config) & set(secrets)
     # The ConfigMap's values, with stand-ins for the Secrets, are valid production settings.
-    stand_ins = {name: "whsec_" + "QUJD" * 16 if "WEBHOOK_SECRET" in name else "s" * 40 for name in secrets}
+    special = {"AGENTMAIL_WEBHOOK_SECRET": "whsec_" + "QUJD" * 16, "WEBHOOK_SECRET_KEYS": "QUJD" * 10 + "QUI="}
+    stand_ins = {name: special.get(name, "s" * 40) for name in secrets}
     settings = load_settings(cls, {**config, **stand_ins})
     assert settings.caseflow_env == "production"
     assert settings.stream_replicas == 3

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from shared.settings import (
@@ -55,7 +57,13 @@ def test_follow_up_hour_seconds_is_read_from_the_environment() -> None:
         (CaseSettings, "AGENT_BACKEND", "magic"),
         (CaseSettings, "FOLLOW_UP_HOUR_SECONDS", "-1"),
         (AgentMailSettings, "AGENTMAIL_WEBHOOK_SECRET", "not-a-whsec"),
+        # An empty or short HMAC key would make every signature forgeable.
+        (AgentMailSettings, "AGENTMAIL_WEBHOOK_SECRET", "whsec_"),
+        (AgentMailSettings, "AGENTMAIL_WEBHOOK_SECRET", "whsec_" + base64.b64encode(b"x" * 23).decode()),
+        (AgentMailSettings, "AGENTMAIL_WEBHOOK_SECRET", "whsec_not*base64"),
         (WebhookSettings, "WEBHOOK_ALLOW_PRIVATE", "perhaps"),
+        (GatewaySettings, "TRUSTED_PROXIES", "10.0.0.0/8,not-a-network"),
+        (GatewaySettings, "RATE_LIMIT_FAILED_AUTH", "lots"),
         (AuthSettings, "KEY_HASH_SECRET", "short"),
     ],
 )
@@ -64,6 +72,11 @@ def test_bad_value_names_the_variable(cls: type, variable: str, value: str) -> N
         load_settings(cls, {variable: value})
     assert caught.value.variable == variable
     assert variable in str(caught.value)
+
+
+def test_webhook_signing_secret_of_24_bytes_is_accepted() -> None:
+    secret = "whsec_" + base64.b64encode(b"k" * 24).decode()
+    assert load_settings(AgentMailSettings, {"AGENTMAIL_WEBHOOK_SECRET": secret}).agentmail_webhook_secret == secret
 
 
 def test_production_refuses_development_secrets() -> None:

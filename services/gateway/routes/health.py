@@ -79,7 +79,7 @@ async def readiness(gateway: GatewayContext) -> Readiness:
     responses={503: ResponseSpec(data_container=ErrorEnvelope, description="Not ready")},
 )
 async def readyz(gateway: NamedDependency[GatewayContext]) -> DataEnvelope[Readiness]:
-    report = await readiness(gateway)
+    report: Readiness = await gateway.readiness.get(lambda: readiness(gateway))
     if report.status != "ready":
         down = sorted(name for name, state in report.components.items() if state != "ok")
         raise ServiceError(
