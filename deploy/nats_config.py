@@ -99,7 +99,9 @@ def object_store_api(buckets: Iterable[ObjectBucket]) -> list[str]:
     """What nats-py's object store does with a bucket: create or look up its stream `OBJ_<bucket>`, publish
     chunks and metadata under `$O.<bucket>.`, read metadata, read chunks through an ordered consumer (with flow
     control), purge what it replaces or deletes."""
-    allowed: list[str] = []
+    buckets = list(buckets)
+    # nats-py's ordered consumer looks the chunk subject's stream up by name (it lists names, reads nothing).
+    allowed: list[str] = ["$JS.API.STREAM.NAMES"] if buckets else []
     for bucket in buckets:
         stream = f"OBJ_{bucket.name}"
         allowed += [f"$O.{bucket.name}.>"]
