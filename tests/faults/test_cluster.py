@@ -24,10 +24,11 @@ from typing import Any
 
 import httpx
 import nats
+import nats.errors
 import pytest
 from nats.js.api import StreamConfig
 
-from shared.subjects import CASE_COMMANDS
+from shared.subjects import ALL_STREAMS, CASE_COMMANDS
 from tests.faults.conftest import silent_case
 from tests.support.api import headers, new_client
 from tests.support.processes import (
@@ -76,6 +77,31 @@ async def wait_for_jetstream(urls: list[str], *, timeout: float = 60.0) -> None:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.5)
+
+
+async def _replicas_current(js: Any, stream: str) -> bool:
+    try:
+        info = await js.stream_info(stream)
+    except nats.errors.Error:
+        return False  # no leader to answer yet
+    cluster = info.cluster
+    replicas = (cluster.replicas or []) if cluster is not None else []
+    return cluster is not None and bool(cluster.leader) and len(replicas) == 2 and all(r.current for r in replicas)
+
+
+async def wait_for_current_replicas(urls: list[str], *, timeout: float = 180.0) -> None:
+    """Until every Caseflow stream has a leader and all its replicas have caught up: a node that just came
+    back must be current before another may go, or the streams lose their quorum of two."""
+    deadline = time.monotonic() + timeout
+    connection = await nats.connect(urls, connect_timeout=2)
+    try:
+        js = connection.jetstream(timeout=2)
+        for stream in ALL_STREAMS:
+            while not await _replicas_current(js, stream.name):
+                assert time.monotonic() < deadline, f"{stream.name} has no current replicas"
+                await asyncio.sleep(0.5)
+    finally:
+        await connection.close()
 
 
 @pytest.fixture(scope="module")
@@ -300,6 +326,7 @@ async def test_killing_the_case_commands_leader_during_200_creates_loses_no_case
     finally:
         cluster.nodes[leader].start()
         await wait_for_jetstream([node.url for node in cluster.nodes.values()])
+        await wait_for_current_replicas([node.url for node in cluster.nodes.values()])
 
 
 async def restart_replica(cluster: ClusterStack, name: str) -> None:
@@ -309,9 +336,10 @@ async def restart_replica(cluster: ClusterStack, name: str) -> None:
     process.start()
     if name.startswith("gateway"):
         url = cluster.gateway_urls[name]
-        await asyncio.to_thread(wait_for_port, int(url.rsplit(":", 1)[1]), timeout=60)
+        await asyncio.to_thread(wait_for_port, int(url.rsplit(":", 1)[1]), timeout=180)
         return
-    deadline = time.monotonic() + 60
+    # Generous: on a shared two-core machine a replica's start under load has taken over a minute.
+    deadline = time.monotonic() + 180
     while process.log_text().count("FastStream app started") <= started_before:
         assert process.running, f"{name} exited:\n{process.log_text()[-3000:]}"
         assert time.monotonic() < deadline, f"{name} did not start again"
@@ -374,7 +402,8 @@ async def test_a_stream_with_spread_replicas_serves_reads_and_writes_with_a_node
         await js.publish(f"{subject}.{index}", str(index).encode(), stream=name)
     await connection.close()
 
-    # Take down the stream's leader: the worst node to lose.
+    # Take down the stream's leader, the worst node to lose, once every replica has caught up.
+    await wait_for_current_replicas(cluster.test_client_url())
     down = info.cluster.leader
     assert down is not None
     cluster.nodes[down].stop()
@@ -409,3 +438,4 @@ async def test_a_stream_with_spread_replicas_serves_reads_and_writes_with_a_node
     finally:
         cluster.nodes[down].start()
         await wait_for_jetstream([node.url for node in cluster.nodes.values()])
+        await wait_for_current_replicas([node.url for node in cluster.nodes.values()])
