@@ -11,9 +11,10 @@ Design decisions a reader must know:
 - NATS and MongoDB are not written here: NATS is the official Helm chart (deploy/k8s/nats/values.yaml, from
   deploy/nats_config.py), MongoDB a replica set of the MongoDB Community operator (deploy/k8s/mongodb/). The
   services read MONGO_URL from the Secret the operator generates for the `caseflow` user.
-- Resources come from measured resident memory (README, Scaling out): each Python service sat at 65-75 MiB
-  after load on the local cluster, so requests are 128 MiB with a 256 MiB limit (the case service, which holds
-  transcripts and model answers, 192/384 MiB). CPU has requests (what the HPA scales on) and no limit.
+- Resources come from measured resident memory (README, Scaling out): each Python service sat at 55-71 MiB on
+  the three-node test cluster during 200 creates and a node kill, so requests are 128 MiB with a 256 MiB limit
+  (the case service, which holds transcripts and model answers, 192/384 MiB). CPU has requests (what the HPA
+  scales on) and no limit.
 """
 
 from __future__ import annotations
