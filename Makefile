@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help install run status test test-faults test-browser soak demo bench lint format docs up down lock clean
+.PHONY: help install run run-cluster status test test-faults test-browser soak demo bench lint format docs up down lock clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ install: $(STAMP)  ## create .venv and install the locked dependencies
 
 run: $(STAMP)  ## start NATS, embedded MongoDB and every service, supervised (Ctrl-C stops all)
 	exec $(BIN)/python -m deploy.local_stack
+
+run-cluster: $(STAMP)  ## the same with a three-node NATS cluster, two replicas of every service, two gateways
+	exec $(BIN)/python -m deploy.local_stack cluster
 
 status: $(STAMP)  ## which processes of a running `make run` are up (supervisorctl status)
 	@$(BIN)/python -m deploy.local_stack status

@@ -1,6 +1,9 @@
 """`make run`: the whole stack on one machine with embedded defaults, supervised by supervisord.
 
     python -m deploy.local_stack          prepare .data/, check ports, then exec supervisord (foreground)
+    python -m deploy.local_stack cluster  `make run-cluster`: the same with a three-node NATS cluster, three
+                                          replicas of every stream, two replicas of every service and two
+                                          gateways (deploy/supervisord-cluster.conf), data in .data/cluster/
     python -m deploy.local_stack announce wait until the gateway is ready, print how to use it and the
                                           development client's API key (created once, see DEV_CLIENT)
 
@@ -25,6 +28,7 @@ import httpx
 import msgspec
 from pymongo.errors import PyMongoError
 
+from deploy import nats_config
 from services.auth.accounts import Accounts, NewClient
 from services.auth.secrets import SecretCipher
 from services.auth.store import AuthStore
@@ -57,8 +61,35 @@ def _port_in_use(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def local_environment(environ: dict[str, str]) -> dict[str, str]:
+# `make run-cluster`: the other two NATS nodes' client ports, the three nodes' route ports, the second gateway.
+CLUSTER_PORTS: Final = {
+    "LOCAL_NATS_PORT_2": 4223,
+    "LOCAL_NATS_PORT_3": 4224,
+    "LOCAL_NATS_ROUTE_PORT_1": 6222,
+    "LOCAL_NATS_ROUTE_PORT_2": 6223,
+    "LOCAL_NATS_ROUTE_PORT_3": 6224,
+    "LOCAL_GATEWAY_PORT_2": 8001,
+}
+CLUSTER_CONF: Final = ROOT / "deploy" / "supervisord-cluster.conf"
+SINGLE_CONF: Final = ROOT / "deploy" / "supervisord.conf"
+
+
+def local_environment(environ: dict[str, str], *, cluster: bool = False) -> dict[str, str]:
     env = dict(environ)
+    data = DATA / "cluster" if cluster else DATA
+    if cluster:
+        for name, port in CLUSTER_PORTS.items():
+            env.setdefault(name, str(port))
+        env.setdefault("LOCAL_NATS_PORT", "4222")
+        # Clients know every node from the start, so they reach whichever is up.
+        env.setdefault(
+            "NATS_URL",
+            ",".join(
+                f"nats://127.0.0.1:{env[name]}"
+                for name in ("LOCAL_NATS_PORT", "LOCAL_NATS_PORT_2", "LOCAL_NATS_PORT_3")
+            ),
+        )
+        env.setdefault("STREAM_REPLICAS", "3")
     env.setdefault("LOCAL_NATS_PORT", "4222")
     env.setdefault("LOCAL_MONGO_PORT", "27017")
     env.setdefault("GATEWAY_PORT", "8000")
@@ -71,31 +102,31 @@ def local_environment(environ: dict[str, str]) -> dict[str, str]:
     env.setdefault("WEBHOOK_ALLOW_PRIVATE", "true")
     for service, port in METRICS_PORTS.items():
         env.setdefault(metrics_port_variable(service), str(port))
+    # nats-server's users (deploy/nats.conf) with their development passwords, which the services derive too.
+    for variable, password in nats_config.local_environment().items():
+        env.setdefault(variable, password)
     env["CASEFLOW_ROOT"] = str(ROOT)
-    env["CASEFLOW_DATA"] = str(DATA)
+    env["CASEFLOW_DATA"] = str(data)
     env["CASEFLOW_BIN"] = str(Path(sys.executable).parent)
     return env
 
 
-def run() -> None:
-    env = local_environment(dict(os.environ))
-    busy = [
-        f"{name}={env[name]}"
-        for name in (
-            "LOCAL_NATS_PORT",
-            "LOCAL_MONGO_PORT",
-            "GATEWAY_PORT",
-            "AGENTMAIL_SIM_PORT",
-            *(metrics_port_variable(service) for service in METRICS_PORTS),
-        )
-        if _port_in_use(int(env[name]))
-    ]
+def run(*, cluster: bool = False) -> None:
+    env = local_environment(dict(os.environ), cluster=cluster)
+    ports = ["LOCAL_NATS_PORT", "LOCAL_MONGO_PORT", "GATEWAY_PORT", "AGENTMAIL_SIM_PORT"]
+    # The cluster's replicas run without metrics exporters (see supervisord-cluster.conf).
+    ports += list(CLUSTER_PORTS) if cluster else [metrics_port_variable(service) for service in METRICS_PORTS]
+    busy = [f"{name}={env[name]}" for name in ports if _port_in_use(int(env[name]))]
+    command = "make run-cluster" if cluster else "make run"
     if busy:
-        sys.exit(f"make run: port already in use ({', '.join(busy)}); stop the other process or set another port.")
-    for sub in ("nats", "mongo", "logs"):
-        (DATA / sub).mkdir(parents=True, exist_ok=True)
+        sys.exit(f"{command}: port already in use ({', '.join(busy)}); stop the other process or set another port.")
+    data = Path(env["CASEFLOW_DATA"])
+    for sub in ("nats-1", "nats-2", "nats-3") if cluster else ("nats",):
+        (data / sub).mkdir(parents=True, exist_ok=True)
+    for sub in ("mongo", "logs"):
+        (data / sub).mkdir(parents=True, exist_ok=True)
     supervisord = str(Path(sys.executable).parent / "supervisord")
-    conf = str(ROOT / "deploy" / "supervisord.conf")
+    conf = str(CLUSTER_CONF if cluster else SINGLE_CONF)
     # Replace this process so signals from make or the terminal reach supervisord directly.
     os.execve(supervisord, [supervisord, "--nodaemon", "--configuration", conf], env)  # noqa: S606
 
@@ -124,17 +155,24 @@ def announce(timeout_seconds: float = 120.0) -> None:
         ]
     except PyMongoError as exc:
         credentials = [f"  API key:  unavailable (could not create the development client: {type(exc).__name__})"]
-    banner = [
-        "",
-        "  Caseflow is ready.",
-        f"  Gateway:  {url}",
-        f"  API docs: {url}/schema",
+    second_gateway = os.environ.get("LOCAL_GATEWAY_PORT_2")
+    metrics_line = (
         "  Metrics:  "
         + ", ".join(
             f"{service} :{os.environ.get(metrics_port_variable(service), port)}"
             for service, port in METRICS_PORTS.items()
         )
-        + " (GET /metrics)",
+        + " (GET /metrics)"
+    )
+    banner = [
+        "",
+        "  Caseflow is ready."
+        if not second_gateway
+        else "  Caseflow is ready (three NATS nodes, two replicas of each service).",
+        f"  Gateway:  {url}" + (f" and http://127.0.0.1:{second_gateway}" if second_gateway else ""),
+        f"  API docs: {url}/schema",
+        # The cluster's replicas run without exporters (supervisord-cluster.conf).
+        *([] if second_gateway else [metrics_line]),
         *credentials,
         f"  Data:     {DATA}",
         "  Stop with Ctrl-C.",
@@ -180,10 +218,12 @@ async def _usable_or_new_dev_client(saved: NewClient | None) -> NewClient:
 
 
 def status() -> None:
-    """`make status`: what supervisord says about each process of a running `make run`."""
-    env = local_environment(dict(os.environ))
+    """`make status`: what supervisord says about each process of a running `make run` (or `make run-cluster`,
+    when its socket is there)."""
+    cluster = (DATA / "cluster" / "supervisor.sock").exists()
+    env = local_environment(dict(os.environ), cluster=cluster)
     supervisorctl = str(Path(sys.executable).parent / "supervisorctl")
-    conf = str(ROOT / "deploy" / "supervisord.conf")
+    conf = str(CLUSTER_CONF if cluster else SINGLE_CONF)
     # supervisorctl exits non-zero when a program is not RUNNING (e.g. the one-shot `announce`): report, not fail.
     result = subprocess.run([supervisorctl, "--configuration", conf, "status"], env=env, check=False)
     if result.returncode not in (0, 3):
@@ -195,7 +235,9 @@ if __name__ == "__main__":
         announce()
     elif sys.argv[1:] == ["status"]:
         status()
+    elif sys.argv[1:] == ["cluster"]:
+        run(cluster=True)
     elif sys.argv[1:]:
-        sys.exit(f"usage: python -m deploy.local_stack [announce|status]; got {' '.join(sys.argv[1:])}")
+        sys.exit(f"usage: python -m deploy.local_stack [cluster|announce|status]; got {' '.join(sys.argv[1:])}")
     else:
         run()

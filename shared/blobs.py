@@ -11,11 +11,14 @@ from nats.js.api import ObjectStoreConfig, StorageType
 from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.object_store import ObjectStore
 
+from shared.messaging import stream_replicas
 from shared.subjects import ObjectBucket
 
 
-async def object_bucket(broker: NatsBroker, bucket: ObjectBucket, *, replicas: int = 1) -> ObjectStore:
-    """The bucket, created with its TTL when it does not exist yet."""
+async def object_bucket(broker: NatsBroker, bucket: ObjectBucket, *, replicas: int | None = None) -> ObjectStore:
+    """The bucket, created with its TTL when it does not exist yet (with STREAM_REPLICAS replicas by default,
+    like every stream, so a NATS node's death loses no body)."""
+    replicas = stream_replicas(broker) if replicas is None else replicas
     js = broker.connection.jetstream()
     try:
         return await js.object_store(bucket.name)

@@ -20,6 +20,7 @@ import asyncio
 import functools
 import logging
 import time
+import urllib.parse
 import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -28,11 +29,13 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 import msgspec
 import nats.errors
+import nats.js.errors
 from fast_depends.msgspec import MsgSpecSerializer
 from faststream import AckPolicy
 from faststream.exceptions import HandlerException, IncorrectState, NackMessage, RejectMessage
 from faststream.middlewares import BaseMiddleware
 from faststream.nats import JStream, NatsBroker, PullSub
+from faststream.security import SASLPlaintext
 from nats.aio.client import DEFAULT_INBOX_PREFIX
 from nats.aio.client import Client as NatsClient
 from nats.js.api import ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
@@ -45,7 +48,7 @@ from shared.errors import ERROR_SPECS, ErrorCode, ServiceError
 from shared.failures import DependencyFailure, FailureKind
 from shared.logs import handled_subject_var, request_id_var
 from shared.mongo import database_unavailable
-from shared.settings import CommonSettings
+from shared.settings import CommonSettings, dev_nats_password
 from shared.subjects import (
     DEADLINE_HEADER,
     MSG_ID_HEADER,
@@ -72,6 +75,21 @@ log = logging.getLogger("caseflow.messaging")
 
 # Replies to this process's requests arrive on `_INBOX.<token>.<n>` (nats-py's default; create_broker keeps it).
 REPLY_INBOX_PREFIX: Final = DEFAULT_INBOX_PREFIX.decode() + "."
+
+
+def broker_unavailable(exc: BaseException) -> bool:
+    """NATS or a JetStream stream cannot take a message right now: the connection is down, or a stream is
+    electing a new leader after a node died (no responder, no stream response, a timeout). The caller may
+    retry, so the reply is SERVICE_UNAVAILABLE (503), not INTERNAL_ERROR (found by the cluster fault tests)."""
+    return isinstance(
+        exc,
+        nats.js.errors.NoStreamResponseError
+        | nats.js.errors.ServiceUnavailableError
+        | nats.errors.NoRespondersError
+        | nats.errors.TimeoutError
+        | nats.errors.ConnectionClosedError
+        | nats.errors.OutboundBufferLimitError,
+    )
 
 
 class PermanentFailure(Exception):
@@ -362,10 +380,34 @@ def retry_policy(settings: CommonSettings) -> RetryPolicy:
     )
 
 
+def nats_servers(nats_url: str) -> list[str]:
+    """NATS_URL as nats-py wants it: a cluster is given as a comma-separated list of server URLs, all of which a
+    client knows from the start, so it connects (and reconnects) to whichever node is up."""
+    return [server.strip() for server in nats_url.split(",") if server.strip()]
+
+
+def nats_credentials(settings: CommonSettings, default_user: str) -> tuple[str, str]:
+    """(user, password) this process connects with: NATS_USER/NATS_PASSWORD, else `default_user` (the service's
+    name) with its development password (deploy/nats_config.py gives nats-server the same)."""
+    user = settings.nats_user or default_user
+    return user, settings.nats_password or dev_nats_password(user)
+
+
+def nats_connect_options(settings: CommonSettings, default_user: str) -> dict[str, Any]:
+    """Servers and credentials for nats-py's connect (and FastStream's NatsBroker). Credentials written into
+    NATS_URL itself (`nats://user:password@host:4222`, the tests' own user) win over NATS_USER/NATS_PASSWORD."""
+    servers = nats_servers(settings.nats_url)
+    if any(urllib.parse.urlsplit(server).username for server in servers):
+        return {"servers": servers}
+    user, password = nats_credentials(settings, default_user)
+    return {"servers": servers, "user": user, "password": password}
+
+
 def create_broker(settings: CommonSettings, service: Service) -> NatsBroker:
+    options = nats_connect_options(settings, str(service))
     broker = NatsBroker(
-        # A cluster is given as a comma-separated list of server URLs.
-        [server.strip() for server in settings.nats_url.split(",") if server.strip()],
+        options["servers"],
+        security=SASLPlaintext(options["user"], options["password"]) if "user" in options else None,
         name=f"caseflow-{service}",
         serializer=MsgSpecSerializer(),
         graceful_timeout=settings.shutdown_grace_seconds,
@@ -382,6 +424,7 @@ def create_broker(settings: CommonSettings, service: Service) -> NatsBroker:
         poison=PoisonCounts(),
     )
     broker.add_middleware(cast("Any", functools.partial(ServiceMiddleware, handling=handling)))
+    _consumer_replicas[broker] = settings.stream_replicas
     return broker
 
 
@@ -484,11 +527,19 @@ class DurableConsumer:
 # What each broker consumes durably, so the runtime can report every consumer's lag without a list to keep in
 # step with the handlers. Weak keys: a broker that is gone (tests build many) takes its entry with it.
 _durable_consumers: weakref.WeakKeyDictionary[NatsBroker, list[DurableConsumer]] = weakref.WeakKeyDictionary()
+# STREAM_REPLICAS of the settings each broker was created with: its durable consumers get as many replicas as
+# the streams, so a consumer's state (what is acknowledged) survives the loss of a node like the messages do.
+_consumer_replicas: weakref.WeakKeyDictionary[NatsBroker, int] = weakref.WeakKeyDictionary()
 
 
 def durable_consumers(broker: NatsBroker) -> tuple[DurableConsumer, ...]:
     """The durable consumers declared on `broker` with `durable_subscriber`, in declaration order."""
     return tuple(_durable_consumers.get(broker, ()))
+
+
+def stream_replicas(broker: NatsBroker) -> int:
+    """STREAM_REPLICAS of the settings `broker` was created with (1 for a broker made elsewhere)."""
+    return _consumer_replicas.get(broker, 1)
 
 
 def durable_subscriber(
@@ -511,7 +562,12 @@ def durable_subscriber(
         max_workers=max_workers,
         # Redelivery after a crash is driven by ack_wait; redelivery after a handled failure by our nack
         # delay. max_deliver is unbounded here because ServiceMiddleware parks the message itself.
-        config=ConsumerConfig(durable_name=durable, ack_wait=ack_wait_seconds, max_deliver=-1),
+        config=ConsumerConfig(
+            durable_name=durable,
+            ack_wait=ack_wait_seconds,
+            max_deliver=-1,
+            num_replicas=stream_replicas(broker),
+        ),
     )
     _durable_consumers.setdefault(broker, []).append(
         DurableConsumer(stream=stream.name, durable=durable, subject=subject)

@@ -6,6 +6,8 @@ start, then background loops (scheduler, outbox relay) start. On SIGTERM or SIGI
 cancelled, the broker stops taking messages and waits up to SHUTDOWN_GRACE_SECONDS for in-flight handlers,
 then connections close.
 
+Probes: with HEALTH_PORT set, `shared.health_http` answers /livez and /readyz for this process (Kubernetes).
+
 Metrics: with METRICS_PORT set, the Prometheus exporter starts first (a service still waiting for NATS can be
 scraped) and stops last; every durable consumer's lag is refreshed into gauges by a background loop.
 """
@@ -27,8 +29,17 @@ from shared.clock import now_ms
 from shared.contracts.health import HealthReport
 from shared.contracts.rpc import Empty, Ok
 from shared.failures import DEPENDENCY_PROBLEMS
+from shared.health_http import HealthServer
 from shared.logs import configure_logging
-from shared.messaging import connect_with_retry, create_broker, durable_consumers, ensure_streams
+from shared.messaging import (
+    broker_unavailable,
+    connect_with_retry,
+    create_broker,
+    durable_consumers,
+    ensure_streams,
+    nats_client,
+    nats_credentials,
+)
 from shared.mongo import create_mongo_client, ensure_indexes, ping
 from shared.settings import CommonSettings, secret_values
 from shared.subjects import Service, StreamSpec, health_subject, queue_group
@@ -47,7 +58,9 @@ class ServiceRuntime:
         streams: Sequence[StreamSpec] = (),
         indexes: Mapping[str, Sequence[IndexModel]] | None = None,
     ) -> None:
-        configure_logging(service, settings.log_level, secrets=secret_values(settings))
+        # The NATS password is redacted even when it is the development one derived from the service's name.
+        nats_password = nats_credentials(settings, str(service))[1]
+        configure_logging(service, settings.log_level, secrets=[*secret_values(settings), nats_password])
         self.service = service
         self.settings = settings
         self.log = logging.getLogger(f"caseflow.{service}")
@@ -62,6 +75,7 @@ class ServiceRuntime:
         self._closers: list[Callable[[], Awaitable[None]]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._metrics: metrics.MetricsServer | None = None
+        self._health: HealthServer | None = None
         self._register_health()
         self.add_gauge_refresh(self._refresh_consumer_gauges)
 
@@ -111,10 +125,38 @@ class ServiceRuntime:
         """Run `close` once in-flight messages are done (e.g. close an HTTP client the handlers use)."""
         self._closers.append(close)
 
+    async def _readiness(self) -> dict[str, str]:
+        """This process's own connections, for its HEALTH_PORT /readyz."""
+        client = nats_client(self.broker)
+        nats_ok = client is not None and client.is_connected
+        mongo_ok = await ping(self.mongo, timeout_seconds=1.0)
+        return {"nats": "ok" if nats_ok else "down", "mongodb": "ok" if mongo_ok else "down"}
+
     async def _startup(self) -> None:
+        if self.settings.health_port:
+            # Before NATS: a process still waiting for it is alive (livez) but not ready (readyz).
+            self._health = HealthServer(self.service, self._readiness)
+            await self._health.start(self.settings.health_port)
         await connect_with_retry(self.broker)
-        await ensure_streams(self.broker, self._streams, replicas=self.settings.jetstream_replicas)
+        await self._declare_streams_with_retry()
         await ensure_indexes(self.db, self._indexes)
+
+    async def _declare_streams_with_retry(self, *, attempts: int = 60, delay_seconds: float = 1.0) -> None:
+        """A JetStream cluster that is still electing its leaders (all nodes just started, or one just died)
+        times out or has no responder for a while: wait it out instead of exiting at start-up."""
+        for attempt in range(1, attempts + 1):
+            try:
+                await ensure_streams(self.broker, self._streams, replicas=self.settings.stream_replicas)
+            except Exception as exc:
+                if attempt == attempts or not (broker_unavailable(exc) or isinstance(exc, TimeoutError)):
+                    raise
+                self.log.warning(
+                    "JetStream not ready to declare streams; retrying",
+                    extra={"error": type(exc).__name__, "attempt": attempt},
+                )
+                await asyncio.sleep(delay_seconds)
+            else:
+                return
 
     async def _start_loops(self) -> None:
         self._tasks = [asyncio.create_task(self._supervise(loop)) for loop in self._loops]
@@ -147,6 +189,8 @@ class ServiceRuntime:
             except Exception:
                 self.log.exception("shutdown hook failed")
         await self.mongo.close()
+        if self._health is not None:
+            await self._health.close()
         if self._metrics is not None:
             await self._metrics.close()
         self.log.info("service stopped")

@@ -25,6 +25,8 @@ from msgspec import Meta
 
 DEPLOY_REQUIRED: Final = {"deploy_required": True}
 SECRET: Final = {"deploy_required": True, "secret": True}
+# A secret whose empty default stands for a development value derived elsewhere (NATS passwords).
+REQUIRED_IN_PRODUCTION: Final = {"required_in_production": True}
 # A Svix / Standard Webhooks signing secret: `whsec_` + base64 of at least WHSEC_MIN_BYTES random bytes. A shorter
 # key (`whsec_` alone is an empty HMAC key) would make signatures forgeable, so the process refuses to start.
 WEBHOOK_SIGNING_SECRET: Final = {**SECRET, "whsec": True}
@@ -56,7 +58,13 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     rpc_timeout_seconds: PositiveSeconds = 5.0
     # How long a stopping service waits for in-flight messages before exiting.
     shutdown_grace_seconds: PositiveSeconds = 15.0
-    jetstream_replicas: Annotated[int, Meta(ge=1, le=5)] = 1
+    # Replicas of every stream and durable consumer (3 on a three-node NATS cluster; 1 on a single server).
+    stream_replicas: Annotated[int, Meta(ge=1, le=5)] = 1
+    # This process's NATS user and password (deploy/nats.conf gives each service, the admin CLI and the tests
+    # their own, with permissions for their own subjects only). Empty: the service's name as the user and its
+    # development password (`dev_nats_password`), which CASEFLOW_ENV=production refuses.
+    nats_user: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]*$")] = ""
+    nats_password: Annotated[str, Meta(extra=SECRET | REQUIRED_IN_PRODUCTION)] = ""
     # Redelivery of a JetStream message whose handler failed: delay before the n-th retry (then doubling up to
     # the cap below), and the count of poison failures after which the message is parked on the PARKED stream.
     consumer_backoff_seconds: Annotated[list[PositiveSeconds], Meta(min_length=1)] = msgspec.field(
@@ -77,6 +85,9 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     # Test-only: log every MongoDB command this process issues (name, collection, request id) so a test can
     # count what one request costs across services. Off in every deployment.
     mongo_command_log: bool = False
+    # Port of a backend service's own health endpoint (GET /livez, GET /readyz; all interfaces) for Kubernetes
+    # probes; 0 turns it off. The gateway answers /healthz and /readyz on its API port instead.
+    health_port: Annotated[int, Meta(ge=0, le=65535)] = 0
 
 
 class GatewaySettings(CommonSettings, frozen=True, kw_only=True):
@@ -318,8 +329,17 @@ def _refuse_dev_secrets_in_production(settings: CommonSettings) -> None:
         # An empty default means "not needed unless you use it" (a local model server needs no key).
         # A list default comes from its factory (field.default is then NODEFAULT).
         default = field.default_factory() if field.default is msgspec.NODEFAULT else field.default
-        if field_extra(hints[field.name]).get("secret") and default and getattr(settings, field.name) == default:
+        extra = field_extra(hints[field.name])
+        value = getattr(settings, field.name)
+        left_at_default = extra.get("secret") and default and value == default
+        if left_at_default or (extra.get("required_in_production") and not value):
             raise SettingsError(env_var(field.name), "must be set in production (the default is for local use only)")
+
+
+def dev_nats_password(user: str) -> str:
+    """The development password of a NATS user: what `make run` and the tests give nats-server and the clients
+    when NATS_PASSWORD is not set. Never accepted in production (NATS_PASSWORD is then required)."""
+    return f"dev-only-nats-{user}-password"
 
 
 def field_extra(annotation: Any) -> dict[str, Any]:
@@ -381,7 +401,9 @@ SETTING_HELP: Final[dict[str, str]] = {
     "LOG_LEVEL": "DEBUG, INFO, WARNING or ERROR; one JSON object per line",
     "RPC_TIMEOUT_SECONDS": "deadline of a request between services; a miss is a 503 to the client",
     "SHUTDOWN_GRACE_SECONDS": "how long SIGTERM waits for in-flight work",
-    "JETSTREAM_REPLICAS": "replicas of each stream (3 on a NATS cluster)",
+    "STREAM_REPLICAS": "replicas of each stream and durable consumer (3 on a three-node NATS cluster)",
+    "NATS_USER": "this process's NATS user (default: the service's name; see deploy/nats.conf)",
+    "NATS_PASSWORD": "this process's NATS password (secret; required in production)",
     "CONSUMER_BACKOFF_SECONDS": "delays before redelivering a failed message (then doubling up to the cap)",
     "CONSUMER_MAX_DELIVER": "deliveries with poison failures (not outages) before a message is parked",
     "CONSUMER_BACKOFF_CAP_SECONDS": "longest redelivery delay; an outage is retried this often, never parked",
@@ -389,6 +411,7 @@ SETTING_HELP: Final[dict[str, str]] = {
     "MONGO_TIMEOUT_SECONDS": "deadline of each MongoDB operation and server selection",
     "MONGO_COMMAND_LOG": "test-only: log every MongoDB command with its request id (tests count commands per request)",
     "METRICS_PORT": "Prometheus metrics port of the process (0: off)",
+    "HEALTH_PORT": "a backend service's own /livez and /readyz for probes (0: off)",
     "GATEWAY_HOST": "address the gateway listens on (0.0.0.0 in containers)",
     "GATEWAY_PORT": "the API's port",
     "MAX_BODY_BYTES": "largest request body (413 above)",

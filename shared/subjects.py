@@ -30,6 +30,12 @@ BACKEND_SERVICES: Final = (
 )
 
 
+# NATS users besides the services' own (each service connects as its name): the admin CLI, and the tests' user
+# that may use every subject (never in a production configuration). deploy/nats_config.py grants the rights.
+ADMIN_NATS_USER: Final = "admin"
+TEST_NATS_USER: Final = "test"
+
+
 def health_subject(service: Service) -> str:
     return f"{service}.rpc.health"
 

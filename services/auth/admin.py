@@ -37,8 +37,10 @@ from services.auth.store import INDEXES, AuthStore, Client
 from shared.contracts.auth import KEYS_CHANGED, KeysChanged
 from shared.contracts.billing import USAGE_MONTH_PATTERN, USAGE_REPORT, GetUsageReport, UsageReport
 from shared.contracts.rpc import Err, Ok
+from shared.messaging import nats_connect_options
 from shared.mongo import create_mongo_client, ensure_indexes
-from shared.settings import AuthSettings, load_settings_or_exit
+from shared.settings import AuthSettings, CommonSettings, load_settings_or_exit
+from shared.subjects import ADMIN_NATS_USER
 
 PROG = "python -m services.auth.admin"
 NATS_CONNECT_TIMEOUT_SECONDS = 2.0
@@ -223,8 +225,9 @@ def keys_change_of(result: Result) -> KeysChanged | None:
 
 
 @contextlib.asynccontextmanager
-async def nats_connection(nats_url: str) -> AsyncIterator[NatsClient]:
-    """A short-lived NATS connection that gives up quickly (a CLI must not hang on a missing server)."""
+async def nats_connection(settings: CommonSettings) -> AsyncIterator[NatsClient]:
+    """A short-lived NATS connection that gives up quickly (a CLI must not hang on a missing server), as the NATS
+    user `admin` unless NATS_USER says otherwise (deploy/nats.conf lets it publish KEYS_CHANGED and ask billing)."""
 
     async def stay_quiet(_: Exception) -> None:
         # nats-py logs connection errors with a traceback by default; the caller reports the outcome.
@@ -232,7 +235,7 @@ async def nats_connection(nats_url: str) -> AsyncIterator[NatsClient]:
 
     connection = await nats.connect(
         # NATS_URL names a cluster as a comma-separated list, as the services read it.
-        [server.strip() for server in nats_url.split(",") if server.strip()],
+        **nats_connect_options(settings, ADMIN_NATS_USER),
         name="caseflow-auth-admin",
         connect_timeout=NATS_CONNECT_TIMEOUT_SECONDS,
         allow_reconnect=False,
@@ -246,10 +249,10 @@ async def nats_connection(nats_url: str) -> AsyncIterator[NatsClient]:
         await connection.close()
 
 
-async def broadcast_keys_changed(nats_url: str, change: KeysChanged) -> bool:
+async def broadcast_keys_changed(settings: CommonSettings, change: KeysChanged) -> bool:
     """Publish KEYS_CHANGED on core NATS; False when NATS cannot be reached."""
     try:
-        async with asyncio.timeout(NATS_CONNECT_TIMEOUT_SECONDS * 2), nats_connection(nats_url) as connection:
+        async with asyncio.timeout(NATS_CONNECT_TIMEOUT_SECONDS * 2), nats_connection(settings) as connection:
             await connection.publish(
                 KEYS_CHANGED, msgspec.json.encode(change), headers={"content-type": "application/json"}
             )
@@ -265,7 +268,7 @@ async def ask_billing_for_usage(settings: AuthSettings, query: GetUsageReport) -
     try:
         async with (
             asyncio.timeout(NATS_CONNECT_TIMEOUT_SECONDS * 2 + settings.rpc_timeout_seconds),
-            nats_connection(settings.nats_url) as connection,
+            nats_connection(settings) as connection,
         ):
             answer = await connection.request(
                 USAGE_REPORT,
@@ -316,7 +319,7 @@ def monthly_usage(clients: Sequence[Client], report: UsageReport) -> list[Monthl
 
 async def run_parked(settings: AuthSettings, args: argparse.Namespace) -> Result:
     try:
-        async with nats_connection(settings.nats_url) as connection:
+        async with nats_connection(settings) as connection:
             return await admin_parked.run(connection, args)
     except (OSError, TimeoutError, nats.errors.Error) as exc:
         raise ServiceUnavailable(f"NATS could not be reached at NATS_URL ({type(exc).__name__})") from None
@@ -338,7 +341,7 @@ async def run(settings: AuthSettings, args: argparse.Namespace) -> Result:
     finally:
         await mongo.close()
     change = keys_change_of(result)
-    if change is not None and not await broadcast_keys_changed(settings.nats_url, change):
+    if change is not None and not await broadcast_keys_changed(settings, change):
         print(
             "warning: the change is saved, but NATS could not be reached to tell the gateways (NATS_URL); "
             "they will pick it up when their cached identities expire.",

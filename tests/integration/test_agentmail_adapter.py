@@ -98,7 +98,9 @@ def simulator(log_dir: Path) -> Iterator[Simulator]:
 @pytest.fixture(scope="module")
 async def gateway(nats: NatsServer, mongo_url: str) -> AsyncIterator[httpx.AsyncClient]:
     settings = load_settings(
-        GatewaySettings, {"NATS_URL": nats.url, "MONGO_URL": mongo_url, "GATEWAY_PORT": str(GATEWAY_PORT)}
+        # server_url: the gateway and the adapter connect as their own NATS users, with their own permissions.
+        GatewaySettings,
+        {"NATS_URL": nats.server_url, "MONGO_URL": mongo_url, "GATEWAY_PORT": str(GATEWAY_PORT)},
     )
     app = create_app(settings, create_broker(settings, Service.GATEWAY))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=GATEWAY_PORT, log_config=None, lifespan="on"))
@@ -127,7 +129,7 @@ async def adapter(
     settings = load_settings(
         AgentMailSettings,
         {
-            "NATS_URL": nats.url,
+            "NATS_URL": nats.server_url,
             "MONGO_URL": mongo_url,
             "AGENTMAIL_BASE_URL": simulator.url,
             "AGENTMAIL_MAX_RETRIES": "1",

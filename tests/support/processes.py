@@ -15,10 +15,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 import httpx
+
+from deploy import nats_config
+from shared.settings import dev_nats_password
+from shared.subjects import TEST_NATS_USER
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,7 +112,19 @@ class ManagedProcess:
 
 
 class NatsServer(ManagedProcess):
-    def __init__(self, *, log_dir: Path, store_dir: Path, port: int | None = None) -> None:
+    """nats-server with deploy/nats.conf: authentication and per-service permissions on, every user's password
+    its development one. `url` logs in as the tests' own user (every subject); services are given `server_url`
+    and connect as themselves."""
+
+    def __init__(
+        self,
+        *,
+        log_dir: Path,
+        store_dir: Path,
+        port: int | None = None,
+        name: str = "nats",
+        cluster: ClusterRoutes | None = None,
+    ) -> None:
         self.port = port or free_port()
         store_dir.mkdir(parents=True, exist_ok=True)
         argv = [
@@ -122,16 +139,44 @@ class NatsServer(ManagedProcess):
             "-sd",
             str(store_dir),
         ]
-        super().__init__("nats", argv, env=os.environ, log_dir=log_dir)
+        if cluster is not None:
+            argv += cluster.arguments(name)
+        super().__init__(name, argv, env={**os.environ, **nats_config.local_environment()}, log_dir=log_dir)
+
+    @property
+    def server_url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        password = dev_nats_password(TEST_NATS_USER)
+        return f"nats://{TEST_NATS_USER}:{password}@127.0.0.1:{self.port}"
 
     def start(self) -> None:
         super().start()
         assert self.process is not None
         wait_for_port(self.port, process=self.process)
+
+
+@dataclass(frozen=True)
+class ClusterRoutes:
+    """The route ports of a loopback NATS cluster: node `name` listens on its own and routes to all."""
+
+    route_ports: Mapping[str, int]
+    cluster_name: str = "caseflow"
+
+    def arguments(self, name: str) -> list[str]:
+        routes = ",".join(f"nats://127.0.0.1:{port}" for port in self.route_ports.values())
+        return [
+            "--server_name",
+            name,
+            "--cluster_name",
+            self.cluster_name,
+            "--cluster",
+            f"nats://127.0.0.1:{self.route_ports[name]}",
+            "--routes",
+            routes,
+        ]
 
 
 @contextlib.contextmanager
@@ -208,14 +253,23 @@ class Stack:
     """NATS, MongoDB, the AgentMail simulator and the six services as real processes, wired together through
     the environment: the adapter talks to the simulator, whose webhooks go to the stack's gateway."""
 
-    def __init__(self, *, log_dir: Path, nats: NatsServer, mongo_url: str, env: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        *,
+        log_dir: Path,
+        nats: NatsServer,
+        mongo_url: str,
+        env: Mapping[str, str],
+        nats_url: str | None = None,
+    ) -> None:
         self.log_dir = log_dir
         self.nats = nats
         self.gateway_port = free_port()
         self.simulator_port = free_port()
         self.env = {
             **os.environ,
-            "NATS_URL": nats.url,
+            # Each service connects as its own NATS user (its name, its development password).
+            "NATS_URL": nats_url or nats.server_url,
             "MONGO_URL": mongo_url,
             "GATEWAY_PORT": str(self.gateway_port),
             "AGENTMAIL_BASE_URL": f"http://127.0.0.1:{self.simulator_port}",

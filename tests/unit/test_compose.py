@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -9,10 +12,12 @@ import msgspec
 import pytest
 import yaml
 
-from shared.settings import SETTINGS_BY_SERVICE, deploy_required_variables
+from deploy import nats_config
+from shared.settings import SETTINGS_BY_SERVICE, deploy_required_variables, dev_nats_password
 from simulator.agentmail.settings import PREFIX, SimulatorSettings
 
 ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +47,54 @@ def test_service_gets_every_setting_it_requires(compose: dict[str, Any], service
     environment = compose["services"][service]["environment"]
     missing = [name for name in deploy_required_variables(SETTINGS_BY_SERVICE[service]) if not environment.get(name)]
     assert not missing, f"{service} lacks {missing}"
-    assert environment["NATS_URL"] == "nats://nats:4222"
+    assert environment["NATS_URL"] == "${NATS_URL:-nats://nats:4222}"
     assert "mongo:27017" in environment["MONGO_URL"]
+
+
+def _default_of(value: str) -> str:
+    """The default of a `${NAME:-default}` interpolation."""
+    assert value.startswith("${"), value
+    return value.split(":-", 1)[1].removesuffix("}")
+
+
+@pytest.mark.parametrize("service", sorted(SETTINGS_BY_SERVICE))
+def test_service_connects_to_nats_with_the_password_nats_server_has_for_it(
+    compose: dict[str, Any], service: str
+) -> None:
+    password = compose["services"][service]["environment"]["NATS_PASSWORD"]
+    variable = nats_config.password_variable(service)
+    assert password == compose["services"]["nats"]["environment"][variable]
+    assert _default_of(password) == dev_nats_password(service)
+
+
+def test_nats_gets_every_password_its_generated_configuration_reads(compose: dict[str, Any]) -> None:
+    assert set(nats_config.local_environment()) <= set(compose["services"]["nats"]["environment"])
+
+
+def test_the_cluster_profile_adds_two_nodes_routed_to_the_first(compose: dict[str, Any]) -> None:
+    nodes = {name: compose["services"][name] for name in ("nats", "nats-2", "nats-3")}
+    assert nodes["nats-2"]["profiles"] == nodes["nats-3"]["profiles"] == ["cluster"]
+    assert "profiles" not in nodes["nats"]
+    assert {node["environment"]["NATS_SERVER_NAME"] for node in nodes.values()} == {"nats-1", "nats-2", "nats-3"}
+    assert len({volume for node in nodes.values() for volume in node["volumes"] if volume.endswith(":/data")}) == 3
+    for name in ("nats-2", "nats-3"):
+        assert "/etc/nats/nats-cluster.conf" in nodes[name]["command"]
+    cluster_conf = (ROOT / "deploy" / "nats-cluster.conf").read_text()
+    assert "include ./nats.conf" in cluster_conf
+    for name in nodes:
+        assert f"nats://{name}:6222" in cluster_conf
+
+
+def test_the_cluster_configuration_is_accepted_by_nats_server() -> None:
+    environment = {**os.environ, **nats_config.local_environment(), "NATS_SERVER_NAME": "nats-1"}
+    checked = subprocess.run(
+        [str(BIN / "nats-server"), "-t", "-c", str(ROOT / "deploy" / "nats-cluster.conf")],
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stderr + checked.stdout
 
 
 def test_mongo_is_a_health_checked_single_node_replica_set(compose: dict[str, Any]) -> None:

@@ -81,18 +81,38 @@ def test_webhook_signing_secret_of_24_bytes_is_accepted() -> None:
 
 def test_production_refuses_development_secrets() -> None:
     with pytest.raises(SettingsError) as caught:
-        load_settings(AuthSettings, {"CASEFLOW_ENV": "production"})
+        load_settings(AuthSettings, {"CASEFLOW_ENV": "production", "NATS_PASSWORD": "n" * 24})
     assert caught.value.variable == "KEY_HASH_SECRET"
     with pytest.raises(SettingsError) as caught:
-        load_settings(AuthSettings, {"CASEFLOW_ENV": "production", "KEY_HASH_SECRET": "x" * 32})
+        load_settings(
+            AuthSettings, {"CASEFLOW_ENV": "production", "KEY_HASH_SECRET": "x" * 32, "NATS_PASSWORD": "n" * 24}
+        )
     assert caught.value.variable == "WEBHOOK_SECRET_KEYS"  # a list default (from a factory) is refused too
     own_keys = {"WEBHOOK_SECRET_KEYS": base64.urlsafe_b64encode(b"k" * 32).decode()}
-    settings = load_settings(AuthSettings, {"CASEFLOW_ENV": "production", "KEY_HASH_SECRET": "x" * 32, **own_keys})
+    settings = load_settings(
+        AuthSettings,
+        {"CASEFLOW_ENV": "production", "KEY_HASH_SECRET": "x" * 32, "NATS_PASSWORD": "n" * 24, **own_keys},
+    )
     assert settings.key_hash_secret == "x" * 32
 
 
+def test_production_requires_a_nats_password_of_its_own() -> None:
+    # Locally an empty NATS_PASSWORD means the service's development password; production must set one.
+    with pytest.raises(SettingsError) as caught:
+        load_settings(GatewaySettings, {"CASEFLOW_ENV": "production"})
+    assert caught.value.variable == "NATS_PASSWORD"
+    own_keys = {"CONSOLE_SESSION_KEYS": base64.urlsafe_b64encode(b"c" * 32).decode()}
+    production = {"CASEFLOW_ENV": "production", "NATS_PASSWORD": "s3cret", **own_keys}
+    assert load_settings(GatewaySettings, production).nats_password
+
+
 def test_deploy_required_variables_include_connections_and_secrets() -> None:
-    assert deploy_required_variables(GatewaySettings) == ["NATS_URL", "MONGO_URL", "CONSOLE_SESSION_KEYS"]
+    assert deploy_required_variables(GatewaySettings) == [
+        "NATS_URL",
+        "MONGO_URL",
+        "NATS_PASSWORD",
+        "CONSOLE_SESSION_KEYS",
+    ]
     assert set(deploy_required_variables(AgentMailSettings)) >= {
         "AGENTMAIL_BASE_URL",
         "AGENTMAIL_API_KEY",
@@ -104,5 +124,5 @@ def test_deploy_required_variables_include_connections_and_secrets() -> None:
 
 def test_production_accepts_an_empty_optional_secret() -> None:
     # OPENAI_API_KEY is empty by default (local model servers need none): production does not demand it.
-    settings = load_settings(CaseSettings, {"CASEFLOW_ENV": "production"})
+    settings = load_settings(CaseSettings, {"CASEFLOW_ENV": "production", "NATS_PASSWORD": "s3cret"})
     assert settings.openai_api_key == ""
