@@ -150,7 +150,9 @@ def goals(results: Results) -> list[Goal]:
             granted / expected if granted is not None and expected else None,
             "0.90..1.10",
             lambda v: 0.9 <= v <= 1.1,
-            f"{granted} requests past the throttle (not 429) for {expected} tokens, over two gateways" if two else "not measured",
+            f"{granted} requests past the throttle (not 429) for {expected} tokens, over two gateways"
+            if two
+            else "not measured",
         )
     )
     return found
