@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
+import msgspec
+
 from bench.config import BenchConfig, ConfigError
 from bench.cpu import rss_mb
 from bench.k6 import K6
@@ -36,6 +38,7 @@ from bench.runner import (
 from bench.scheduler import run_scheduler
 from bench.stack import metric_series, target
 from bench.stats import ratio
+from bench.summary import Goal, goals, render_goals
 
 log = logging.getLogger("bench")
 
@@ -74,6 +77,7 @@ def run(config: BenchConfig) -> Results:
         run_against_stack(config, results)
     if config.wants("scheduler"):
         _step(results, "scheduler", lambda: results.scenarios.append(scheduler_scenario(config, results)))
+    results.goals = [msgspec.to_builtins(goal) for goal in goals(results)]
     results.finished_at = _now()
     return results
 
@@ -112,12 +116,28 @@ def run_against_stack(config: BenchConfig, results: Results) -> None:
                 raise RuntimeError("the bench client has no cases to read (run create_case too)")
             ids_file.write_text(json.dumps(ids))
 
-        if config.wants("get_case") or config.wants("profile"):
+        if config.wants("get_case") or config.wants("profile") or config.wants("two_gateways"):
             _step(results, "case ids", write_ids)
         if config.wants("get_case") and ids_file.exists():
             _step(results, "get_case", lambda: scenarios.append(runner.get_case(ids_file)))
         if config.wants("list_cases"):
             _step(results, "list_cases", lambda: scenarios.append(runner.list_cases()))
+
+            def list_baseline() -> None:
+                scenario = runner.list_baseline()
+                if scenario is None:
+                    results.skipped["baseline: MongoDB list page"] = "needs MongoDB and the bench client's cases"
+                else:
+                    scenarios.append(scenario)
+
+            _step(results, "list baseline", list_baseline)
+        if config.wants("burst"):
+            _step(results, "burst", lambda: scenarios.append(runner.burst_creates()))
+        if config.wants("two_gateways") and ids_file.exists():
+            if reached.extra_gateway is None:
+                results.skipped["two_gateways"] = "needs a stack of the bench's own (it starts two more gateways)"
+            else:
+                _step(results, "two_gateways", lambda: scenarios.append(runner.two_gateways(ids_file)))
         if config.wants("worker"):
             if reached.simulator_url is None:
                 results.skipped["worker"] = "needs the AgentMail simulator (BENCH_SIM_URL)"
@@ -166,6 +186,7 @@ def main() -> int:
     results = run(config)
     write(results, config.results_path)
     print(render(results))
+    print("\n" + render_goals([msgspec.convert(goal, Goal) for goal in results.goals]))
     print(f"\nresults: {config.results_path}")
     return 1 if results.errors else 0
 

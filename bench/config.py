@@ -22,6 +22,8 @@ SCENARIOS = (
     "create_case",
     "get_case",
     "list_cases",
+    "burst",
+    "two_gateways",
     "worker",
     "provide_input",
     "profile",

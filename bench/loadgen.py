@@ -24,6 +24,7 @@ from typing import Literal
 
 import msgspec
 import nats
+from pymongo import ASCENDING
 
 from bench.stats import LoadResult, summarise
 from shared.mongo import create_mongo_client
@@ -118,6 +119,15 @@ async def run(args: argparse.Namespace) -> GeneratorReport:
                     raise LookupError("seeded document missing")
 
             operation: Operation = find
+        elif args.target == "mongo-list":
+            # The same query as `GET /cases?limit=50` (services.case.store.CaseStore.list_cases, first page).
+            cases = mongo[args.db]["cases"]
+            query = {"clientId": args.client_id, "pendingCreate": False}
+
+            async def page() -> None:
+                await cases.find(query).sort([("updatedAt", ASCENDING), ("_id", ASCENDING)]).limit(50).to_list(None)
+
+            operation = page
         else:
             template = await collection.find_one({})
             if template is None:
@@ -134,10 +144,11 @@ async def run(args: argparse.Namespace) -> GeneratorReport:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("target", choices=["nats", "mongo-find", "mongo-insert"])
+    parser.add_argument("target", choices=["nats", "mongo-find", "mongo-insert", "mongo-list"])
     parser.add_argument("--url", required=True)
     parser.add_argument("--subject", default="bench.echo")
     parser.add_argument("--db", default="bench")
+    parser.add_argument("--client-id", default="", help="mongo-list: whose cases to page")
     parser.add_argument("--mode", choices=["rate", "vus"], required=True)
     parser.add_argument("--rate", type=int, default=10)
     parser.add_argument("--vus", type=int, default=16)

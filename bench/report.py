@@ -100,6 +100,8 @@ class Results(msgspec.Struct, kw_only=True):
     rss_mb: dict[str, float] = {}
     skipped: dict[str, str] = {}
     errors: dict[str, str] = {}
+    # Issue 16's goals as read off this run (bench.summary.Goal as plain data).
+    goals: list[dict[str, Any]] = []
 
 
 def compare(scenario: Scenario, baseline: Scenario) -> dict[str, float | None]:

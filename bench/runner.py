@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +27,7 @@ import httpx
 import msgspec
 from pymongo import AsyncMongoClient
 
+from bench.burst import Burst, burst, spread
 from bench.config import BenchConfig
 from bench.cpu import CpuMeter, children_cpu_seconds
 from bench.k6 import HttpPhase, run_phase
@@ -173,7 +174,15 @@ class Runner:
         return phase_for
 
     def loadgen_scenario(
-        self, name: str, description: str, target: str, url: str, *, accounted: Sequence[str], db: str = ""
+        self,
+        name: str,
+        description: str,
+        target: str,
+        url: str,
+        *,
+        accounted: Sequence[str],
+        db: str = "",
+        extra_args: Sequence[str] = (),
     ) -> Scenario:
         config = self.config
 
@@ -185,6 +194,7 @@ class Runner:
             argv += ["--vus", str(config.vus if mode == "vus" else config.max_vus)]
             if db:
                 argv += ["--db", db]
+            argv += extra_args
             done = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 90, check=False)
             if done.returncode != 0:
                 raise RuntimeError(f"bench.loadgen {target} failed: {done.stderr[-2000:]}")
@@ -326,6 +336,137 @@ class Runner:
             baseline="baseline: bare GET",
         )
 
+    def list_baseline(self) -> Scenario | None:
+        """The bare `find` behind `GET /cases?limit=50`: the same filter, sort and limit on the same collection,
+        straight from PyMongo (run after list_cases, so both see the same documents)."""
+        target = self.target
+        if target.mongo_url is None:
+            return None
+        client_id = asyncio.run(bench_client_id(target.mongo_url, target.mongo_db))
+        if client_id is None:
+            return None
+        return self.loadgen_scenario(
+            "baseline: MongoDB list page",
+            "find(clientId, pendingCreate=false).sort(updatedAt, _id).limit(50) on the cases collection "
+            "(PyMongo async, same server).",
+            "mongo-list",
+            target.mongo_url,
+            accounted=["mongodb"],
+            db=target.mongo_db,
+            extra_args=["--client-id", client_id],
+        )
+
+    def burst_creates(self, *, count: int = 240, concurrency: int = 32) -> Scenario:
+        """240 creates from 32 clients at once: what each is answered and how fast (no 5xx but a 503 with
+        Retry-After is allowed; admission control sheds, it never times out)."""
+        target = self.target
+        action_result: dict[str, Burst] = {}
+
+        def action() -> LoadResult:
+            action_result["burst"] = asyncio.run(
+                burst(
+                    urls=[target.gateway_url],
+                    method="POST",
+                    path="/cases",
+                    headers=target.headers,
+                    body=new_case_body(f"burst-{self.run_tag}-__UNIQUE__"),
+                    count=count,
+                    concurrency=concurrency,
+                )
+            )
+            return action_result["burst"].load(ok=[201, 429, 503])
+
+        phase = self.measure(
+            "burst", f"{count} creates, {concurrency} clients", action, accounted=target.stack_processes
+        )
+        done = action_result["burst"]
+        scenario = Scenario(
+            name=f"burst: {count} creates / {concurrency} clients",
+            group="api",
+            description="POST /cases from many clients at once; every answer classified. ok = 201, 429 or 503 "
+            "(the answers a client can act on); 5xx_unexpected must be 0.",
+            phases=[phase],
+            context=done.context(),
+        )
+        scenario.context["quiet_wait_s"] = self.wait_quiet()
+        self.scenarios[scenario.name] = scenario
+        return scenario
+
+    def two_gateways(self, ids_file: Path, *, creates: int = 120, burst_tokens: int = 40) -> Scenario:
+        """Two extra gateway replicas: GET /cases/{id} throughput through both, then creates spread over both
+        against one key whose create bucket has `burst_tokens` and (practically) no refill: a shared throttle
+        grants `burst_tokens` in total, per-gateway buckets would grant twice that."""
+        target = self.target
+        if target.extra_gateway is None:
+            raise RuntimeError("needs a stack of the bench's own (extra gateway processes)")
+        overrides = {"RATE_LIMIT_CREATE": f"0.001/{burst_tokens}", "THROTTLE_STORE": "nats"}
+        ids = json.loads(ids_file.read_text())
+        reads = max(200, int(self.config.duration_s * 100))
+        with (
+            target.extra_gateway(overrides, "gateway-bench-a") as (first, first_pid),
+            target.extra_gateway(overrides, "gateway-bench-b") as (second, second_pid),
+        ):
+            meter = CpuMeter({**self.target.pids, "gateway_a": first_pid, "gateway_b": second_pid})
+            accounted = [*target.stack_processes, "gateway_a", "gateway_b"]
+            phases: list[Phase] = []
+            results: dict[str, Burst] = {}
+            plan: list[tuple[str, str, Callable[[], Coroutine[Any, Any, Burst]]]] = [
+                (
+                    "reads",
+                    f"{reads} GET /cases/{{id}}, {self.config.vus} clients",
+                    functools.partial(
+                        burst,
+                        urls=[first, second],
+                        method="GET",
+                        path="",
+                        paths=spread(ids, reads),
+                        headers=target.headers,
+                        count=reads,
+                        concurrency=self.config.vus,
+                    ),
+                ),
+                (
+                    "throttled creates",
+                    f"{creates} creates, 16 clients, burst {burst_tokens}",
+                    functools.partial(
+                        burst,
+                        urls=[first, second],
+                        method="POST",
+                        path="/cases",
+                        headers=target.headers,
+                        body=new_case_body(f"two-{self.run_tag}-__UNIQUE__"),
+                        count=creates,
+                        concurrency=16,
+                    ),
+                ),
+            ]
+            for mode, offered, run in plan:
+                before = meter.snapshot()
+                results[mode] = asyncio.run(run())
+                cpu = CpuMeter.delta(before, meter.snapshot())
+                ok = [200] if mode == "reads" else [201, 429]
+                phases.append(phase_of(mode, offered, results[mode].load(ok=ok), cpu, accounted=accounted))
+        # A token is spent before the request goes on, so everything not refused with 429 was granted (a 503
+        # from downstream after the throttle still used its token).
+        granted = sum(1 for answer in results["throttled creates"].answers if answer.status != 429)
+        scenario = Scenario(
+            name="two gateways",
+            group="api",
+            description="Two more gateway replicas on the same NATS and MongoDB: reads spread over both, then "
+            f"creates against one key with a create bucket of {burst_tokens} shared through NATS KV.",
+            phases=phases,
+            context={
+                "reads": results["reads"].context(),
+                "throttled_creates": results["throttled creates"].context(),
+                "throttle_granted": granted,
+                "throttle_expected": burst_tokens,
+                "throttle_error": ratio(abs(granted - burst_tokens), burst_tokens),
+            },
+        )
+        scenario.context["quiet_wait_s"] = self.wait_quiet()
+        self.scenarios[scenario.name] = scenario
+        return scenario
+
     def provide_input(self, ids_file: Path, count: int) -> Scenario:
         target = self.target
         body = json.dumps({"inputRequestId": INPUT_REQUEST_ID, "providedContext": "Vendor id V-2048; pay net 30."})
@@ -378,6 +519,16 @@ async def seed_baseline_collection(mongo_url: str, count: int = 100) -> None:
             for _ in range(count)
         ]
         await collection.insert_many(documents)
+    finally:
+        await mongo.close()
+
+
+async def bench_client_id(mongo_url: str, db: str) -> str | None:
+    """The client id of the bench's cases (the only client that creates cases in a bench stack)."""
+    mongo = setup_client(mongo_url)
+    try:
+        document = await mongo[db]["cases"].find_one({}, {"clientId": 1})
+        return str(document["clientId"]) if document else None
     finally:
         await mongo.close()
 

@@ -9,10 +9,11 @@ configured for load: the bench client is on the `unlimited` plan and the rate li
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +55,8 @@ class Target:
     echo_subject: str = "bench.echo"
     # Each service's Prometheus endpoint (the number of series it exports tells a label-cardinality leak).
     metrics_urls: dict[str, str] = field(default_factory=dict)
+    # Starts another gateway on the same NATS and MongoDB with these settings overridden (own stack only).
+    extra_gateway: Callable[[Mapping[str, str], str], contextlib.AbstractContextManager[tuple[str, int]]] | None = None
 
     @property
     def headers(self) -> dict[str, str]:
@@ -107,6 +110,23 @@ def _baseline_servers(work_dir: Path, nats_url: str | None) -> Iterator[tuple[st
 
 
 @contextlib.contextmanager
+def _extra_gateway(stack: Stack, overrides: Mapping[str, str], name: str) -> Iterator[tuple[str, int]]:
+    """Another gateway replica of `stack`: its URL and pid."""
+    port = free_port()
+    env = {**stack.env, **overrides, "GATEWAY_PORT": str(port)}
+    process = ManagedProcess(name, [sys.executable, "-m", "services.gateway"], env=env, log_dir=stack.log_dir)
+    process.start()
+    try:
+        assert process.process is not None
+        wait_for_port(port, process=process.process)
+        url = f"http://127.0.0.1:{port}"
+        httpx.get(f"{url}/healthz", timeout=10).raise_for_status()
+        yield url, _pid(process)
+    finally:
+        process.stop()
+
+
+@contextlib.contextmanager
 def local_target(config: BenchConfig) -> Iterator[Target]:
     """NATS, embedded MongoDB, the simulator and the six services on free ports in a temporary directory."""
     with tempfile.TemporaryDirectory(prefix="caseflow-bench-") as tmp:
@@ -139,6 +159,7 @@ def local_target(config: BenchConfig) -> Iterator[Target]:
                     gateway_pid=services["gateway"],
                     case_pid=services["case"],
                     metrics_urls={name: stack.metrics_url(name) for name in stack.services},
+                    extra_gateway=functools.partial(_extra_gateway, stack),
                 )
         finally:
             stack.stop()

@@ -40,6 +40,8 @@ from shared.subjects import (
     BACKEND_SERVICES,
     PARKED,
     TEST_NATS_USER,
+    THROTTLE_BUCKETS,
+    KeyValueBucket,
     ObjectBucket,
     Service,
     StreamSpec,
@@ -110,6 +112,22 @@ def object_store_api(buckets: Iterable[ObjectBucket]) -> list[str]:
         allowed += [f"$JS.API.CONSUMER.CREATE.{stream}", f"$JS.API.CONSUMER.CREATE.{stream}.>"]
         allowed += [f"$JS.API.CONSUMER.{verb}.{stream}.>" for verb in ("INFO", "DELETE")]
         allowed += [f"$JS.FC.{stream}.>", f"$JS.ACK.{stream}.>"]
+    return allowed
+
+
+# JetStream key-value buckets each process reads and writes: the gateways share the throttle's token buckets.
+KV_BUCKETS: Final[Mapping[str, tuple[KeyValueBucket, ...]]] = {Service.GATEWAY: (THROTTLE_BUCKETS,)}
+
+
+def key_value_api(buckets: Iterable[KeyValueBucket]) -> list[str]:
+    """What nats-py's key-value store does with a bucket: create or look up its stream `KV_<bucket>`, put and
+    compare-and-set under `$KV.<bucket>.`, and read a key (direct get, or a stream message get)."""
+    allowed: list[str] = []
+    for bucket in buckets:
+        stream = f"KV_{bucket.name}"
+        allowed += [f"$KV.{bucket.name}.>"]
+        allowed += [f"$JS.API.STREAM.{verb}.{stream}" for verb in ("INFO", "CREATE", "UPDATE", "MSG.GET")]
+        allowed += [f"$JS.API.DIRECT.GET.{stream}", f"$JS.API.DIRECT.GET.{stream}.>"]
     return allowed
 
 
@@ -185,6 +203,7 @@ def service_user(service: Service) -> NatsUser:
             *published,
             *jetstream_api(streams, consumers),
             *object_store_api(OBJECT_BUCKETS.get(service, ())),
+            *key_value_api(KV_BUCKETS.get(service, ())),
             *responds,
         ),
         subscribe=(*received, INBOX),

@@ -118,6 +118,13 @@ SHED_REQUESTS: Final = Counter(
     "Requests answered 503 at once because their route class was at its in-flight bound (admission control).",
     ["route_class"],
 )
+# reason: "unavailable" (the shared store failed; decided by the gateway's own buckets) or "contended" (every
+# compare-and-set lost to another gateway; refused).
+THROTTLE_STORE_FALLBACKS: Final = Counter(
+    "caseflow_gateway_throttle_store_fallbacks_total",
+    "Throttle decisions the shared NATS KV store could not make, by reason.",
+    ["reason"],
+)
 CASES: Final = Gauge("caseflow_cases", "Cases by status (all clients).", ["status"])
 DEADLINE_DROPS: Final = Counter(
     "caseflow_deadline_drops",

@@ -97,9 +97,16 @@ class GatewaySettings(CommonSettings, frozen=True, kw_only=True):
     max_header_bytes: Annotated[int, Meta(ge=1024)] = 16 * 1024
     readiness_timeout_seconds: PositiveSeconds = 2.0
     retry_after_seconds: Annotated[int, Meta(ge=1)] = 2
-    # Throttling per API key and route as "requests per second/burst" (token bucket, per gateway process).
-    rate_limit_create: Annotated[str, Meta(pattern=RATE_PATTERN)] = "10/20"
-    rate_limit_default: Annotated[str, Meta(pattern=RATE_PATTERN)] = "50/100"
+    # Throttling per API key and route as "requests per second/burst" (token buckets shared by every gateway
+    # through NATS KV). Sized below what the embedded stack serves (bench/README.md: ~12-15 creates/s, ~40-60
+    # pages of 50 per second), so one key is told 429 before it saturates the stack for everyone.
+    rate_limit_create: Annotated[str, Meta(pattern=RATE_PATTERN)] = "5/10"
+    rate_limit_default: Annotated[str, Meta(pattern=RATE_PATTERN)] = "20/40"
+    # Where the per-key buckets live: "nats" (a JetStream KV bucket every gateway shares) or "local" (each gateway
+    # process its own, so N gateways allow N times the rate).
+    throttle_store: Literal["nats", "local"] = "nats"
+    # Deadline of one shared-throttle read or write; past it the gateway decides with its own buckets.
+    throttle_store_timeout_seconds: PositiveSeconds = 0.5
     # How long a verified API key is trusted without asking auth again; revocations evict it at once.
     auth_cache_seconds: Annotated[float, Meta(ge=0)] = 30.0
     # Requests that fail authentication (or AgentMail signature checks), per source address, before the address
@@ -420,6 +427,8 @@ SETTING_HELP: Final[dict[str, str]] = {
     "RETRY_AFTER_SECONDS": "Retry-After sent with 503s",
     "RATE_LIMIT_CREATE": "POST /cases throttle per API key: requests per second / burst",
     "RATE_LIMIT_DEFAULT": "throttle of the other routes per API key: requests per second / burst",
+    "THROTTLE_STORE": "where the per-key buckets live: nats (shared by every gateway, KV) or local (per process)",
+    "THROTTLE_STORE_TIMEOUT_SECONDS": "deadline of one shared-throttle KV call; past it the gateway's buckets decide",
     "AGENTMAIL_INGRESS_MAX_BODY_BYTES": "largest AgentMail webhook accepted at /webhooks/agentmail (413 above)",
     "CONSOLE_SESSION_KEYS": "Fernet keys sealing /console session cookies: the first seals, all open (rotation)",
     "CONSOLE_SESSION_SECONDS": "how long a /console sign-in lasts (the key is still checked on every request)",

@@ -108,6 +108,24 @@ AGENTMAIL_INGRESS_BODIES: Final = ObjectBucket(
 )
 
 
+@dataclass(frozen=True, slots=True)
+class KeyValueBucket:
+    """A JetStream key-value bucket; `ttl_seconds` is how long a key lives after its last write."""
+
+    name: str
+    ttl_seconds: float
+    description: str = ""
+
+
+# The gateways' shared throttle: one token bucket per API key and route class, updated by compare-and-set. An idle
+# key vanishes after the TTL, which is the same as a full bucket for every rate that refills within an hour.
+THROTTLE_BUCKETS: Final = KeyValueBucket(
+    name="THROTTLE_BUCKETS",
+    ttl_seconds=3600.0,
+    description="Token buckets per API key and route class, shared by every gateway replica.",
+)
+
+
 class Consumer(StrEnum):
     """Durable JetStream consumer names (shared by every replica of the consuming service)."""
 

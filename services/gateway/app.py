@@ -18,6 +18,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ControllerRouterHandler
+from nats.js.kv import KeyValue
 
 from services.gateway.admission import AdmissionMiddleware, InFlightLimits
 from services.gateway.auth import KeyCache
@@ -30,7 +31,8 @@ from services.gateway.memo import Memo
 from services.gateway.request_id import RequestIdGuard
 from services.gateway.routes import ROUTES
 from services.gateway.routes.docs import ReferenceRenderPlugin, schema_router
-from services.gateway.throttle import RateLimit, Throttle
+from services.gateway.shared_throttle import SharedKeyThrottle, open_throttle_bucket
+from services.gateway.throttle import KeyThrottle, LocalKeyThrottle, RateLimit, Throttle
 from shared.contracts import case
 from shared.contracts.auth import KEYS_CHANGED, KeysChanged
 from shared.messaging import connect_with_retry, document_publication, nats_client
@@ -47,24 +49,41 @@ def _reconnects(broker: NatsBroker) -> int:
     return int(client.stats["reconnects"]) if client else 0
 
 
+def _key_throttle(settings: GatewaySettings, broker: NatsBroker, local: Throttle) -> KeyThrottle:
+    if settings.throttle_store == "local":
+        return LocalKeyThrottle(local)
+
+    async def open_bucket() -> KeyValue:
+        client = nats_client(broker)
+        if client is None:
+            raise ConnectionError("not connected to NATS yet")
+        return await open_throttle_bucket(
+            client, timeout_seconds=settings.throttle_store_timeout_seconds, replicas=settings.stream_replicas
+        )
+
+    return SharedKeyThrottle(local.limits, open_bucket=open_bucket, fallback=local)
+
+
 def create_litestar(
     settings: GatewaySettings,
     broker: NatsBroker,
     *,
     extra_route_handlers: Sequence[ControllerRouterHandler] = (),
 ) -> Litestar:
+    local_throttle = Throttle(
+        limits={
+            "create": RateLimit.parse(settings.rate_limit_create),
+            "default": RateLimit.parse(settings.rate_limit_default),
+            FAILED_AUTH: RateLimit.parse(settings.rate_limit_failed_auth),
+        }
+    )
     gateway = GatewayContext(
         settings=settings,
         broker=broker,
         mongo=create_mongo_client(settings, app_name="caseflow-gateway"),
         key_cache=KeyCache(ttl_seconds=settings.auth_cache_seconds, epoch=lambda: _reconnects(broker)),
-        throttle=Throttle(
-            limits={
-                "create": RateLimit.parse(settings.rate_limit_create),
-                "default": RateLimit.parse(settings.rate_limit_default),
-                FAILED_AUTH: RateLimit.parse(settings.rate_limit_failed_auth),
-            }
-        ),
+        throttle=local_throttle,
+        key_throttle=_key_throttle(settings, broker, local_throttle),
         trusted_proxies=TrustedProxies(settings.trusted_proxies),
         readiness=Memo(ttl_seconds=settings.readyz_cache_seconds),
     )

@@ -19,7 +19,7 @@ from pymongo import AsyncMongoClient
 from services.gateway.auth import KeyCache
 from services.gateway.client_address import FORWARDED_FOR, TrustedProxies, source_address
 from services.gateway.memo import Memo
-from services.gateway.throttle import Throttle
+from services.gateway.throttle import KeyThrottle, Throttle
 from shared.contracts import case
 from shared.errors import ErrorCode, ServiceError
 from shared.messaging import publish_durable, request
@@ -43,7 +43,10 @@ class GatewayContext:
     # Used only to report MongoDB's readiness; the gateway owns no collections.
     mongo: AsyncMongoClient[Document]
     key_cache: KeyCache
+    # Failed authentication per source address (always this process's own buckets, on purpose).
     throttle: Throttle
+    # Per API key and route class (THROTTLE_STORE: shared by every gateway through NATS KV, or local).
+    key_throttle: KeyThrottle
     trusted_proxies: TrustedProxies = field(default_factory=TrustedProxies)
     # The last readiness report (routes.health), reused for READYZ_CACHE_SECONDS.
     readiness: Memo[Any] = field(default_factory=lambda: Memo(ttl_seconds=0.0))

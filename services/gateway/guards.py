@@ -62,7 +62,8 @@ async def require_api_key(connection: ASGIConnection[Any, Any, Any, Any], handle
     gateway: GatewayContext = connection.app.state.gateway
     identity = await authenticate(gateway, connection.headers.get(API_KEY_HEADER), source=source_of(connection))
     client_id_var.set(identity.client_id)
-    decision = gateway.throttle.take(caller=identity.key_id, route_class=handler.opt.get("throttle", "default"))
+    route_class = handler.opt.get("throttle", "default")
+    decision = await gateway.key_throttle.take(caller=identity.key_id, route_class=route_class)
     connection.state.rate_limit = decision
     if not decision.allowed:
         raise RateLimited(decision)

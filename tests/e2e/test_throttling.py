@@ -75,3 +75,30 @@ async def test_readyz_answers_from_a_short_cache_without_asking_every_service_ea
             answers = [await http.get("/readyz") for _ in range(10)]
             assert {r.status_code for r in answers} == {200}
             assert value(await scrape(stack, "auth"), "caseflow_nats_messages_total", **health) == asked
+
+
+async def test_one_keys_burst_holds_across_two_gateways(stack: Stack) -> None:
+    client: dict[str, Any] = new_client(stack)
+    # A rate so small that only the burst matters; a generous store deadline so a loaded machine cannot turn a
+    # slow KV call into a local (per-gateway) decision.
+    limits = {"RATE_LIMIT_CREATE": "0.001/20", "THROTTLE_STORE": "nats", "THROTTLE_STORE_TIMEOUT_SECONDS": "5"}
+    with (
+        ExtraGateway(stack, limits, name="gateway-shared-a") as first,
+        ExtraGateway(stack, limits, name="gateway-shared-b") as second,
+    ):
+        async with httpx.AsyncClient(timeout=15) as http:
+            key = headers(client["apiKey"])
+            answers = [
+                await http.post(f"{(first, second)[n % 2].url}/cases", json=case_body(), headers=key) for n in range(60)
+            ]
+    created = [r for r in answers if r.status_code == 201]
+    # Per-gateway buckets would allow 40; one shared bucket allows its burst (±10 %; sequential requests: exactly).
+    assert 18 <= len(created) <= 22
+    assert [r.status_code for r in answers] == [201] * 20 + [429] * 40
+    # Both gateways counted down one bucket.
+    assert [int(r.headers["ratelimit-remaining"]) for r in created] == list(range(19, -1, -1))
+    refused = answers[-1]
+    assert refused.json()["error"]["code"] == "RATE_LIMITED"
+    assert refused.headers["ratelimit-limit"] == "20"
+    assert refused.headers["ratelimit-remaining"] == "0"
+    assert int(refused.headers["retry-after"]) == int(refused.headers["ratelimit-reset"]) >= 1

@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from bench.burst import Answer, Burst
 from bench.config import BenchConfig, ConfigError
 from bench.cpu import CLOCK_TICKS, parse_rss_mb, parse_stat
 from bench.k6 import parse_summary
@@ -20,6 +21,7 @@ from bench.report import Phase, Results, Scenario, compare, render
 from bench.runner import new_case_body, slug
 from bench.scheduler import scheduled_documents
 from bench.stats import LoadResult, per_request, percentile, ratio, summarise
+from bench.summary import goals, render_goals
 from shared.contracts.case import NOTHING_SCHEDULED, NewCase
 
 
@@ -191,3 +193,51 @@ def test_speedscope_summary_merges_lines_of_a_function() -> None:
     assert samples == 4
     assert top_self[0] == ("hot (lib.py)", 50.0)
     assert ("main (app.py)", 100.0) in top_inclusive
+
+
+def saturated(name: str, rps: float, cpu: dict[str, float], **context: Any) -> Scenario:
+    phase = Phase(mode="saturation", offered="16 VUs", load=load(throughput_rps=rps), cpu_s_per_request=cpu)
+    return Scenario(name=name, group="api", description="", phases=[phase], context=context)
+
+
+def test_goals_read_each_ratio_and_name_the_process_spending_a_missed_one() -> None:
+    idle = Phase(mode="idle scan", offered="", load=load(), cpu_s_per_request={"mongodb": 0.5, "nats": 0.001})
+    idle.stack_cpu_s_per_request = 0.501
+    results = Results(
+        started_at="",
+        scenarios=[
+            saturated("baseline: MongoDB insert_one", 80.0, {"mongodb": 0.010}),
+            saturated("POST /cases", 40.0, {"mongodb": 0.020, "gateway": 0.001}),
+            saturated("baseline: MongoDB find_one", 1000.0, {"mongodb": 0.0005}),
+            saturated("GET /cases/{id}", 300.0, {"gateway": 0.0009, "case": 0.0007, "mongodb": 0.0008}),
+            Scenario(name="scheduler scan (100,000 cases)", group="scheduler", description="", phases=[idle]),
+            saturated("burst: 240 creates / 32 clients", 1.0, {}, counts={"201": 200, "503": 40, "5xx_unexpected": 0}),
+            saturated("two gateways", 1.0, {}, throttle_granted=39, throttle_expected=40),
+        ],
+    )
+    by_name = {goal.name: goal for goal in goals(results)}
+    create = by_name["POST /cases ÷ insert_one"]
+    assert (create.value, create.met) == (0.5, True)
+    read = by_name["GET /cases/{id} ÷ find_one"]
+    assert (read.value, read.met) == (0.3, False)
+    assert read.spender == "gateway +0.9 ms CPU/req"
+    assert by_name["GET /cases page ÷ bare find, same filter/sort/limit"].met is None
+    mongo = by_name["MongoDB CPU per create ÷ per insert_one"]
+    assert (mongo.value, mongo.met) == (2.0, True)
+    scheduler = by_name["scheduler idle, none due: share of a core"]
+    assert (scheduler.value, scheduler.met, scheduler.spender) == (0.501, False, "mongodb")
+    assert by_name["burst: 5xx other than 503 with Retry-After"].met is True
+    assert by_name["two gateways: creates granted ÷ the shared burst"].value == 0.975
+    table = render_goals(list(by_name.values()))
+    assert "MISSED" in table
+    assert "gateway +0.9 ms CPU/req" in table
+
+
+def test_burst_counts_only_503_with_retry_after_as_an_expected_5xx() -> None:
+    answers = [Answer(201, False, 5.0), Answer(503, True, 1.0), Answer(503, False, 2.0), Answer(500, False, 3.0)]
+    answers += [Answer(429, True, 1.0), Answer(0, False, 60_000.0)]
+    done = Burst(answers=answers, elapsed_s=2.0)
+    counts = done.counts()
+    assert counts == {"201": 1, "429": 1, "503": 2, "other": 2, "5xx_unexpected": 2, "429_without_retry_after": 0}
+    assert done.load(ok=[201, 429, 503]).failed == 2
+    assert done.context()["max_latency_ms"] == 60_000.0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.gateway.throttle import RateLimit, Throttle
+from services.gateway.throttle import BucketState, RateLimit, Throttle, advance
 
 
 class FakeClock:
@@ -46,3 +46,15 @@ def test_buckets_are_per_key_and_per_route_class() -> None:
 def test_rate_limit_parses_rate_and_burst() -> None:
     assert RateLimit.parse("10/20") == RateLimit(10.0, 20)
     assert RateLimit.parse("0.5/3") == RateLimit(0.5, 3)
+
+
+def test_advance_treats_a_missing_bucket_as_full_and_a_clock_behind_as_no_refill() -> None:
+    limit = RateLimit(1.0, 3)
+    state, decision = advance(None, limit, now=50.0, spend=True)
+    assert (state.tokens, decision.allowed, decision.remaining) == (2.0, True, 2)
+    # Another gateway's clock a second behind: no refill, and no draining either.
+    behind, _ = advance(BucketState(tokens=0.5, updated=100.0), limit, now=99.0, spend=False)
+    assert behind.tokens == 0.5
+    _, refused = advance(BucketState(tokens=0.5, updated=100.0), limit, now=100.0, spend=True)
+    assert not refused.allowed
+    assert refused.headers()["Retry-After"] == "1"

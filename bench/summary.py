@@ -1,0 +1,177 @@
+"""The goals of issue 16, each as a ratio read off one run's scenarios, with where a missed goal's cost goes.
+
+Key design decision: a goal is computed only from figures of the same run (a scenario against its baseline at
+the same mode), and a missed one names the process that spends the most CPU per request above the baseline,
+read from the per-process CPU the bench already measures; a goal whose scenarios did not run is "-" rather than
+a guess.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+import msgspec
+
+from bench.report import Phase, Results, Scenario
+
+CREATE = "POST /cases"
+GET_CASE = "GET /cases/{id}"
+LIST = "GET /cases (page of 50)"
+INSERT = "baseline: MongoDB insert_one"
+FIND = "baseline: MongoDB find_one"
+BARE_LIST = "baseline: MongoDB list page"
+SCHEDULER_PREFIX = "scheduler"
+BURST_PREFIX = "burst:"
+TWO_GATEWAYS = "two gateways"
+# The case service scans for due cases once per SCHEDULER_INTERVAL_SECONDS (1 s by default).
+SCANS_PER_SECOND: Final = 1.0
+
+
+class Goal(msgspec.Struct, kw_only=True):
+    name: str
+    value: float | None
+    # e.g. ">= 0.40"; `met` compares `value` with it (None when not measured).
+    goal: str
+    met: bool | None
+    # What `value` is, in words and figures.
+    detail: str = ""
+    # For a missed goal: the process spending the difference, and its CPU ms per request above the baseline's.
+    spender: str | None = None
+
+
+def _find(results: Results, name: str) -> Scenario | None:
+    return next((s for s in results.scenarios if s.name == name or s.name.startswith(name)), None)
+
+
+def _phase(results: Results, name: str, mode: str) -> Phase | None:
+    scenario = _find(results, name)
+    return scenario.phase(mode) if scenario else None
+
+
+def spender(ours: Phase, base: Phase | None) -> tuple[str, float] | None:
+    """The process whose CPU per request exceeds the baseline's by the most (ms)."""
+    theirs = base.cpu_s_per_request if base else {}
+    extra = {name: (cpu - theirs.get(name, 0.0)) * 1000 for name, cpu in ours.cpu_s_per_request.items()}
+    if not extra:
+        return None
+    name = max(extra, key=lambda n: extra[n])
+    return name, round(extra[name], 2)
+
+
+def _goal(name: str, value: float | None, goal: str, test: Callable[[float], bool], detail: str) -> Goal:
+    return Goal(
+        name=name,
+        value=None if value is None else round(value, 3),
+        goal=goal,
+        met=None if value is None else test(value),
+        detail=detail,
+    )
+
+
+def _throughput_goal(results: Results, name: str, ours_name: str, base_name: str, minimum: float) -> Goal:
+    ours, base = _phase(results, ours_name, "saturation"), _phase(results, base_name, "saturation")
+    if ours is None or base is None or not base.load.throughput_rps:
+        return _goal(name, None, f">= {minimum:.2f}", lambda _: False, "not measured")
+    value = ours.load.throughput_rps / base.load.throughput_rps
+    goal = _goal(
+        name,
+        value,
+        f">= {minimum:.2f}",
+        lambda v: v >= minimum,
+        f"{ours.load.throughput_rps:,.1f}/s vs {base.load.throughput_rps:,.1f}/s at saturation",
+    )
+    if goal.met is False:
+        found = spender(ours, base)
+        goal.spender = f"{found[0]} +{found[1]} ms CPU/req" if found else None
+    return goal
+
+
+def goals(results: Results) -> list[Goal]:
+    found: list[Goal] = [
+        _throughput_goal(results, "POST /cases ÷ insert_one", CREATE, INSERT, 0.40),
+        _throughput_goal(results, "GET /cases/{id} ÷ find_one", GET_CASE, FIND, 0.50),
+        _throughput_goal(results, "GET /cases page ÷ bare find, same filter/sort/limit", LIST, BARE_LIST, 0.30),
+    ]
+    create, insert = _phase(results, CREATE, "saturation"), _phase(results, INSERT, "saturation")
+    mongo_create = create.cpu_s_per_request.get("mongodb") if create else None
+    mongo_insert = insert.cpu_s_per_request.get("mongodb") if insert else None
+    value = mongo_create / mongo_insert if mongo_create and mongo_insert else None
+    found.append(
+        _goal(
+            "MongoDB CPU per create ÷ per insert_one",
+            value,
+            "<= 2.5",
+            lambda v: v <= 2.5,
+            f"{mongo_create * 1000:.1f} ms vs {mongo_insert * 1000:.1f} ms"
+            if mongo_create and mongo_insert
+            else "not measured",
+        )
+    )
+    if found[-1].met is False:
+        found[-1].spender = "mongodb (the writes a create makes; see the create path's command count)"
+    idle = _phase(results, SCHEDULER_PREFIX, "idle scan")
+    per_scan = idle.stack_cpu_s_per_request if idle else None
+    busiest = (
+        max(idle.cpu_s_per_request, key=lambda n: idle.cpu_s_per_request[n])
+        if idle and idle.cpu_s_per_request
+        else None
+    )
+    found.append(
+        _goal(
+            "scheduler idle, none due: share of a core",
+            per_scan * SCANS_PER_SECOND if per_scan is not None else None,
+            "<= 0.05",
+            lambda v: v <= 0.05,
+            f"{per_scan * 1000:.0f} ms of CPU per scan, one scan a second" if per_scan is not None else "not measured",
+        )
+    )
+    if found[-1].met is False and busiest is not None:
+        found[-1].spender = busiest
+    burst = _find(results, BURST_PREFIX)
+    counts = burst.context.get("counts", {}) if burst else {}
+    unexpected = counts.get("5xx_unexpected") if burst else None
+    found.append(
+        _goal(
+            "burst: 5xx other than 503 with Retry-After",
+            None if unexpected is None else float(unexpected),
+            "== 0",
+            lambda v: v == 0,
+            f"{counts}, slowest {burst.context.get('max_latency_ms')} ms" if burst else "not measured",
+        )
+    )
+    two = _find(results, TWO_GATEWAYS)
+    granted, expected = (
+        (two.context.get("throttle_granted"), two.context.get("throttle_expected")) if two else (None, None)
+    )
+    found.append(
+        _goal(
+            "two gateways: creates granted ÷ the shared burst",
+            granted / expected if granted is not None and expected else None,
+            "0.90..1.10",
+            lambda v: 0.9 <= v <= 1.1,
+            f"{granted} requests past the throttle (not 429) for {expected} tokens, over two gateways"
+            if two
+            else "not measured",
+        )
+    )
+    return found
+
+
+def render_goals(found: list[Goal]) -> str:
+    rows = [
+        [
+            g.name,
+            "-" if g.value is None else f"{g.value:,.3f}",
+            g.goal,
+            {True: "met", False: "MISSED", None: "-"}[g.met],
+            g.detail,
+            g.spender or "",
+        ]
+        for g in found
+    ]
+    header = ["goal (issue 16)", "value", "target", "", "measured", "difference spent in"]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
