@@ -38,6 +38,7 @@ from shared.subjects import (
     AGENTMAIL_INGRESS_BODIES,
     ALL_STREAMS,
     BACKEND_SERVICES,
+    CASE_COMMANDS,
     PARKED,
     TEST_NATS_USER,
     THROTTLE_BUCKETS,
@@ -180,6 +181,19 @@ def jetstream_api(streams: Iterable[str], consumers: Iterable[tuple[str, str]]) 
     return allowed
 
 
+# Streams whose messages a service reads by subject (a direct lookup, not a consumer): the case service's
+# reconciler asks CASE_COMMANDS whether an unconfirmed create's created command was ever published.
+STREAM_READS: Final[Mapping[str, tuple[StreamSpec, ...]]] = {Service.CASE: (CASE_COMMANDS,)}
+
+
+def stream_reads_api(streams: Iterable[StreamSpec]) -> list[str]:
+    allowed: list[str] = []
+    for stream in streams:
+        allowed += [f"$JS.API.STREAM.MSG.GET.{stream.name}", f"$JS.API.DIRECT.GET.{stream.name}"]
+        allowed += [f"$JS.API.DIRECT.GET.{stream.name}.>"]
+    return allowed
+
+
 def service_user(service: Service) -> NatsUser:
     # Imported here: building the brokers imports every service, which `make run` (local_environment) needs not.
     from deploy.asyncapi import BROKERS, publications, subscriptions
@@ -204,6 +218,7 @@ def service_user(service: Service) -> NatsUser:
             *jetstream_api(streams, consumers),
             *object_store_api(OBJECT_BUCKETS.get(service, ())),
             *key_value_api(KV_BUCKETS.get(service, ())),
+            *stream_reads_api(STREAM_READS.get(service, ())),
             *responds,
         ),
         subscribe=(*received, INBOX),
