@@ -40,7 +40,12 @@ from services.case.agent.prompts import JUDGEMENT_SCHEMA_NAME
 from shared.mongo import Document
 from shared.settings import GatewaySettings, load_settings
 from tests.e2e.test_case_lifecycle import TERMINAL, Scenario
-from tests.e2e.test_case_lifecycle_openai import model, openai_stack  # noqa: F401 (fixtures used below)
+from tests.e2e.test_case_lifecycle_openai import (  # noqa: F401 (fixtures used below)
+    OPENAI_LIKE_SERVER,
+    model,
+    openai_stack,
+    without_the_rules_case_service,
+)
 from tests.support.api import case_body, headers, new_client
 from tests.support.fake_openai import FakeOpenAI, judgement, quote
 from tests.support.processes import Stack
@@ -342,6 +347,7 @@ def fake_model(model: FakeOpenAI) -> Iterator[FakeOpenAI]:  # noqa: F811 (the im
     model.reset()
 
 
+@pytest.mark.parametrize("openai_stack", [OPENAI_LIKE_SERVER], ids=[OPENAI_LIKE_SERVER.name], indirect=True)
 async def test_hostile_emails_neither_stall_nor_cross_tenants_nor_complete_a_case_on_the_counterpartys_say_so(
     api: httpx.AsyncClient,
     openai_stack: Stack,  # noqa: F811 (the imported fixture)
