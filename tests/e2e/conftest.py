@@ -35,6 +35,11 @@ def stack(nats_server: NatsServer, mongo_url: str, log_dir: Path) -> Iterator[St
             "RATE_LIMIT_DEFAULT": "10000/10000",
             # Many tests send bad keys on purpose from this one address; the throttle has its own gateway.
             "RATE_LIMIT_FAILED_AUTH": "10000/10000",
+            # Admission control and the /readyz cache have tests on gateways of their own; here readiness is live
+            # and concurrency tests (e.g. 50 creates against a cap) reach the services.
+            "MAX_IN_FLIGHT_CREATE": "10000",
+            "MAX_IN_FLIGHT_DEFAULT": "10000",
+            "READYZ_CACHE_SECONDS": "0",
             # Long enough that only an eviction broadcast can make a revoked key fail within a second.
             "AUTH_CACHE_SECONDS": "3600",
             # One follow-up "hour" lasts half a second: a 72-hour delay is 36 s, a 1-hour delay 0.5 s.
