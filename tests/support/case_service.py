@@ -31,6 +31,7 @@ from services.case.store import INDEXES, CaseStore, IdempotencyStore, UnmatchedS
 from services.case.worker import Worker, register
 from shared.clock import now_ms
 from shared.contracts import agentmail
+from shared.contracts import case as case_contracts
 from shared.contracts.case import NewCase
 from shared.contracts.rpc import Ok
 from shared.errors import ErrorCode, ServiceError
@@ -151,13 +152,20 @@ class CaseHarness:
     adapter: StubAdapter
 
     async def create(self, address: str, **changes: Any) -> str:
-        """A case as the API creates it: stored with its created command owed, then relayed."""
+        """A case as an answered create leaves it: stored, and its created command published (the gateway
+        publishes it once the case service's 201 arrived in time)."""
         case_id = str(uuid.uuid4())
         record = domain.new_case(
             case_id=case_id, client_id=CLIENT, body=new_case_body(address, **changes), now=now_ms()
         )
         await self.store.insert(record)
-        await self.relay.publish(record)
+        await publish_durable(
+            self.worker.broker,
+            case_contracts.created_subject(case_id),
+            case_contracts.CaseCreatedCommand(case_id=case_id),
+            stream=CASE_COMMANDS,
+            msg_id=case_contracts.created_msg_id(case_id),
+        )
         return case_id
 
     async def case(self, case_id: str) -> CaseRecord:
