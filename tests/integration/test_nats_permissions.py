@@ -129,9 +129,10 @@ async def test_another_services_credentials_cannot_answer_or_publish_its_subject
     gateway_client, gateway = await as_service(clients, nats_server, "gateway")
     await gateway.subscribe(auth.VERIFY_KEY, queue="auth")
     assert "subscription to" in (await gateway_client.wait_for_error("permissions violation")).lower()
-    # ...nor put a command on the case service's durable stream.
-    await gateway.publish(case.CMD_CREATED, b"{}")
-    assert 'publish to "case.cmd.created"' in (await gateway_client.wait_for_error("case.cmd.created")).lower()
+    # ...nor put the case worker's own commands on its durable stream (it may publish only a create's
+    # confirmation, `case.cmd.created.<caseId>`).
+    await gateway.publish(case.CMD_SEND, b"{}")
+    assert 'publish to "case.cmd.send"' in (await gateway_client.wait_for_error("case.cmd.send")).lower()
     # ...nor reach the JetStream API of a stream that is not its own.
     await gateway.publish("$JS.API.STREAM.DELETE.CASE_COMMANDS", b"")
     assert "stream.delete" in (await gateway_client.wait_for_error("STREAM.DELETE")).lower()
