@@ -3,9 +3,8 @@
 NATS refuses any message over `max_payload` (8 MB in deploy/nats.conf), so a payload that can grow with a thread
 would one day fail every step of its case. The design decision: sizes are measured as the JSON the bus carries
 (msgspec's encoding, where a control character can cost six bytes), one inbound message's text is kept whole up
-to `MESSAGE_TEXT_MAX_BYTES`, and a transcript reply holds the newest messages within `TRANSCRIPT_MAX_BYTES`,
-counting the older ones it leaves out. The case service shows a transcript twice (`conversationThread` and
-`conversationMessages`) beside the case itself (whose create body is at most 1 MiB): 2 x 2.5 MB + 1 MiB fits.
+to `MESSAGE_TEXT_MAX_BYTES`, and a transcript reply holds the newest messages within the transcript budget
+(shared/transcript_budget.py, which the case service applies again to a case's merged threads).
 Outgoing subjects are made single-line and bounded here, in the one place every email we send passes.
 """
 
@@ -13,21 +12,13 @@ from __future__ import annotations
 
 from typing import Final
 
-import msgspec
-
 from shared.text import single_line
+from shared.transcript_budget import encoded_size
 
 MESSAGE_TEXT_MAX_BYTES: Final = 1_500_000
-TRANSCRIPT_MAX_BYTES: Final = 2_500_000
-# What a transcript entry costs besides its text and subject (ids, addresses, timestamps, JSON punctuation).
-ENTRY_OVERHEAD_BYTES: Final = 512
 SUBJECT_MAX_CHARS: Final = 200
 # An inbound subject is stored as received (it is shown) but bounded.
 INBOUND_SUBJECT_MAX_CHARS: Final = 2_000
-
-
-def encoded_size(text: str) -> int:
-    return len(msgspec.json.encode(text))
 
 
 def bounded_text(text: str, max_bytes: int = MESSAGE_TEXT_MAX_BYTES) -> str:

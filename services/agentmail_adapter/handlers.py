@@ -22,14 +22,7 @@ from typing import Final
 import msgspec
 from faststream.nats import NatsBroker
 
-from services.agentmail_adapter.bounds import (
-    ENTRY_OVERHEAD_BYTES,
-    INBOUND_SUBJECT_MAX_CHARS,
-    TRANSCRIPT_MAX_BYTES,
-    bounded_text,
-    encoded_size,
-    outgoing_subject,
-)
+from services.agentmail_adapter.bounds import INBOUND_SUBJECT_MAX_CHARS, bounded_text, outgoing_subject
 from services.agentmail_adapter.client import (
     AgentMailClient,
     AgentMailMisconfigured,
@@ -82,6 +75,7 @@ from shared.messaging import document_publication, publish_durable
 from shared.settings import AgentMailSettings
 from shared.subjects import AGENTMAIL_EVENTS, AGENTMAIL_INGRESS_BODIES, Service, queue_group
 from shared.text import clipped
+from shared.transcript_budget import TranscriptBudget
 
 log = logging.getLogger("caseflow.agentmail_adapter")
 
@@ -226,15 +220,13 @@ def register_handlers(
     async def transcript(request: GetTranscript) -> Ok[Transcript]:
         """The newest messages of the thread that fit TRANSCRIPT_MAX_BYTES (always the newest one), oldest first."""
         newest_first: list[TranscriptMessage] = []
-        budget = TRANSCRIPT_MAX_BYTES
+        budget = TranscriptBudget()
         cut = False
         async for stored in store.thread_newest_first(request.thread_id):
             message = _transcript_message(stored)
-            size = encoded_size(message.text) + encoded_size(message.subject) + ENTRY_OVERHEAD_BYTES
-            if newest_first and size > budget:
+            if not budget.admits(message):
                 cut = True
                 break
-            budget -= size
             newest_first.append(message)
         omitted = await store.thread_size(request.thread_id) - len(newest_first) if cut else 0
         return Ok(Transcript(thread_id=request.thread_id, messages=newest_first[::-1], omitted=omitted))

@@ -40,6 +40,7 @@ from shared.logs import case_id_var, client_id_var, request_id_var
 from shared.messaging import document_publication, request, request_deadline_ms
 from shared.settings import CaseSettings
 from shared.subjects import CASE_COMMANDS, CASE_EVENTS, Service, queue_group
+from shared.transcript_budget import newest_that_fit
 
 log = logging.getLogger("caseflow.case")
 
@@ -209,7 +210,9 @@ class CaseApi:
             omitted += found.omitted
             return found.messages
 
-        messages = await case_transcript(record, thread)
+        # Each thread fits the bus; several together might not, so the merged transcript gets the same budget.
+        messages, left_out = newest_that_fit(await case_transcript(record, thread))
+        omitted += left_out
         return msgspec.structs.replace(
             view,
             conversation_thread=format_transcript(messages, omitted=omitted),

@@ -27,7 +27,7 @@ from prometheus_client import REGISTRY
 from pymongo.asynchronous.database import AsyncDatabase
 from svix.webhooks import Webhook
 
-from services.agentmail_adapter.bounds import MESSAGE_TEXT_MAX_BYTES, SUBJECT_MAX_CHARS, TRANSCRIPT_MAX_BYTES
+from services.agentmail_adapter.bounds import MESSAGE_TEXT_MAX_BYTES, SUBJECT_MAX_CHARS
 from services.agentmail_adapter.client import AgentMailClient
 from services.agentmail_adapter.handlers import register_handlers
 from services.agentmail_adapter.store import (
@@ -66,6 +66,7 @@ from shared.messaging import create_broker, ensure_streams, request
 from shared.mongo import Document, ensure_indexes
 from shared.settings import AgentMailSettings, GatewaySettings, load_settings
 from shared.subjects import AGENTMAIL_EVENTS, AGENTMAIL_INGRESS_BODIES, Service
+from shared.transcript_budget import TRANSCRIPT_MAX_BYTES
 from tests.support.processes import NatsServer, Simulator, free_port
 from tests.support.simulator import (
     INBOX,

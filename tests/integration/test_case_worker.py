@@ -31,6 +31,7 @@ from shared.errors import ErrorCode, ServiceError
 from shared.messaging import publish_durable, request
 from shared.mongo import Document
 from shared.subjects import AGENTMAIL_EVENTS, CASE_EVENTS
+from shared.transcript_budget import TRANSCRIPT_MAX_BYTES
 from tests.support.case_service import CLIENT, CaseHarness, case_service
 from tests.support.processes import NatsServer
 
@@ -210,6 +211,42 @@ async def test_a_second_thread_is_recorded_and_the_transcript_and_delivery_event
     await publish_durable(harness.client, agentmail.DELIVERY_EVENT, bounce, stream=AGENTMAIL_EVENTS, msg_id="b1")
     failed = await harness.until(case_id, lambda record: record.status == "FAILED")
     assert failed.result_status == "BOUNCED"
+
+
+async def test_a_case_whose_threads_each_fit_the_bus_but_not_together_shows_the_newest_that_fit(
+    harness: CaseHarness,
+) -> None:
+    case_id = await harness.running(VENDOR)
+    first_thread = harness.adapter.first_thread(case_id)
+    # Each thread alone is within the adapter's budget; the two together are over it.
+    large = "x" * (TRANSCRIPT_MAX_BYTES * 3 // 5)
+    harness.adapter.threads[first_thread].append(
+        agentmail.TranscriptMessage(
+            direction="inbound",
+            message_id="<in-large-1@counterparty.example>",
+            from_address=VENDOR,
+            to=["caseflow@stub.example"],
+            subject="Re: W-9",
+            text=large,
+            at=now_ms(),
+        )
+    )
+    fresh = await harness.deliver(thread_id="th-large", text=large, from_address=VENDOR)
+    await harness.until(case_id, lambda record: fresh.message_id in record.handled_message_ids)
+
+    view = await request(
+        harness.client,
+        case.GET,
+        case.GetCase(client_id=CLIENT, case_id=case_id, include_transcript=True),
+        case.CaseView,
+        timeout=10,
+    )
+    assert isinstance(view.conversation_messages, list)
+    # The newest message is kept; the older large one and the first email before it are counted, not shown.
+    assert [m.message_id for m in view.conversation_messages] == [fresh.message_id]
+    assert view.conversation_messages_omitted == 2
+    assert isinstance(view.conversation_thread, str)
+    assert view.conversation_thread.startswith("[2 earlier messages not shown")
 
 
 # ---- one email in flight -------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ from services.agentmail_adapter.bounds import (
     MESSAGE_TEXT_MAX_BYTES,
     SUBJECT_MAX_CHARS,
     bounded_text,
-    encoded_size,
     outgoing_subject,
 )
 from services.case.agent.citations import Citation, unsupported_fields
@@ -35,6 +34,7 @@ from services.case.validation import validate_new_case
 from shared.contracts.agentmail import TranscriptMessage
 from shared.errors import ErrorCode, ServiceError
 from shared.text import single_line
+from shared.transcript_budget import encoded_size
 from tests.unit.test_case_validation import body
 from tests.unit.test_rules_agent import case, inbound
 
