@@ -28,7 +28,7 @@ import msgspec
 from referencing.exceptions import Unresolvable
 
 from services.case.agent.port import Judgement, TokenUsage
-from services.case.domain import case_event, outbox_message, with_outbox
+from services.case.domain import case_event, outbox_message, status_history, with_outbox
 from services.case.model import (
     CaseRecord,
     EmailKind,
@@ -49,6 +49,8 @@ from shared.contracts.case import (
     AttachmentMeta,
     Goal,
     InputProvidedCommand,
+    StatusCause,
+    StatusChange,
 )
 from shared.errors import ErrorCode, ServiceError
 from shared.settings import CaseSettings
@@ -64,6 +66,9 @@ INPUT_LEASE_MS: Final = 5 * 60_000
 REPLY_LEASE_MS: Final = 5 * 60_000
 # How many handled message/input ids a case remembers for deduplication.
 HANDLED_MEMORY: Final = 50
+# The status timeline keeps its first entry (CREATED) and the newest ones, this many in all: a case that
+# bounces RUNNING ⇄ INPUT_NEEDED for weeks keeps a bounded document.
+STATUS_HISTORY_LIMIT: Final = 20
 
 # What the reconciler repaired (the `kind` label of caseflow_reconciler_repairs_total).
 type RepairKind = Literal["send_unconfirmed", "input_unapplied", "reply_unjudged"]
@@ -308,6 +313,8 @@ def transition(case: CaseRecord, event: Event, clock: Clock) -> CaseRecord:
     changed = _transition(case, event, clock)
     if changed is case:
         return case
+    if changed.status != case.status:
+        changed = _with_status_change(case, changed, _cause_of(event))
     repair_at = min((ends for _, ends in _leases(changed, clock)), default=None)
     if repair_at != changed.repair_at:
         changed = msgspec.structs.replace(changed, repair_at=repair_at)
@@ -322,6 +329,42 @@ def transition(case: CaseRecord, event: Event, clock: Clock) -> CaseRecord:
             completion_tokens=total.completion_tokens + spent.completion_tokens,
         ),
     )
+
+
+def _with_status_change(before: CaseRecord, after: CaseRecord, cause: StatusCause) -> CaseRecord:
+    """`after` with its new status appended to the timeline (bounded: the first entry and the newest ones)."""
+    history = [*status_history(before), StatusChange(status=after.status, at=after.updated_at, cause=cause)]
+    omitted = before.status_history_omitted
+    excess = len(history) - STATUS_HISTORY_LIMIT
+    if excess > 0:
+        history = [history[0], *history[1 + excess :]]
+        omitted += excess
+    return msgspec.structs.replace(after, status_history=history, status_history_omitted=omitted)
+
+
+def _cause_of(event: Event) -> StatusCause:
+    match event:
+        case EmailSent():
+            return "email_sent"
+        case ReplyJudged():
+            return "reply_judged"
+        case InputJudged():
+            return "input_judged"
+        case AgentStuck():
+            return "agent_stuck"
+        case FollowUpDue():
+            return "follow_up_due"
+        case SendRejected():
+            return "send_rejected"
+        case SendFailed():
+            return "send_failed"
+        case DeliveryFailed():
+            return "delivery_failed"
+        case CancelRequested():
+            return "cancel_requested"
+        case CaseStarted() | SendStarted() | ReplyReceived() | InputProvided():
+            # These events never change the status; should one ever do, the timeline says so rather than fail.
+            return "unrecorded"
 
 
 def _usage_of(event: Event) -> TokenUsage:

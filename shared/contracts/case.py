@@ -122,6 +122,32 @@ class InputRequestView(Contract, frozen=True):
     requested_at: int
 
 
+# What moved a case into a status (`statusHistory[].cause`): the lifecycle event that caused the change.
+# "unrecorded" marks the current status of a case stored before statuses were recorded (its `at` is then
+# the case's updatedAt, the latest time known).
+StatusCause = Literal[
+    "created",
+    "email_sent",
+    "reply_judged",
+    "input_judged",
+    "agent_stuck",
+    "follow_up_due",
+    "send_rejected",
+    "send_failed",
+    "delivery_failed",
+    "cancel_requested",
+    "unrecorded",
+]
+
+
+class StatusChange(Contract, frozen=True):
+    """One entry of a case's status timeline: the status it entered, when (Unix ms, its updatedAt then), why."""
+
+    status: CaseStatus
+    at: int
+    cause: StatusCause
+
+
 class TranscriptEntry(Contract, frozen=True):
     direction: Literal["outbound", "inbound"]
     message_id: str
@@ -156,6 +182,10 @@ class CaseView(Contract, frozen=True, omit_defaults=True):
     constraints: list[str] | None = None
     metadata: dict[str, Any] | None = None
     failure_reason: str | None = None
+    # The status timeline, oldest first: the first change and the newest ones (lifecycle.STATUS_HISTORY_LIMIT).
+    status_history: list[StatusChange] = []
+    # How many changes between the first and the newest the bounded timeline leaves out (only when some are).
+    status_history_omitted: int = 0
     # Only with includeTranscript=true: UNSET leaves them out; None means "no thread yet".
     conversation_thread: str | UnsetType | None = UNSET
     conversation_messages: list[TranscriptEntry] | UnsetType | None = UNSET

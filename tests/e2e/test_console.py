@@ -243,6 +243,18 @@ async def test_the_live_fragment_answers_204_until_the_case_changes(
     assert changed.status_code == 200
     assert 'id="case-status">COMPLETED<' in changed.text
     assert changed.text.startswith('<div id="case-live"')
+    # The timeline the fragment shows is the one GET /cases/{id} returns, recorded as the case moved.
+    history = (await owner.get(case_id))["statusHistory"]
+    assert [(entry["status"], entry["cause"]) for entry in history] == [
+        ("CREATED", "created"),
+        ("RUNNING", "email_sent"),
+        ("INPUT_NEEDED", "reply_judged"),
+        ("RUNNING", "input_judged"),
+        ("COMPLETED", "reply_judged"),
+    ]
+    assert [entry["at"] for entry in history] == sorted(entry["at"] for entry in history)
+    timeline = changed.text[changed.text.index('id="status-timeline"') : changed.text.index("</ol>")]
+    assert re.findall(r'data-status="([A-Z_]+)"', timeline) == [entry["status"] for entry in history]
 
     # The signed PDF the counterparty attached: the link asks the attachment RPC for a fresh download URL.
     link = re.search(r'href="(/console/cases/[^"]+/attachments/[^"]+)"', changed.text)

@@ -8,6 +8,7 @@ import hashlib
 import re
 import time
 
+import msgspec
 import pytest
 from cryptography.fernet import Fernet
 
@@ -133,3 +134,34 @@ def test_times_are_shown_in_utc_and_nothing_scheduled_as_a_dash() -> None:
     assert utc_time(0) == "1970-01-01 00:00:00 UTC"
     assert utc_time(NOTHING_SCHEDULED) == "—"
     assert utc_time(None) == "—"
+
+
+def test_the_case_page_shows_the_status_timeline_oldest_first_with_what_it_leaves_out() -> None:
+    history = [
+        contract.StatusChange(status="CREATED", at=0, cause="created"),
+        contract.StatusChange(status="INPUT_NEEDED", at=60_000, cause="reply_judged"),
+        contract.StatusChange(status="RUNNING", at=120_000, cause="input_judged"),
+    ]
+    view = msgspec.structs.replace(hostile_case(), status_history=history, status_history_omitted=7)
+    html = (
+        environment()
+        .get_template("case_live.html")
+        .render(
+            case=view,
+            messages=[],
+            attachments_by_message={},
+            deliveries=[],
+            terminal=False,
+            case_url="/console/cases/case-1",
+            version="v",
+            live_url="/l",
+            poll_seconds=2,
+            csrf="t",
+            never=NOTHING_SCHEDULED,
+        )
+    )
+    timeline = html[html.index('id="status-timeline"') : html.index("</ol>")]
+    assert re.findall(r'data-status="([A-Z_]+)"', timeline) == ["CREATED", "INPUT_NEEDED", "RUNNING"]
+    assert '1970-01-01 00:01:00 UTC · <span class="cause">reply judged</span>' in timeline
+    # The omitted count sits right after the first entry, where the gap is.
+    assert timeline.index("7 earlier change(s) not shown") < timeline.index('data-status="INPUT_NEEDED"')
