@@ -1,5 +1,6 @@
 """/console over HTTP against the running stack: the session cookie's flags, sign-in and CSRF refusals, the
-API's 403 for another client's case, counterparty text escaped, and the same RPCs as the JSON API behind it."""
+API's 403 for another client's case, counterparty text escaped, the status timeline and failure reason, and the
+same RPCs as the JSON API behind it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from markupsafe import escape
 
 from tests.e2e.test_case_lifecycle import Scenario
 from tests.support.api import ExtraGateway, new_client
@@ -113,6 +115,41 @@ async def test_a_form_without_the_sessions_csrf_token_changes_nothing(
     cancelled = await console.post(f"/console/cases/{case_id}/cancel", data={"csrf": csrf_of(page.text)})
     assert (cancelled.status_code, cancelled.headers["location"]) == (303, f"/console/cases/{case_id}")
     assert (await owner.get(case_id))["status"] == "CANCELLED"
+    after = await console.get(f"/console/cases/{case_id}")
+    assert 'id="cancel-form"' not in after.text
+    assert timeline_of(after.text)[-1] == ("CANCELLED", "cancel requested")
+
+
+def timeline_of(page: str) -> list[tuple[str, str]]:
+    """The (status, cause) entries of the page's status timeline, oldest first."""
+    timeline = page[page.index('id="status-timeline"') : page.index("</ol>")]
+    return re.findall(r'<li data-status="([A-Z_]+)">.*?<span class="cause">([^<]*)</span></li>', timeline)
+
+
+async def test_a_refused_case_shows_why_it_failed_and_how_it_got_there(
+    api: httpx.AsyncClient, stack: Stack, client: dict[str, Any], console: httpx.AsyncClient
+) -> None:
+    owner = Scenario(api, stack, client)
+    case_id, _ = await owner.start("refuse")
+    case = await owner.wait_for(case_id, {"COMPLETED", "FAILED", "CANCELLED"})
+    assert (case["status"], case["resultStatus"]) == ("FAILED", "failed_rejected")
+    await sign_in(console, client["apiKey"])
+    page = await console.get(f"/console/cases/{case_id}")
+    assert page.status_code == 200
+    reason = re.search(r'id="failure-reason">Failure reason: ([^<]+)<', page.text)
+    assert reason
+    assert reason.group(1) == str(escape(case["failureReason"]))  # as the autoescaping template writes it
+    assert timeline_of(page.text) == [
+        ("CREATED", "created"),
+        ("RUNNING", "email sent"),
+        ("FAILED", "reply judged"),
+    ]
+    assert [(entry["status"], entry["cause"]) for entry in case["statusHistory"]] == [
+        ("CREATED", "created"),
+        ("RUNNING", "email_sent"),
+        ("FAILED", "reply_judged"),
+    ]
+    assert 'id="cancel-form"' not in page.text  # nothing to cancel once it ended
 
 
 async def test_another_clients_case_is_the_apis_403_page(
@@ -253,8 +290,7 @@ async def test_the_live_fragment_answers_204_until_the_case_changes(
         ("COMPLETED", "reply_judged"),
     ]
     assert [entry["at"] for entry in history] == sorted(entry["at"] for entry in history)
-    timeline = changed.text[changed.text.index('id="status-timeline"') : changed.text.index("</ol>")]
-    assert re.findall(r'data-status="([A-Z_]+)"', timeline) == [entry["status"] for entry in history]
+    assert [status for status, _ in timeline_of(changed.text)] == [entry["status"] for entry in history]
 
     # The signed PDF the counterparty attached: the link asks the attachment RPC for a fresh download URL.
     link = re.search(r'href="(/console/cases/[^"]+/attachments/[^"]+)"', changed.text)
