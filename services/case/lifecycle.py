@@ -7,6 +7,8 @@ confirmation of the same email) or that arrive after the case ended change nothi
 retried safely. The client's own requests (cancel, input) are events of this table too: `apply_request` gives
 the contract's 409 when one does not apply. The worker, the scheduler and the store ask this module which
 statuses are open or schedulable and whether an event still needs the agent, instead of repeating the rules.
+`transition` also records every status change on the case's bounded timeline (`status_history`), so the write
+that stores a change stores its entry.
 
 The design decision a reader must know: **one email in flight**. A case has at most one requested, unconfirmed
 send (`awaiting_send`); each distinct email gets a fresh attempt number (`last_attempt + 1`), which is its
@@ -45,6 +47,7 @@ from shared.contracts.case import (
     CMD_JUDGE_REPLY,
     CMD_SEND,
     NOTHING_SCHEDULED,
+    STATUS_HISTORY_LIMIT,
     TERMINAL_STATUSES,
     AttachmentMeta,
     Goal,
@@ -66,9 +69,6 @@ INPUT_LEASE_MS: Final = 5 * 60_000
 REPLY_LEASE_MS: Final = 5 * 60_000
 # How many handled message/input ids a case remembers for deduplication.
 HANDLED_MEMORY: Final = 50
-# The status timeline keeps its first entry (CREATED) and the newest ones, this many in all: a case that
-# bounces RUNNING ⇄ INPUT_NEEDED for weeks keeps a bounded document.
-STATUS_HISTORY_LIMIT: Final = 20
 
 # What the reconciler repaired (the `kind` label of caseflow_reconciler_repairs_total).
 type RepairKind = Literal["send_unconfirmed", "input_unapplied", "reply_unjudged"]

@@ -12,7 +12,6 @@ from services.case import domain
 from services.case.agent.port import Draft, Judgement
 from services.case.lifecycle import (
     SEND_LEASE_MS,
-    STATUS_HISTORY_LIMIT,
     AgentStuck,
     CancelRequested,
     CaseStarted,
@@ -49,6 +48,7 @@ from shared.contracts.case import (
     CMD_JUDGE_REPLY,
     CMD_SEND,
     NOTHING_SCHEDULED,
+    STATUS_HISTORY_LIMIT,
     AttachmentMeta,
     CaseEvent,
     InputProvidedCommand,
