@@ -14,7 +14,7 @@ import pytest
 from markupsafe import escape
 
 from tests.e2e.test_case_lifecycle import Scenario
-from tests.support.api import ExtraGateway, new_client
+from tests.support.api import ExtraGateway, admin, new_client
 from tests.support.console import csrf_of, sign_in
 from tests.support.processes import Stack
 from tests.support.simulator import eventually
@@ -63,6 +63,30 @@ async def test_sign_in_sets_a_sealed_httponly_strict_cookie_and_sign_out_clears_
     assert "max-age=0" in session_cookie(out).lower()
     after = await console.get("/console/cases")
     assert (after.status_code, after.headers["location"]) == (303, "/console/sign-in")
+
+
+async def test_a_copy_of_the_cookie_outlives_sign_out_as_documented_and_dies_with_its_key(
+    stack: Stack, console: httpx.AsyncClient
+) -> None:
+    # docs/api.md: sign-out expires the cookie in that browser; the stateless token itself is not revoked, its
+    # API key is the kill switch. This pins both halves, so a change to either must change the contract too.
+    client = new_client(stack)
+    await sign_in(console, client["apiKey"])
+    copied = console.cookies["caseflow_console"]
+    page = await console.get("/console/cases")
+    await console.post("/console/sign-out", data={"csrf": csrf_of(page.text)})
+    assert (await console.get("/console/cases")).status_code == 303
+
+    async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30, cookies={"caseflow_console": copied}) as other:
+        assert (await other.get("/console/cases")).status_code == 200
+        admin(stack, "revoke-key", client["keyId"])
+
+        async def signed_out() -> httpx.Response | None:
+            response = await other.get("/console/cases")
+            return response if response.status_code == 303 else None
+
+        ended = await eventually(signed_out, timeout=10, what="the copied session ending with its key")
+        assert ended.headers["location"] == "/console/sign-in"
 
 
 async def test_the_cookie_is_secure_behind_a_trusted_proxy_that_says_https(stack: Stack) -> None:
