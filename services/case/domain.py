@@ -20,6 +20,7 @@ from shared.contracts.case import (
     EventType,
     InputRequestView,
     NewCase,
+    StatusChange,
     case_event_id,
     event_subject,
 )
@@ -77,6 +78,7 @@ def new_case(
         metadata=body.metadata,
         confirm_by=confirm_by,
         usage_month=usage_month,
+        status_history=[StatusChange(status="CREATED", at=now, cause="created")],
     )
 
 
@@ -140,6 +142,17 @@ def event_data(record: CaseRecord, event_type: EventType) -> CaseEventData:
     )
 
 
+def status_history(record: CaseRecord) -> list[StatusChange]:
+    """The case's status timeline; for a case stored before timelines, derived: created, then (if it moved)
+    its current status at its updatedAt, marked `unrecorded`."""
+    if record.status_history:
+        return record.status_history
+    derived = [StatusChange(status="CREATED", at=record.created_at, cause="created")]
+    if record.status != "CREATED":
+        derived.append(StatusChange(status=record.status, at=record.updated_at, cause="unrecorded"))
+    return derived
+
+
 def view(record: CaseRecord) -> CaseView:
     """What `GET /cases/{id}` shows: never the webhook URL, provider ids or internal scheduling fields."""
     request = record.input_request
@@ -174,4 +187,6 @@ def view(record: CaseRecord) -> CaseView:
         constraints=record.constraints,
         metadata=record.metadata,
         failure_reason=record.failure_reason,
+        status_history=status_history(record),
+        status_history_omitted=record.status_history_omitted,
     )

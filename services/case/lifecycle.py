@@ -7,6 +7,8 @@ confirmation of the same email) or that arrive after the case ended change nothi
 retried safely. The client's own requests (cancel, input) are events of this table too: `apply_request` gives
 the contract's 409 when one does not apply. The worker, the scheduler and the store ask this module which
 statuses are open or schedulable and whether an event still needs the agent, instead of repeating the rules.
+`transition` also records every status change on the case's bounded timeline (`status_history`), so the write
+that stores a change stores its entry.
 
 The design decision a reader must know: **one email in flight**. A case has at most one requested, unconfirmed
 send (`awaiting_send`); each distinct email gets a fresh attempt number (`last_attempt + 1`), which is its
@@ -28,7 +30,7 @@ import msgspec
 from referencing.exceptions import Unresolvable
 
 from services.case.agent.port import Judgement, TokenUsage
-from services.case.domain import case_event, outbox_message, with_outbox
+from services.case.domain import case_event, outbox_message, status_history, with_outbox
 from services.case.model import (
     CaseRecord,
     EmailKind,
@@ -45,10 +47,13 @@ from shared.contracts.case import (
     CMD_JUDGE_REPLY,
     CMD_SEND,
     NOTHING_SCHEDULED,
+    STATUS_HISTORY_LIMIT,
     TERMINAL_STATUSES,
     AttachmentMeta,
     Goal,
     InputProvidedCommand,
+    StatusCause,
+    StatusChange,
 )
 from shared.errors import ErrorCode, ServiceError
 from shared.settings import CaseSettings
@@ -308,6 +313,8 @@ def transition(case: CaseRecord, event: Event, clock: Clock) -> CaseRecord:
     changed = _transition(case, event, clock)
     if changed is case:
         return case
+    if changed.status != case.status:
+        changed = _with_status_change(case, changed, _cause_of(event))
     repair_at = min((ends for _, ends in _leases(changed, clock)), default=None)
     if repair_at != changed.repair_at:
         changed = msgspec.structs.replace(changed, repair_at=repair_at)
@@ -322,6 +329,42 @@ def transition(case: CaseRecord, event: Event, clock: Clock) -> CaseRecord:
             completion_tokens=total.completion_tokens + spent.completion_tokens,
         ),
     )
+
+
+def _with_status_change(before: CaseRecord, after: CaseRecord, cause: StatusCause) -> CaseRecord:
+    """`after` with its new status appended to the timeline (bounded: the first entry and the newest ones)."""
+    history = [*status_history(before), StatusChange(status=after.status, at=after.updated_at, cause=cause)]
+    omitted = before.status_history_omitted
+    excess = len(history) - STATUS_HISTORY_LIMIT
+    if excess > 0:
+        history = [history[0], *history[1 + excess :]]
+        omitted += excess
+    return msgspec.structs.replace(after, status_history=history, status_history_omitted=omitted)
+
+
+def _cause_of(event: Event) -> StatusCause:
+    match event:
+        case EmailSent():
+            return "email_sent"
+        case ReplyJudged():
+            return "reply_judged"
+        case InputJudged():
+            return "input_judged"
+        case AgentStuck():
+            return "agent_stuck"
+        case FollowUpDue():
+            return "follow_up_due"
+        case SendRejected():
+            return "send_rejected"
+        case SendFailed():
+            return "send_failed"
+        case DeliveryFailed():
+            return "delivery_failed"
+        case CancelRequested():
+            return "cancel_requested"
+        case CaseStarted() | SendStarted() | ReplyReceived() | InputProvided():
+            # These events never change the status; should one ever do, the timeline says so rather than fail.
+            return "unrecorded"
 
 
 def _usage_of(event: Event) -> TokenUsage:

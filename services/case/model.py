@@ -12,7 +12,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from shared.contracts.case import AttachmentMeta, CaseStatus, Counterparty, Goal, SenderPersona
+from shared.contracts.case import AttachmentMeta, CaseStatus, Counterparty, Goal, SenderPersona, StatusChange
 
 
 class Record(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -146,6 +146,10 @@ class CaseRecord(Record, frozen=True):
     handled_message_ids: list[str] = []
     handled_input_ids: list[str] = []
     token_usage: TokenUsageRecord = TokenUsageRecord()
+    # The status timeline, written by the transition that changes the status (same write): the first entry and
+    # the newest ones, `status_history_omitted` counting those dropped between. Empty on cases stored before it.
+    status_history: list[StatusChange] = []
+    status_history_omitted: int = 0
     # Incremented by every write; writes carry the version they read.
     version: int = 0
     # Legacy (cases stored before creates were confirmed by the gateway): such a case was hidden until its

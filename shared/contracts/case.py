@@ -122,6 +122,36 @@ class InputRequestView(Contract, frozen=True):
     requested_at: int
 
 
+# The status timeline keeps its first entry (CREATED) and the newest ones, this many in all: a case that
+# bounces RUNNING ⇄ INPUT_NEEDED for weeks keeps a bounded document and view.
+STATUS_HISTORY_LIMIT: Final = 20
+
+# What moved a case into a status (`statusHistory[].cause`): the lifecycle event that caused the change.
+# "unrecorded" marks the current status of a case stored before statuses were recorded (its `at` is then
+# the case's updatedAt, the latest time known).
+StatusCause = Literal[
+    "created",
+    "email_sent",
+    "reply_judged",
+    "input_judged",
+    "agent_stuck",
+    "follow_up_due",
+    "send_rejected",
+    "send_failed",
+    "delivery_failed",
+    "cancel_requested",
+    "unrecorded",
+]
+
+
+class StatusChange(Contract, frozen=True):
+    """One entry of a case's status timeline: the status it entered, when (Unix ms, its updatedAt then), why."""
+
+    status: Annotated[CaseStatus, Meta(description="The status the case entered.")]
+    at: Annotated[int, Meta(description="When (Unix ms): the case's updatedAt at that change.")]
+    cause: Annotated[StatusCause, Meta(description="The lifecycle event that moved the case.")]
+
+
 class TranscriptEntry(Contract, frozen=True):
     direction: Literal["outbound", "inbound"]
     message_id: str
@@ -156,6 +186,15 @@ class CaseView(Contract, frozen=True, omit_defaults=True):
     constraints: list[str] | None = None
     metadata: dict[str, Any] | None = None
     failure_reason: str | None = None
+    # The status timeline, oldest first: the first change and the newest ones (STATUS_HISTORY_LIMIT in all).
+    status_history: Annotated[
+        list[StatusChange],
+        Meta(description=f"Status changes, oldest first: the first and the newest {STATUS_HISTORY_LIMIT - 1}."),
+    ] = []
+    # How many changes between the first and the newest the bounded timeline leaves out (only when some are).
+    status_history_omitted: Annotated[
+        int, Meta(description="Changes left out between the first and the newest (present only when not 0).")
+    ] = 0
     # Only with includeTranscript=true: UNSET leaves them out; None means "no thread yet".
     conversation_thread: str | UnsetType | None = UNSET
     conversation_messages: list[TranscriptEntry] | UnsetType | None = UNSET

@@ -1,7 +1,8 @@
 """/console in a real browser against the running stack: sign in, watch an `ask` case created through the API
-reach INPUT_NEEDED without a reload, answer it in the form, watch it complete with its transcript, redeliver a
-webhook, sign out; a counterparty reply carrying `<script>` and a `javascript:` link does nothing; another client's
-case is the API's 403. Saves the screenshots the README shows (docs/img/console-cases.png, console-case.png)."""
+reach INPUT_NEEDED without a reload (its status timeline growing), answer it in the form, watch it complete with
+its transcript, redeliver a webhook, sign out; a counterparty reply carrying `<script>` and a `javascript:` link
+does nothing; another client's case is the API's 403. Saves the screenshots the README shows
+(docs/img/console-cases.png, console-case.png)."""
 
 from __future__ import annotations
 
@@ -67,6 +68,9 @@ async def test_an_ask_case_from_sign_in_to_completion_and_sign_out(browser_page:
 
         await expect(page.locator("#case-status")).to_have_text("INPUT_NEEDED", timeout=LIVE_TIMEOUT_MS)
         await expect(page.locator("#input-question")).to_contain_text("PDF")
+        # The timeline grows with the live fragment, one entry per status the case has been in.
+        timeline = page.locator("#status-timeline li[data-status] .status")
+        await expect(timeline).to_have_text(["CREATED", "RUNNING", "INPUT_NEEDED"])
         await expect(page.locator(".delivery").first).to_be_visible(timeout=LIVE_TIMEOUT_MS)
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         await page.screenshot(path=SCREENSHOTS / "console-case.png", full_page=True)
@@ -76,6 +80,8 @@ async def test_an_ask_case_from_sign_in_to_completion_and_sign_out(browser_page:
         await page.wait_for_url(f"**/console/cases/{case_id}")
         await expect(page.locator("#case-status")).to_have_text("COMPLETED", timeout=LIVE_TIMEOUT_MS)
         await expect(page.locator("#result-status")).to_have_text("goal_achieved")
+        await expect(timeline).to_have_text(["CREATED", "RUNNING", "INPUT_NEEDED", "RUNNING", "COMPLETED"])
+        await expect(page.locator("#status-timeline .cause").last).to_have_text("reply judged")
         await expect(page.locator('.message[data-direction="outbound"]')).to_have_count(2, timeout=LIVE_TIMEOUT_MS)
         await expect(page.locator('.message[data-direction="inbound"]')).to_have_count(2)
         await expect(page.locator(".message.outbound").nth(1)).to_contain_text("electronically signed PDF is fine")

@@ -94,6 +94,12 @@ async def test_create_returns_201_with_location_and_the_case_reads_back(api: htt
     assert isinstance(case["nextActionAt"], int)
     assert "clientWebhookUrl" not in case
     assert "conversationThread" not in case
+    # The timeline starts at creation; the first email, if already confirmed, is its second entry.
+    assert case["statusHistory"][0] == {"status": "CREATED", "at": case["createdAt"], "cause": "created"}
+    assert [entry["status"] for entry in case["statusHistory"]] == (
+        ["CREATED"] if case["status"] == "CREATED" else ["CREATED", "RUNNING"]
+    )
+    assert "statusHistoryOmitted" not in case
 
 
 async def test_defaults_apply_and_unknown_fields_are_ignored(api: httpx.AsyncClient, client: Client) -> None:

@@ -1,5 +1,6 @@
 """/console over HTTP against the running stack: the session cookie's flags, sign-in and CSRF refusals, the
-API's 403 for another client's case, counterparty text escaped, and the same RPCs as the JSON API behind it."""
+API's 403 for another client's case, counterparty text escaped, the status timeline and failure reason, and the
+same RPCs as the JSON API behind it."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from typing import Any
 
 import httpx
 import pytest
+from markupsafe import escape
 
 from tests.e2e.test_case_lifecycle import Scenario
-from tests.support.api import ExtraGateway, new_client
+from tests.support.api import ExtraGateway, admin, new_client
 from tests.support.console import csrf_of, sign_in
 from tests.support.processes import Stack
 from tests.support.simulator import eventually
@@ -61,6 +63,30 @@ async def test_sign_in_sets_a_sealed_httponly_strict_cookie_and_sign_out_clears_
     assert "max-age=0" in session_cookie(out).lower()
     after = await console.get("/console/cases")
     assert (after.status_code, after.headers["location"]) == (303, "/console/sign-in")
+
+
+async def test_a_copy_of_the_cookie_outlives_sign_out_as_documented_and_dies_with_its_key(
+    stack: Stack, console: httpx.AsyncClient
+) -> None:
+    # docs/api.md: sign-out expires the cookie in that browser; the stateless token itself is not revoked, its
+    # API key is the kill switch. This pins both halves, so a change to either must change the contract too.
+    client = new_client(stack)
+    await sign_in(console, client["apiKey"])
+    copied = console.cookies["caseflow_console"]
+    page = await console.get("/console/cases")
+    await console.post("/console/sign-out", data={"csrf": csrf_of(page.text)})
+    assert (await console.get("/console/cases")).status_code == 303
+
+    async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30, cookies={"caseflow_console": copied}) as other:
+        assert (await other.get("/console/cases")).status_code == 200
+        admin(stack, "revoke-key", client["keyId"])
+
+        async def signed_out() -> httpx.Response | None:
+            response = await other.get("/console/cases")
+            return response if response.status_code == 303 else None
+
+        ended = await eventually(signed_out, timeout=10, what="the copied session ending with its key")
+        assert ended.headers["location"] == "/console/sign-in"
 
 
 async def test_the_cookie_is_secure_behind_a_trusted_proxy_that_says_https(stack: Stack) -> None:
@@ -113,6 +139,41 @@ async def test_a_form_without_the_sessions_csrf_token_changes_nothing(
     cancelled = await console.post(f"/console/cases/{case_id}/cancel", data={"csrf": csrf_of(page.text)})
     assert (cancelled.status_code, cancelled.headers["location"]) == (303, f"/console/cases/{case_id}")
     assert (await owner.get(case_id))["status"] == "CANCELLED"
+    after = await console.get(f"/console/cases/{case_id}")
+    assert 'id="cancel-form"' not in after.text
+    assert timeline_of(after.text)[-1] == ("CANCELLED", "cancel requested")
+
+
+def timeline_of(page: str) -> list[tuple[str, str]]:
+    """The (status, cause) entries of the page's status timeline, oldest first."""
+    timeline = page[page.index('id="status-timeline"') : page.index("</ol>")]
+    return re.findall(r'<li data-status="([A-Z_]+)">.*?<span class="cause">([^<]*)</span></li>', timeline)
+
+
+async def test_a_refused_case_shows_why_it_failed_and_how_it_got_there(
+    api: httpx.AsyncClient, stack: Stack, client: dict[str, Any], console: httpx.AsyncClient
+) -> None:
+    owner = Scenario(api, stack, client)
+    case_id, _ = await owner.start("refuse")
+    case = await owner.wait_for(case_id, {"COMPLETED", "FAILED", "CANCELLED"})
+    assert (case["status"], case["resultStatus"]) == ("FAILED", "failed_rejected")
+    await sign_in(console, client["apiKey"])
+    page = await console.get(f"/console/cases/{case_id}")
+    assert page.status_code == 200
+    reason = re.search(r'id="failure-reason">Failure reason: ([^<]+)<', page.text)
+    assert reason
+    assert reason.group(1) == str(escape(case["failureReason"]))  # as the autoescaping template writes it
+    assert timeline_of(page.text) == [
+        ("CREATED", "created"),
+        ("RUNNING", "email sent"),
+        ("FAILED", "reply judged"),
+    ]
+    assert [(entry["status"], entry["cause"]) for entry in case["statusHistory"]] == [
+        ("CREATED", "created"),
+        ("RUNNING", "email_sent"),
+        ("FAILED", "reply_judged"),
+    ]
+    assert 'id="cancel-form"' not in page.text  # nothing to cancel once it ended
 
 
 async def test_another_clients_case_is_the_apis_403_page(
@@ -243,6 +304,17 @@ async def test_the_live_fragment_answers_204_until_the_case_changes(
     assert changed.status_code == 200
     assert 'id="case-status">COMPLETED<' in changed.text
     assert changed.text.startswith('<div id="case-live"')
+    # The timeline the fragment shows is the one GET /cases/{id} returns, recorded as the case moved.
+    history = (await owner.get(case_id))["statusHistory"]
+    assert [(entry["status"], entry["cause"]) for entry in history] == [
+        ("CREATED", "created"),
+        ("RUNNING", "email_sent"),
+        ("INPUT_NEEDED", "reply_judged"),
+        ("RUNNING", "input_judged"),
+        ("COMPLETED", "reply_judged"),
+    ]
+    assert [entry["at"] for entry in history] == sorted(entry["at"] for entry in history)
+    assert [status for status, _ in timeline_of(changed.text)] == [entry["status"] for entry in history]
 
     # The signed PDF the counterparty attached: the link asks the attachment RPC for a fresh download URL.
     link = re.search(r'href="(/console/cases/[^"]+/attachments/[^"]+)"', changed.text)

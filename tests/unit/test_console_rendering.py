@@ -8,6 +8,7 @@ import hashlib
 import re
 import time
 
+import msgspec
 import pytest
 from cryptography.fernet import Fernet
 
@@ -15,6 +16,7 @@ from services.gateway.console.pages import ASSETS, STATIC_DIR
 from services.gateway.console.render import environment, utc_time
 from services.gateway.console.session import ConsoleSession, SessionSealer, tokens_match
 from shared.contracts import case as contract
+from shared.contracts import webhook
 from shared.contracts.case import NOTHING_SCHEDULED
 from shared.settings import GatewaySettings, SettingsError, load_settings
 
@@ -133,3 +135,59 @@ def test_times_are_shown_in_utc_and_nothing_scheduled_as_a_dash() -> None:
     assert utc_time(0) == "1970-01-01 00:00:00 UTC"
     assert utc_time(NOTHING_SCHEDULED) == "—"
     assert utc_time(None) == "—"
+
+
+def render_case(view: contract.CaseView, deliveries: list[webhook.WebhookDelivery] | None = None) -> str:
+    return (
+        environment()
+        .get_template("case_live.html")
+        .render(
+            case=view,
+            messages=[],
+            attachments_by_message={},
+            deliveries=deliveries or [],
+            terminal=False,
+            case_url="/console/cases/case-1",
+            version="v",
+            live_url="/l",
+            poll_seconds=2,
+            csrf="t",
+            never=NOTHING_SCHEDULED,
+        )
+    )
+
+
+def test_the_case_page_shows_the_status_timeline_oldest_first_with_what_it_leaves_out() -> None:
+    history = [
+        contract.StatusChange(status="CREATED", at=0, cause="created"),
+        contract.StatusChange(status="INPUT_NEEDED", at=60_000, cause="reply_judged"),
+        contract.StatusChange(status="RUNNING", at=120_000, cause="input_judged"),
+    ]
+    view = msgspec.structs.replace(hostile_case(), status_history=history, status_history_omitted=7)
+    html = render_case(view)
+    timeline = html[html.index('id="status-timeline"') : html.index("</ol>")]
+    assert re.findall(r'data-status="([A-Z_]+)"', timeline) == ["CREATED", "INPUT_NEEDED", "RUNNING"]
+    assert '1970-01-01 00:01:00 UTC · <span class="cause">reply judged</span>' in timeline
+    # The omitted count sits right after the first entry, where the gap is.
+    assert timeline.index("7 earlier change(s) not shown") < timeline.index('data-status="INPUT_NEEDED"')
+
+
+@pytest.mark.parametrize(("made", "listed", "note"), [(2, 2, False), (60, 50, True)])
+def test_a_delivery_says_when_it_lists_only_its_newest_attempts(made: int, listed: int, note: bool) -> None:
+    attempt = webhook.DeliveryAttempt(at=0, status=500, latency_ms=3, error="HTTP 500: boom")
+    delivery = webhook.WebhookDelivery(
+        event_id="evt_1",
+        event_type="case.failed",
+        timestamp=0,
+        state="pending",
+        next_attempt_at=None,
+        attempts=[attempt] * listed,
+        attempt_count=made,
+        data=contract.CaseEventData(
+            case_id="case-1", status="FAILED", channel="EMAIL", attempt_count=1, attachments=[]
+        ),
+    )
+    html = render_case(hostile_case(), [delivery])
+    assert html.count("<td>HTTP 500: boom</td>") == listed
+    assert f"{made} attempt(s)" in html
+    assert ("(the newest 50 listed)" in html) is note

@@ -34,16 +34,26 @@ from services.case.lifecycle import (
     transition,
     with_human_context,
 )
-from services.case.model import CaseRecord, InputRequestRecord, JudgeReplyCommand, QueuedSend, SendEmailCommand
+from services.case.model import (
+    CaseRecord,
+    InputRequestRecord,
+    JudgeReplyCommand,
+    QueuedSend,
+    SendEmailCommand,
+    from_document,
+    to_document,
+)
 from shared.contracts.case import (
     CMD_INPUT_PROVIDED,
     CMD_JUDGE_REPLY,
     CMD_SEND,
     NOTHING_SCHEDULED,
+    STATUS_HISTORY_LIMIT,
     AttachmentMeta,
     CaseEvent,
     InputProvidedCommand,
     NewCase,
+    StatusChange,
 )
 from shared.errors import ErrorCode, ServiceError
 
@@ -289,6 +299,12 @@ def test_transition_table(row: Row) -> None:
     if owed:
         assert owed[0].timestamp == after.updated_at > row.before.updated_at
         assert owed[0].event_id == f"evt_c1_{owed[0].event_type.replace('.', '_')}_{after.updated_at}"
+    # A status change is recorded on the timeline by the same transition; anything else leaves it alone.
+    if after.status == row.before.status:
+        assert after.status_history == row.before.status_history
+    else:
+        assert after.status_history[:-1] == row.before.status_history
+        assert (after.status_history[-1].status, after.status_history[-1].at) == (after.status, after.updated_at)
 
 
 @pytest.mark.parametrize("status", ["COMPLETED", "FAILED", "CANCELLED"])
@@ -745,3 +761,98 @@ def test_every_thread_is_recorded_once() -> None:
     fresh = transition(case, ReplyReceived(message=InboundEmail(message_id="<in-2>", thread_id="th-2")), clock())
     again = transition(fresh, ReplyReceived(message=InboundEmail(message_id="<in-3>", thread_id="th-2")), clock())
     assert (again.thread_id, again.thread_ids) == ("th-1", ["th-1", "th-2"])
+
+
+# ---- the status timeline -------------------------------------------------------------------------------------
+
+
+def timeline(case: CaseRecord) -> list[tuple[str, str]]:
+    return [(change.status, change.cause) for change in case.status_history]
+
+
+def test_the_ask_path_records_each_status_once_with_what_caused_it() -> None:
+    case = transition(new(), CaseStarted(), clock(T0))
+    case = transition(
+        case, EmailSent(attempt=1, kind="first", message_id="<o1>", thread_id="th-1", sent_at=T0), clock(T0 + 1)
+    )
+    case = transition(case, reply("NEEDS_INPUT", question="PDF ok?"), clock(T0 + 2))
+    assert case.input_request is not None
+    request_id = case.input_request.id
+    case = apply_request(case, InputProvided(request_id, "PDF is fine"), clock(T0 + 3))
+    assert case.status == "INPUT_NEEDED"  # the answer is queued; the status moves once it is judged
+    case = transition(
+        case,
+        InputJudged(request_id, "PDF is fine", Judgement(outcome="GOAL_ACHIEVED", result={"signed": True})),
+        clock(T0 + 4),
+    )
+    assert timeline(case) == [
+        ("CREATED", "created"),
+        ("RUNNING", "email_sent"),
+        ("INPUT_NEEDED", "reply_judged"),
+        ("COMPLETED", "input_judged"),
+    ]
+    assert [change.at for change in case.status_history] == [T0 - 10, T0 + 1, T0 + 2, T0 + 4]
+    assert case.status_history_omitted == 0
+    # Events after the end change nothing, the timeline included.
+    assert transition(case, FollowUpDue(), clock(T0 + 5)) == case
+
+
+@pytest.mark.parametrize(
+    ("before", "event", "cause"),
+    [
+        (running(awaiting_send=2, awaiting_kind="follow_up"), SendRejected(attempt=2, reason="no"), "send_rejected"),
+        (running(awaiting_send=2, awaiting_kind="follow_up"), SendFailed(attempt=2, reason="400"), "send_failed"),
+        (running(), DeliveryFailed(kind="bounced", message_id="<out-1@sim.example>"), "delivery_failed"),
+        (running(follow_ups_since_reply=2), FollowUpDue(), "follow_up_due"),
+        (running(), AgentStuck(question="?", source="write"), "agent_stuck"),
+        (running(), CancelRequested(), "cancel_requested"),
+        (running(), reply("REFUSED", reason="no"), "reply_judged"),
+    ],
+)
+def test_each_way_out_of_running_names_its_cause(before: CaseRecord, event: Event, cause: str) -> None:
+    after = transition(before, event, clock())
+    assert after.status != before.status
+    assert after.status_history[-1] == StatusChange(status=after.status, at=after.updated_at, cause=cause)  # type: ignore[arg-type]
+
+
+def test_a_case_bouncing_between_running_and_input_needed_keeps_its_first_and_newest_changes() -> None:
+    case = transition(
+        new(awaiting_send=1, awaiting_kind="first"),
+        EmailSent(attempt=1, kind="first", message_id="<o1>", thread_id="th-1", sent_at=T0),
+        clock(T0),
+    )
+    bounces = 30
+    for n in range(bounces):
+        now = T0 + 10 * (n + 1)
+        case = transition(
+            case, ReplyJudged(InboundEmail(f"<in-{n}>"), Judgement(outcome="NEEDS_INPUT", question="?")), clock(now)
+        )
+        assert case.input_request is not None
+        case = transition(
+            case, InputJudged(case.input_request.id, f"answer {n}", Judgement(outcome="WAIT")), clock(now + 5)
+        )
+    recorded = 2 + 2 * bounces  # CREATED, RUNNING, then INPUT_NEEDED and RUNNING per bounce
+    assert len(case.status_history) == STATUS_HISTORY_LIMIT
+    assert case.status_history_omitted == recorded - STATUS_HISTORY_LIMIT
+    assert case.status_history[0] == StatusChange(status="CREATED", at=T0 - 10, cause="created")
+    assert case.status_history[-1] == StatusChange(status="RUNNING", at=case.updated_at, cause="input_judged")
+    assert case.status_history[-2].status == "INPUT_NEEDED"
+    times = [change.at for change in case.status_history]
+    assert times == sorted(times)
+
+
+def test_a_case_stored_before_timelines_reads_and_records_from_a_derived_start() -> None:
+    document = to_document(running(updated_at=T0 - 3))
+    del document["statusHistory"], document["statusHistoryOmitted"]
+    legacy = from_document(document)
+    assert (legacy.status_history, legacy.status_history_omitted) == ([], 0)
+    assert [(c.status, c.at, c.cause) for c in domain.view(legacy).status_history] == [
+        ("CREATED", legacy.created_at, "created"),
+        ("RUNNING", T0 - 3, "unrecorded"),
+    ]
+    assert domain.view(new(status_history=[])).status_history == [
+        StatusChange(status="CREATED", at=T0 - 10, cause="created")
+    ]
+    after = transition(legacy, reply("NEEDS_INPUT", question="?"), clock())
+    assert timeline(after) == [("CREATED", "created"), ("RUNNING", "unrecorded"), ("INPUT_NEEDED", "reply_judged")]
+    assert domain.view(after).status_history == after.status_history

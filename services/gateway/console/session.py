@@ -5,7 +5,9 @@ CONSOLE_SESSION_KEYS, holding the API key the person signed in with and the sess
 encrypted, so the key never travels in clear; signed, so it cannot be forged or edited; and self-contained, so
 every gateway replica holding the keys reads every session with no shared store. The API key inside is verified
 again on every request through the same `authenticate` as the JSON API, so revoking the key ends its console
-sessions too (within the key cache's eviction broadcast), and throttling is the key's own.
+sessions too (within the key cache's eviction broadcast), and throttling is the key's own. The price of no store:
+sign-out expires the cookie in the browser but cannot revoke a copy of it before CONSOLE_SESSION_SECONDS; revoking
+the key (or dropping a CONSOLE_SESSION_KEYS key) can (docs/api.md).
 
 CSRF is a synchronizer token: the value sealed in the session must come back in every form's `csrf` field.
 Before sign-in there is no session, so the sign-in form is guarded by a double-submit cookie instead.
