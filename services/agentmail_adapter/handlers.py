@@ -3,7 +3,11 @@
 Each handler decodes the request, calls AgentMail through the client and records what happened in the message
 store. Two orders matter. A send is recorded only after AgentMail accepted it, and is idempotent twice over: a
 repeated (case, attempt) is answered from the store, and before that AgentMail's Idempotency-Key (derived from
-the same pair) makes a retried HTTP call return the original message. A webhook is verified, then its message
+the same pair) makes a retried HTTP call return the original message. An email whose answer never reached us
+(a timeout, a crash mid-call, a store outage) is still recorded: every send carries its (case, attempt) as a
+label, and AgentMail's `message.sent` webhook for a message we have no record of reads it back and records it,
+whether or not the case ever asks again (it may have moved on: the counterparty answered that very email).
+A webhook is verified, then its message
 stored, then its event published (Nats-Msg-Id = event id), then marked handled, and only then answered: a crash
 anywhere before the mark makes AgentMail's redelivery do the work again, and the repeated publish is dropped
 by JetStream's duplicate window.
@@ -38,10 +42,11 @@ from services.agentmail_adapter.client import (
     MessageRejected,
     SendResult,
 )
-from services.agentmail_adapter.models import Message, ReplyMessage, SendMessage, SentMessage
+from services.agentmail_adapter.models import Delivery, Message, ReplyMessage, SendMessage, SentMessage, unix_ms
 from services.agentmail_adapter.store import HandledEvent, MessageStore, StoredAttachment, StoredMessage
 from services.agentmail_adapter.webhooks import (
     MESSAGE_RECEIVED_TYPE,
+    MESSAGE_SENT_TYPE,
     WebhookVerifier,
     bare_address,
     body_text,
@@ -88,6 +93,8 @@ log = logging.getLogger("caseflow.agentmail_adapter")
 QUEUE: Final = queue_group(Service.AGENTMAIL_ADAPTER)
 # AgentMail accepts 1-256 characters from this set in an Idempotency-Key.
 _KEY_CHARACTERS: Final = re.compile(r"^[A-Za-z0-9\-._~]{1,256}$")
+# The label naming the (case, attempt) of an email we send: `caseflow-attempt.<caseId>.<attempt>`.
+ATTEMPT_LABEL_PREFIX: Final = "caseflow-attempt."
 
 
 def idempotency_key(case_id: str, attempt: int) -> str:
@@ -96,6 +103,21 @@ def idempotency_key(case_id: str, attempt: int) -> str:
     if _KEY_CHARACTERS.match(key):
         return key
     return "sha256-" + hashlib.sha256(f"{case_id}\x00{attempt}".encode()).hexdigest()
+
+
+def attempt_label(case_id: str, attempt: int) -> str:
+    """The label an email carries at AgentMail so that the message itself says which (case, attempt) sent it."""
+    return f"{ATTEMPT_LABEL_PREFIX}{case_id}.{attempt}"
+
+
+def attempt_of_labels(labels: list[str]) -> tuple[str, int] | None:
+    """(caseId, attempt) from a message's labels, or None for a message we did not send for a case."""
+    for label in labels:
+        if label.startswith(ATTEMPT_LABEL_PREFIX):
+            case_id, _, attempt = label.removeprefix(ATTEMPT_LABEL_PREFIX).rpartition(".")
+            if case_id and attempt.isdigit():
+                return case_id, int(attempt)
+    return None
 
 
 @contextmanager
@@ -182,7 +204,8 @@ def register_handlers(
     async def send_email(request: SendEmail) -> Ok[SendOutcome]:
         # Whoever wrote it (the client's objective, the model), a subject goes out single-line and bounded.
         subject = outgoing_subject(request.subject)
-        message = SendMessage(to=request.to, subject=subject, text=request.text, html=request.html)
+        label = [attempt_label(request.case_id, request.attempt)]
+        message = SendMessage(to=request.to, subject=subject, text=request.text, html=request.html, labels=label)
         email = Outgoing(
             case_id=request.case_id,
             attempt=request.attempt,
@@ -199,7 +222,8 @@ def register_handlers(
         answered = request.in_reply_to_message_id
         original = await store.find(answered)
         reply_inbox = original.inbox_id if original is not None else inbox_id
-        reply = ReplyMessage(text=request.text, html=request.html, to=request.to)
+        label = [attempt_label(request.case_id, request.attempt)]
+        reply = ReplyMessage(text=request.text, html=request.html, to=request.to, labels=label)
         email = Outgoing(
             case_id=request.case_id,
             attempt=request.attempt,
@@ -250,6 +274,8 @@ def register_handlers(
             return Ok(WebhookAccepted(event_id=event.event_id, duplicate=True))
         if event.event_type == MESSAGE_RECEIVED_TYPE and event.message is not None:
             await accept_message(event.event_id, event.message)
+        elif event.event_type == MESSAGE_SENT_TYPE and event.send is not None:
+            await record_sent(event.send)
         elif (delivery := delivery_event(event)) is not None:
             sent = await store.find(delivery.message_id)
             delivery = msgspec.structs.replace(delivery, case_id=sent.case_id if sent is not None else None)
@@ -258,6 +284,42 @@ def register_handlers(
             log.info("AgentMail event ignored", extra={"event_type": event.event_type, "event_id": event.event_id})
         await store.mark_event_handled(event.event_id, HandledEvent(event_type=event.event_type, handled_at=now_ms()))
         return Ok(WebhookAccepted(event_id=event.event_id, duplicate=False))
+
+    async def record_sent(sent: Delivery) -> None:
+        """Record an email AgentMail sent that we have no record of (its send's answer was lost), under the
+        (case, attempt) its label names; a message with no such label was not sent by us for a case."""
+        if await store.find(sent.message_id) is not None:
+            return  # the usual case: the send's own answer was recorded first
+        with provider_errors():
+            message = await mail.get_message(sent.inbox_id, sent.message_id)
+        pair = attempt_of_labels(message.labels)
+        if pair is None:
+            log.info("AgentMail sent a message of no case", extra={"message_id": sent.message_id})
+            return
+        case_id, attempt = pair
+        with case_logging(case_id):
+            now = now_ms()
+            await store.record(
+                StoredMessage(
+                    message_id=message.message_id,
+                    inbox_id=message.inbox_id,
+                    thread_id=message.thread_id,
+                    direction="outbound",
+                    from_address=message.inbox_id,
+                    to=[bare_address(address) for address in message.to],
+                    subject=outgoing_subject(message.subject or ""),
+                    text=body_text(message) or "",
+                    timestamp=unix_ms(message.timestamp),
+                    recorded_at=now,
+                    in_reply_to=message.in_reply_to,
+                    case_id=case_id,
+                    attempt=attempt,
+                )
+            )
+            log.warning(
+                "recorded an email AgentMail sent whose answer never reached us",
+                extra={"message_id": message.message_id, "attempt": attempt},
+            )
 
     async def accept_message(event_id: str, message: Message) -> None:
         if bare_address(message.from_).lower() == message.inbox_id.lower():
