@@ -7,10 +7,9 @@ the same pair) makes a retried HTTP call return the original message. An email w
 (a timeout, a crash mid-call, a store outage) is still recorded: every send carries its (case, attempt) as a
 label, and AgentMail's `message.sent` webhook for a message we have no record of reads it back and records it,
 whether or not the case ever asks again (it may have moved on: the counterparty answered that very email).
-A webhook is verified, then its message
-stored, then its event published (Nats-Msg-Id = event id), then marked handled, and only then answered: a crash
-anywhere before the mark makes AgentMail's redelivery do the work again, and the repeated publish is dropped
-by JetStream's duplicate window.
+A webhook is verified, then its message stored, then its event published (Nats-Msg-Id = event id), then marked
+handled, and only then answered: a crash anywhere before the mark makes AgentMail's redelivery do the work
+again, and the repeated publish is dropped by JetStream's duplicate window.
 """
 
 from __future__ import annotations
