@@ -3,10 +3,13 @@
 Each handler decodes the request, calls AgentMail through the client and records what happened in the message
 store. Two orders matter. A send is recorded only after AgentMail accepted it, and is idempotent twice over: a
 repeated (case, attempt) is answered from the store, and before that AgentMail's Idempotency-Key (derived from
-the same pair) makes a retried HTTP call return the original message. A webhook is verified, then its message
-stored, then its event published (Nats-Msg-Id = event id), then marked handled, and only then answered: a crash
-anywhere before the mark makes AgentMail's redelivery do the work again, and the repeated publish is dropped
-by JetStream's duplicate window.
+the same pair) makes a retried HTTP call return the original message. An email whose answer never reached us
+(a timeout, a crash mid-call, a store outage) is still recorded: every send carries its (case, attempt) as a
+label, and AgentMail's `message.sent` webhook for a message we have no record of reads it back and records it,
+whether or not the case ever asks again (it may have moved on: the counterparty answered that very email).
+A webhook is verified, then its message stored, then its event published (Nats-Msg-Id = event id), then marked
+handled, and only then answered: a crash anywhere before the mark makes AgentMail's redelivery do the work
+again, and the repeated publish is dropped by JetStream's duplicate window.
 """
 
 from __future__ import annotations
@@ -31,10 +34,11 @@ from services.agentmail_adapter.client import (
     MessageRejected,
     SendResult,
 )
-from services.agentmail_adapter.models import Message, ReplyMessage, SendMessage, SentMessage
+from services.agentmail_adapter.models import Delivery, Message, ReplyMessage, SendMessage, SentMessage, unix_ms
 from services.agentmail_adapter.store import HandledEvent, MessageStore, StoredAttachment, StoredMessage
 from services.agentmail_adapter.webhooks import (
     MESSAGE_RECEIVED_TYPE,
+    MESSAGE_SENT_TYPE,
     WebhookVerifier,
     bare_address,
     body_text,
@@ -80,8 +84,14 @@ from shared.transcript_budget import TranscriptBudget
 log = logging.getLogger("caseflow.agentmail_adapter")
 
 QUEUE: Final = queue_group(Service.AGENTMAIL_ADAPTER)
+# Requests answered at once per replica: most of a request's time is spent waiting on AgentMail or MongoDB, and
+# one at a time a burst of webhooks (each send brings two or three) outlives its deadline and AgentMail's retries
+# pile onto the backlog.
+CONCURRENT_REQUESTS: Final = 16
 # AgentMail accepts 1-256 characters from this set in an Idempotency-Key.
 _KEY_CHARACTERS: Final = re.compile(r"^[A-Za-z0-9\-._~]{1,256}$")
+# The label naming the (case, attempt) of an email we send: `caseflow-attempt.<caseId>.<attempt>`.
+ATTEMPT_LABEL_PREFIX: Final = "caseflow-attempt."
 
 
 def idempotency_key(case_id: str, attempt: int) -> str:
@@ -90,6 +100,21 @@ def idempotency_key(case_id: str, attempt: int) -> str:
     if _KEY_CHARACTERS.match(key):
         return key
     return "sha256-" + hashlib.sha256(f"{case_id}\x00{attempt}".encode()).hexdigest()
+
+
+def attempt_label(case_id: str, attempt: int) -> str:
+    """The label an email carries at AgentMail so that the message itself says which (case, attempt) sent it."""
+    return f"{ATTEMPT_LABEL_PREFIX}{case_id}.{attempt}"
+
+
+def attempt_of_labels(labels: list[str]) -> tuple[str, int] | None:
+    """(caseId, attempt) from a message's labels, or None for a message we did not send for a case."""
+    for label in labels:
+        if label.startswith(ATTEMPT_LABEL_PREFIX):
+            case_id, _, attempt = label.removeprefix(ATTEMPT_LABEL_PREFIX).rpartition(".")
+            if case_id and attempt.isdigit():
+                return case_id, int(attempt)
+    return None
 
 
 @contextmanager
@@ -172,11 +197,12 @@ def register_handlers(
             await store.record(stored)
             return Ok(_sent(stored))
 
-    @broker.subscriber(SEND, queue=QUEUE)
+    @broker.subscriber(SEND, queue=QUEUE, max_workers=CONCURRENT_REQUESTS)
     async def send_email(request: SendEmail) -> Ok[SendOutcome]:
         # Whoever wrote it (the client's objective, the model), a subject goes out single-line and bounded.
         subject = outgoing_subject(request.subject)
-        message = SendMessage(to=request.to, subject=subject, text=request.text, html=request.html)
+        label = [attempt_label(request.case_id, request.attempt)]
+        message = SendMessage(to=request.to, subject=subject, text=request.text, html=request.html, labels=label)
         email = Outgoing(
             case_id=request.case_id,
             attempt=request.attempt,
@@ -188,12 +214,13 @@ def register_handlers(
         )
         return await send_once(email, lambda key: mail.send_message(inbox_id, message, idempotency_key=key))
 
-    @broker.subscriber(REPLY, queue=QUEUE)
+    @broker.subscriber(REPLY, queue=QUEUE, max_workers=CONCURRENT_REQUESTS)
     async def reply_email(request: ReplyEmail) -> Ok[SendOutcome]:
         answered = request.in_reply_to_message_id
         original = await store.find(answered)
         reply_inbox = original.inbox_id if original is not None else inbox_id
-        reply = ReplyMessage(text=request.text, html=request.html, to=request.to)
+        label = [attempt_label(request.case_id, request.attempt)]
+        reply = ReplyMessage(text=request.text, html=request.html, to=request.to, labels=label)
         email = Outgoing(
             case_id=request.case_id,
             attempt=request.attempt,
@@ -208,7 +235,7 @@ def register_handlers(
             email, lambda key: mail.reply_to_message(reply_inbox, answered, reply, idempotency_key=key)
         )
 
-    @broker.subscriber(ATTACHMENT_LINK, queue=QUEUE)
+    @broker.subscriber(ATTACHMENT_LINK, queue=QUEUE, max_workers=CONCURRENT_REQUESTS)
     async def attachment_link(request: GetAttachmentLink) -> Ok[AttachmentLink]:
         stored = await store.find(request.message_id)
         message_inbox = stored.inbox_id if stored is not None else inbox_id
@@ -216,7 +243,7 @@ def register_handlers(
             download = await mail.get_attachment(message_inbox, request.message_id, request.attachment_id)
         return Ok(AttachmentLink(download_url=download.download_url, expires_at=download.expires_at))
 
-    @broker.subscriber(TRANSCRIPT, queue=QUEUE)
+    @broker.subscriber(TRANSCRIPT, queue=QUEUE, max_workers=CONCURRENT_REQUESTS)
     async def transcript(request: GetTranscript) -> Ok[Transcript]:
         """The newest messages of the thread that fit TRANSCRIPT_MAX_BYTES (always the newest one), oldest first."""
         newest_first: list[TranscriptMessage] = []
@@ -231,7 +258,7 @@ def register_handlers(
         omitted = await store.thread_size(request.thread_id) - len(newest_first) if cut else 0
         return Ok(Transcript(thread_id=request.thread_id, messages=newest_first[::-1], omitted=omitted))
 
-    @broker.subscriber(INGEST_WEBHOOK, queue=QUEUE)
+    @broker.subscriber(INGEST_WEBHOOK, queue=QUEUE, max_workers=CONCURRENT_REQUESTS)
     async def ingest_webhook(request: IngestWebhook) -> Ok[WebhookAccepted]:
         body = request.body
         if request.body_object is not None:
@@ -242,6 +269,8 @@ def register_handlers(
             return Ok(WebhookAccepted(event_id=event.event_id, duplicate=True))
         if event.event_type == MESSAGE_RECEIVED_TYPE and event.message is not None:
             await accept_message(event.event_id, event.message)
+        elif event.event_type == MESSAGE_SENT_TYPE and event.send is not None:
+            await record_sent(event.send)
         elif (delivery := delivery_event(event)) is not None:
             sent = await store.find(delivery.message_id)
             delivery = msgspec.structs.replace(delivery, case_id=sent.case_id if sent is not None else None)
@@ -250,6 +279,43 @@ def register_handlers(
             log.info("AgentMail event ignored", extra={"event_type": event.event_type, "event_id": event.event_id})
         await store.mark_event_handled(event.event_id, HandledEvent(event_type=event.event_type, handled_at=now_ms()))
         return Ok(WebhookAccepted(event_id=event.event_id, duplicate=False))
+
+    async def record_sent(sent: Delivery) -> None:
+        """Record an email AgentMail sent that we have no record of (its send's answer was lost), under the
+        (case, attempt) its label names; a message with no such label was not sent by us for a case."""
+        if await store.find(sent.message_id) is not None:
+            return  # the usual case: the send's own answer was recorded first
+        with provider_errors():
+            message = await mail.get_message(sent.inbox_id, sent.message_id)
+        pair = attempt_of_labels(message.labels)
+        if pair is None:
+            log.info("AgentMail sent a message of no case", extra={"message_id": sent.message_id})
+            return
+        case_id, attempt = pair
+        with case_logging(case_id):
+            now = now_ms()
+            await store.record(
+                StoredMessage(
+                    message_id=message.message_id,
+                    inbox_id=message.inbox_id,
+                    thread_id=message.thread_id,
+                    direction="outbound",
+                    from_address=message.inbox_id,
+                    to=[bare_address(address) for address in message.to],
+                    subject=outgoing_subject(message.subject or ""),
+                    text=body_text(message) or "",
+                    timestamp=unix_ms(message.timestamp),
+                    recorded_at=now,
+                    in_reply_to=message.in_reply_to,
+                    case_id=case_id,
+                    attempt=attempt,
+                )
+            )
+            # Usually the webhook merely beat the send's answer; when that answer was lost, this is its record.
+            log.info(
+                "recorded a sent email from AgentMail's message.sent before its send's answer",
+                extra={"message_id": message.message_id, "attempt": attempt},
+            )
 
     async def accept_message(event_id: str, message: Message) -> None:
         if bare_address(message.from_).lower() == message.inbox_id.lower():

@@ -22,6 +22,7 @@ from shared.contracts.agentmail import AttachmentInfo, DeliveryEvent, MessageRec
 from shared.errors import ErrorCode, ServiceError
 
 MESSAGE_RECEIVED_TYPE: Final = "message.received"
+MESSAGE_SENT_TYPE: Final = "message.sent"
 type DeliveryKind = Literal["delivered", "bounced", "complained", "rejected"]
 _decoder: Final = msgspec.json.Decoder(WebhookEvent)
 

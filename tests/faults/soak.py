@@ -504,6 +504,9 @@ class Soak:
                     cases[index] = await get_data(api, f"/cases/{case['caseId']}", {"includeTranscript": "true"})
                 except ReadFailed as exc:
                     unreadable.append(str(exc))
+                    continue
+                # The transcript of the same read: the reply that changed the case is in it, not in the first.
+                transcripts[case["caseId"]] = list(cases[index].get("conversationMessages") or [])
         simulator = self.stack.stack.simulator.url
         async with httpx.AsyncClient(base_url=f"{simulator}/_sim", timeout=30) as sim:
             outbox = (await sim.get("/outbox", params={"to": f".s{self.seed}n"})).json()["messages"]

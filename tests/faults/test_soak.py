@@ -1,6 +1,6 @@
 """The chaos soak's plan and checks, without a stack: the plan is reproducible from its seed and as hard as
 issue 14 asks, and each check fails on a hand-made observation of the failure it exists to catch (and passes on
-its healthy twin). The short run itself is `tests/chaos/test_short_soak.py` (`make test-chaos`).
+its healthy twin). The short run itself is `tests/faults/test_short_soak.py` (`make test-faults`, so CI).
 """
 
 from __future__ import annotations

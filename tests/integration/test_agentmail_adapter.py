@@ -29,7 +29,7 @@ from svix.webhooks import Webhook
 
 from services.agentmail_adapter.bounds import MESSAGE_TEXT_MAX_BYTES, SUBJECT_MAX_CHARS
 from services.agentmail_adapter.client import AgentMailClient
-from services.agentmail_adapter.handlers import register_handlers
+from services.agentmail_adapter.handlers import attempt_label, register_handlers
 from services.agentmail_adapter.store import (
     HANDLED_EVENT_TTL,
     INBOUND_EVENTS,
@@ -241,6 +241,41 @@ async def test_send_email__sends_once_records_it_and_a_repeat_is_answered_from_t
         1,
     )
     assert (stored.from_address, stored.to, stored.subject) == (INBOX, ["someone@example.com"], "Signed W-9")
+
+
+async def test_an_email_agentmail_sent_without_our_record_is_recorded_from_message_sent_under_its_label(
+    adapter: MessageStore, sim: SimulatorControl, gateway: httpx.AsyncClient
+) -> None:
+    """What a lost answer leaves: AgentMail sent the email, the adapter never heard back. Its `message.sent`
+    webhook records it under the (case, attempt) its label names; mail without the label is no case's."""
+    labelled = await sim.api.post(
+        f"/inboxes/{INBOX}/messages/send",
+        json={"to": ["lost@example.com"], "subject": "W-9", "text": "Send it?", "labels": [attempt_label("case-x", 3)]},
+        headers={"Idempotency-Key": "case-x.3"},
+    )
+    unlabelled = await sim.api.post(
+        f"/inboxes/{INBOX}/messages/send", json={"to": ["other@example.com"], "subject": "Hi", "text": "No case's."}
+    )
+    assert labelled.status_code == 200, labelled.text
+    assert unlabelled.status_code == 200, unlabelled.text
+    sent_id, other_id = labelled.json()["message_id"], unlabelled.json()["message_id"]
+    stored = await eventually(lambda: adapter.find(sent_id), what="the email recorded from message.sent")
+    assert (stored.direction, stored.case_id, stored.attempt, stored.thread_id) == (
+        "outbound",
+        "case-x",
+        3,
+        labelled.json()["thread_id"],
+    )
+    assert (stored.to, stored.subject, stored.text) == (["lost@example.com"], "W-9", "Send it?")
+    assert await adapter.sent_for_attempt("case-x", 3) == stored  # a repeated send is answered from it
+
+    async def unlabelled_event_handled() -> bool | None:
+        deliveries = await sim.deliveries()
+        handled = [d for d in deliveries if d["event_type"] == "message.sent" and other_id in d["body"]]
+        return True if handled and all(d["delivered"] for d in handled) else None
+
+    await eventually(unlabelled_event_handled, what="the unlabelled email's message.sent acknowledged")
+    assert await adapter.find(other_id) is None
 
 
 async def test_send_email__a_rejected_recipient_is_an_ok_rejection(adapter: MessageStore, client: NatsBroker) -> None:

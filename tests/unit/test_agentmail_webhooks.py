@@ -1,4 +1,5 @@
-"""The adapter's pure parts: Svix verification, AgentMail payloads → Caseflow events, Idempotency-Key derivation."""
+"""The adapter's pure parts: Svix verification, AgentMail payloads → Caseflow events, Idempotency-Key and
+attempt-label derivation."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import msgspec
 import pytest
 from svix.webhooks import Webhook
 
-from services.agentmail_adapter.handlers import idempotency_key
+from services.agentmail_adapter.handlers import attempt_label, attempt_of_labels, idempotency_key
 from services.agentmail_adapter.models import Message, WebhookEvent
 from services.agentmail_adapter.webhooks import (
     WebhookVerifier,
@@ -187,3 +188,10 @@ def test_idempotency_key_hashes_ids_agentmail_would_refuse() -> None:
     assert key == idempotency_key("case:with spaces/and slashes", 1)
     assert key != idempotency_key("case:with spaces/and slashes", 2)
     assert idempotency_key("x" * 300, 1).startswith("sha256-")
+
+
+def test_the_attempt_label_gives_back_its_case_and_attempt_and_other_labels_give_nothing() -> None:
+    case_id = "6f1c2d3e-aaaa-bbbb-cccc-000000000001"
+    assert attempt_of_labels(["sent", attempt_label(case_id, 12)]) == (case_id, 12)
+    assert attempt_of_labels(["sent", "unread"]) is None
+    assert attempt_of_labels(["caseflow-attempt.no-attempt-number", "caseflow-attempt..3"]) is None
