@@ -77,21 +77,33 @@ def silent_case(run: str, index: int) -> dict[str, Any]:
 
 
 async def create_cases(
-    api: httpx.AsyncClient, run: str, count: int, *, parallel: int = 4, spacing_seconds: float = 0.03
+    api: httpx.AsyncClient,
+    run: str,
+    count: int,
+    *,
+    parallel: int = 4,
+    spacing_seconds: float = 0.03,
+    retries_after_503: int = 0,
 ) -> dict[str, str]:
     """Create `count` cases spread over a few seconds; returns {caseId: address} for the ones that got a 201
-    (the others got an enveloped 500 or 503, as a client would during a fault)."""
+    (the others got an enveloped 500 or 503, as a client would during a fault). With `retries_after_503`, each
+    create carries an Idempotency-Key and a 503 is retried after its Retry-After, as a well-behaved client does."""
     semaphore = asyncio.Semaphore(parallel)
     created: dict[str, str] = {}
 
     async def one(index: int) -> None:
         await asyncio.sleep(index * spacing_seconds)
         body = silent_case(run, index)
+        headers = {"Idempotency-Key": f"{run}-{index}"} if retries_after_503 else {}
         async with semaphore:
-            try:
-                response = await api.post("/cases", json=body)
-            except httpx.HTTPError:
-                return
+            for attempt in range(retries_after_503 + 1):
+                try:
+                    response = await api.post("/cases", json=body, headers=headers)
+                except httpx.HTTPError:
+                    return
+                if response.status_code != 503 or attempt == retries_after_503:
+                    break
+                await asyncio.sleep(float(response.headers["retry-after"]))
         if response.status_code == 201:
             created[response.json()["data"]["caseId"]] = body["counterparty"]["address"]
         else:
