@@ -37,7 +37,9 @@ from services.case.outbox import OutboxRelay
 from services.case.store import CaseStore, UnmatchedStore
 from services.case.worker import EventFor, Worker
 from shared.contracts.case import NOTHING_SCHEDULED, NewCase
-from shared.messaging import connect_with_retry, create_broker, ensure_streams
+from shared.messaging.broker import create_broker
+from shared.messaging.connection import connect_with_retry
+from shared.messaging.jetstream import ensure_streams
 from shared.mongo import create_mongo_client
 from shared.settings import CaseSettings
 from shared.subjects import CASE_COMMANDS, CASE_EVENTS, Service

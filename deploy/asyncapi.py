@@ -48,7 +48,8 @@ from services.case import __main__ as case_main
 from services.gateway.app import create_litestar
 from services.webhook import __main__ as webhook_main
 from shared.contracts.rpc import Err
-from shared.messaging import create_broker, durable_consumers
+from shared.messaging.broker import create_broker
+from shared.messaging.jetstream import durable_consumers
 from shared.runtime import VERSION
 from shared.settings import (
     AgentMailSettings,

@@ -31,7 +31,7 @@ from typing import Final
 import yaml
 
 from shared.contracts import agentmail, auth, billing, case, webhook
-from shared.messaging import durable_consumers
+from shared.messaging.jetstream import durable_consumers
 from shared.settings import dev_nats_password
 from shared.subjects import (
     ADMIN_NATS_USER,

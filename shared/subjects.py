@@ -154,6 +154,6 @@ PARKED_SEQUENCE_HEADER: Final = "Caseflow-Parked-Sequence"  # its sequence in th
 PARKED_MSG_ID_HEADER: Final = "Caseflow-Parked-Msg-Id"  # the original publish's Nats-Msg-Id
 PARKED_REASON_HEADER: Final = "Caseflow-Parked-Reason"
 PARKED_DELIVERIES_HEADER: Final = "Caseflow-Parked-Deliveries"  # JetStream's num_delivered when parked
-# The absolute deadline of a request (Unix ms), set by `shared.messaging.request` from its timeout: a service
+# The absolute deadline of a request (Unix ms), set by `shared.messaging.rpc.request` from its timeout: a service
 # drops work whose deadline has passed before it commits (the asker has given up on the answer).
 DEADLINE_HEADER: Final = "Caseflow-Deadline"

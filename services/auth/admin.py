@@ -37,7 +37,7 @@ from services.auth.store import INDEXES, AuthStore, Client
 from shared.contracts.auth import KEYS_CHANGED, KeysChanged
 from shared.contracts.billing import USAGE_MONTH_PATTERN, USAGE_REPORT, GetUsageReport, UsageReport
 from shared.contracts.rpc import Err, Ok
-from shared.messaging import nats_connect_options
+from shared.messaging.connection import nats_connect_options
 from shared.mongo import create_mongo_client, ensure_indexes
 from shared.settings import AuthSettings, CommonSettings, load_settings_or_exit
 from shared.subjects import ADMIN_NATS_USER

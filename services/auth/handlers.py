@@ -26,7 +26,7 @@ from shared.contracts.auth import (
 )
 from shared.contracts.rpc import Ok
 from shared.errors import ErrorCode, ServiceError
-from shared.messaging import document_publication
+from shared.messaging.jetstream import document_publication
 from shared.subjects import Service, queue_group
 
 # Every API request passes through VERIFY_KEY (on a gateway cache miss): answer several at once per replica.

@@ -18,7 +18,7 @@ import os
 import signal
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import get_args
 
 import msgspec
@@ -37,7 +37,8 @@ from shared.contracts import agentmail, billing, case
 from shared.contracts.rpc import Ok
 from shared.errors import ErrorCode, ServiceError
 from shared.logs import case_id_var, client_id_var, request_id_var
-from shared.messaging import document_publication, request, request_deadline_ms
+from shared.messaging.jetstream import document_publication
+from shared.messaging.rpc import RpcClient, request_deadline_ms
 from shared.settings import CaseSettings
 from shared.subjects import CASE_COMMANDS, CASE_EVENTS, Service, queue_group
 
@@ -56,6 +57,10 @@ class CaseApi:
     relay: OutboxRelay
     settings: CaseSettings
     clock: Callable[[], dt.datetime] = utc_now
+    rpc: RpcClient = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rpc = RpcClient(self.broker, self.settings.rpc_timeout_seconds)
 
     async def _load_owned(self, case_id: str, client_id: str) -> CaseRecord:
         case_id_var.set(case_id)
@@ -77,13 +82,6 @@ class CaseApi:
         if written is None:
             raise ServiceError(ErrorCode.CASE_NOT_FOUND)
         return written[1]
-
-    async def _rpc[T](
-        self, subject: str, payload: msgspec.Struct, reply_type: type[T], *, timeout: float | None = None
-    ) -> T:
-        return await request(
-            self.broker, subject, payload, reply_type, timeout=timeout or self.settings.rpc_timeout_seconds
-        )
 
     # ---- create ------------------------------------------------------------------------------------------
 
@@ -156,7 +154,7 @@ class CaseApi:
 
     async def _create_reserved(self, command: case.CreateCase, *, case_id: str, deadline: int) -> None:
         case_id_var.set(case_id)
-        reservation = await self._rpc(
+        reservation = await self.rpc(
             billing.RESERVE,
             billing.ReserveUnit(client_id=command.client_id, plan=command.plan, reservation_id=case_id),
             billing.Reservation,
@@ -186,7 +184,7 @@ class CaseApi:
             os.kill(os.getpid(), signal.SIGKILL)
 
     async def _release(self, client_id: str, reservation: billing.Reservation) -> None:
-        await release_unit(self.broker, self.settings, client_id=client_id, reservation=reservation)
+        await release_unit(self.rpc, client_id=client_id, reservation=reservation)
 
     # ---- reads -------------------------------------------------------------------------------------------
 
@@ -202,7 +200,7 @@ class CaseApi:
 
         async def thread(thread_id: str) -> list[agentmail.TranscriptMessage]:
             nonlocal omitted
-            found = await self._rpc(
+            found = await self.rpc(
                 agentmail.TRANSCRIPT, agentmail.GetTranscript(thread_id=thread_id), agentmail.Transcript
             )
             # The adapter bounds each thread (newest messages within a byte budget) so the reply fits the bus.
@@ -244,7 +242,7 @@ class CaseApi:
         if meta is None:
             raise ServiceError(ErrorCode.ATTACHMENT_NOT_FOUND)
         try:
-            link = await self._rpc(
+            link = await self.rpc(
                 agentmail.ATTACHMENT_LINK,
                 agentmail.GetAttachmentLink(message_id=meta.message_id, attachment_id=meta.attachment_id),
                 agentmail.AttachmentLink,
@@ -301,19 +299,15 @@ class CaseApi:
             log.warning("publish deferred to the outbox relay", exc_info=True)
 
 
-async def release_unit(
-    broker: NatsBroker, settings: CaseSettings, *, client_id: str, reservation: billing.Reservation
-) -> bool:
+async def release_unit(rpc: RpcClient, *, client_id: str, reservation: billing.Reservation) -> bool:
     """Give a usage unit back (idempotent by reservation id); False, logged, when billing did not answer."""
     try:
-        await request(
-            broker,
+        await rpc(
             billing.RELEASE,
             billing.ReleaseUnit(
                 client_id=client_id, month=reservation.month, reservation_id=reservation.reservation_id
             ),
             billing.Released,
-            timeout=settings.rpc_timeout_seconds,
         )
     except ServiceError:
         log.exception("could not release a usage unit", extra={"reservation_id": reservation.reservation_id})

@@ -35,7 +35,9 @@ from services.gateway.shared_throttle import SharedKeyThrottle, open_throttle_bu
 from services.gateway.throttle import KeyThrottle, LocalKeyThrottle, RateLimit, Throttle
 from shared.contracts import case
 from shared.contracts.auth import KEYS_CHANGED, KeysChanged
-from shared.messaging import connect_with_retry, document_publication, nats_client
+from shared.messaging.connection import connect_with_retry, nats_client
+from shared.messaging.jetstream import document_publication
+from shared.messaging.rpc import RpcClient
 from shared.mongo import create_mongo_client
 from shared.runtime import VERSION
 from shared.settings import GatewaySettings
@@ -80,6 +82,7 @@ def create_litestar(
     gateway = GatewayContext(
         settings=settings,
         broker=broker,
+        rpc=RpcClient(broker, settings.rpc_timeout_seconds),
         mongo=create_mongo_client(settings, app_name="caseflow-gateway"),
         key_cache=KeyCache(ttl_seconds=settings.auth_cache_seconds, epoch=lambda: _reconnects(broker)),
         throttle=local_throttle,

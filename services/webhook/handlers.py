@@ -11,7 +11,7 @@ that cannot happen.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from faststream.nats import NatsBroker
 
@@ -23,7 +23,8 @@ from shared.contracts import case, webhook
 from shared.contracts.rpc import Ok
 from shared.errors import ErrorCode, ServiceError
 from shared.logs import case_id_var, client_id_var
-from shared.messaging import durable_subscriber, request
+from shared.messaging.jetstream import durable_subscriber
+from shared.messaging.rpc import RpcClient
 from shared.settings import WebhookSettings
 from shared.subjects import CASE_EVENTS, Consumer, Service, queue_group
 
@@ -69,6 +70,10 @@ class WebhookApi:
     store: DeliveryStore
     dispatcher: Dispatcher
     settings: WebhookSettings
+    rpc: RpcClient = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rpc = RpcClient(self.broker, self.settings.rpc_timeout_seconds)
 
     async def record_event(self, event: case.CaseEvent) -> None:
         case_id_var.set(event.data.case_id)
@@ -87,13 +92,7 @@ class WebhookApi:
         """CASE_NOT_FOUND or FORBIDDEN with the case routes' semantics, decided by the case service."""
         case_id_var.set(case_id)
         client_id_var.set(client_id)
-        await request(
-            self.broker,
-            case.CHECK_OWNER,
-            case.CaseRef(client_id=client_id, case_id=case_id),
-            case.OwnerChecked,
-            timeout=self.settings.rpc_timeout_seconds,
-        )
+        await self.rpc(case.CHECK_OWNER, case.CaseRef(client_id=client_id, case_id=case_id), case.OwnerChecked)
 
     async def list_deliveries(self, query: webhook.ListDeliveries) -> webhook.WebhookDeliveries:
         await self._check_owner(client_id=query.client_id, case_id=query.case_id)

@@ -23,7 +23,7 @@ from shared.contracts.agentmail import (
     Sent,
     Transcript,
 )
-from shared.messaging import request
+from shared.messaging.rpc import request
 from tests.support.processes import Stack
 from tests.support.simulator import SimulatorControl, eventually, published
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from faststream.nats import NatsBroker
 
 from shared.errors import ServiceError
-from shared.messaging import request
+from shared.messaging.rpc import request
 from tests.support.processes import ManagedProcess, NatsServer
 from tests.support.slow_service import SLOW_SUBJECT, SlowReply, SlowRequest
 

@@ -24,7 +24,7 @@ from services.auth.accounts import Accounts
 from services.auth.secrets import SecretCipher
 from services.auth.store import AuthStore
 from shared.contracts.auth import KEYS_CHANGED, KeysChanged
-from shared.messaging import create_broker
+from shared.messaging.broker import create_broker
 from shared.mongo import Document
 from shared.settings import AuthSettings, GatewaySettings, load_settings
 from shared.subjects import Service

@@ -26,7 +26,8 @@ from services.billing.handlers import register_billing_handlers
 from services.billing.store import INDEXES, UsageStore
 from shared.contracts.billing import RESERVE, USAGE_REPORT, GetUsageReport, Reservation, ReserveUnit, UsageReport
 from shared.errors import ErrorCode, ServiceError
-from shared.messaging import create_broker, request
+from shared.messaging.broker import create_broker
+from shared.messaging.rpc import request
 from shared.mongo import Document, ensure_indexes
 from shared.settings import BillingSettings, load_settings
 from shared.subjects import Service

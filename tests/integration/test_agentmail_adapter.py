@@ -62,7 +62,9 @@ from shared.contracts.agentmail import (
 )
 from shared.errors import ErrorCode, ServiceError
 from shared.failures import DEPENDENCY_PROBLEMS
-from shared.messaging import create_broker, ensure_streams, request
+from shared.messaging.broker import create_broker
+from shared.messaging.jetstream import ensure_streams
+from shared.messaging.rpc import request
 from shared.mongo import Document, ensure_indexes
 from shared.settings import AgentMailSettings, GatewaySettings, load_settings
 from shared.subjects import AGENTMAIL_EVENTS, AGENTMAIL_INGRESS_BODIES, Service

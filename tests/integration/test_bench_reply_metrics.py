@@ -14,7 +14,9 @@ from faststream.nats import NatsBroker
 from prometheus_client import REGISTRY
 
 from shared.contracts.rpc import Ok
-from shared.messaging import REPLY_INBOX_PREFIX, create_broker, request
+from shared.messaging.broker import create_broker
+from shared.messaging.connection import REPLY_INBOX_PREFIX
+from shared.messaging.rpc import request
 from shared.settings import CommonSettings, load_settings
 from shared.subjects import Service
 from tests.integration import test_messaging

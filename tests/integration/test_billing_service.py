@@ -34,7 +34,8 @@ from shared.contracts.billing import (
     Usage,
 )
 from shared.errors import ErrorCode, ServiceError
-from shared.messaging import create_broker, request
+from shared.messaging.broker import create_broker
+from shared.messaging.rpc import request
 from shared.mongo import Document, ensure_indexes
 from shared.settings import BillingSettings, load_settings
 from shared.subjects import Service

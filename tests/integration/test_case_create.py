@@ -34,7 +34,9 @@ from shared.clock import now_ms
 from shared.contracts import billing, case
 from shared.contracts.rpc import Err
 from shared.errors import ErrorCode, ServiceError
-from shared.messaging import create_broker, ensure_streams, publish_durable, request
+from shared.messaging.broker import create_broker
+from shared.messaging.jetstream import ensure_streams, publish_durable
+from shared.messaging.rpc import request
 from shared.mongo import Document, ensure_indexes
 from shared.settings import BillingSettings, CaseSettings, load_settings
 from shared.subjects import CASE_COMMANDS, DEADLINE_HEADER, Service

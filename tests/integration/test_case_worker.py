@@ -28,7 +28,8 @@ from shared.clock import now_ms
 from shared.contracts import agentmail, case
 from shared.contracts.case import NOTHING_SCHEDULED
 from shared.errors import ErrorCode, ServiceError
-from shared.messaging import publish_durable, request
+from shared.messaging.jetstream import publish_durable
+from shared.messaging.rpc import request
 from shared.mongo import Document
 from shared.subjects import AGENTMAIL_EVENTS, CASE_EVENTS
 from tests.support.case_service import CLIENT, CaseHarness, case_service

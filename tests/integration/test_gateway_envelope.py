@@ -21,7 +21,8 @@ from services.gateway.app import create_app
 from services.gateway.context import GatewayContext
 from services.gateway.envelope import DataEnvelope, ok
 from shared.contracts.rpc import Empty
-from shared.messaging import create_broker, request
+from shared.messaging.broker import create_broker
+from shared.messaging.rpc import request
 from shared.settings import GatewaySettings, load_settings
 from shared.subjects import Service
 from tests.support.processes import NatsServer, free_port

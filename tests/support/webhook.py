@@ -30,7 +30,7 @@ from shared.contracts.case import (
     SenderPersona,
     event_subject,
 )
-from shared.messaging import publish_durable
+from shared.messaging.jetstream import publish_durable
 from shared.subjects import CASE_EVENTS
 from tests.support.api import admin, new_client
 from tests.support.processes import ManagedProcess, NatsServer, Stack
