@@ -157,3 +157,19 @@ PARKED_DELIVERIES_HEADER: Final = "Caseflow-Parked-Deliveries"  # JetStream's nu
 # The absolute deadline of a request (Unix ms), set by `shared.messaging.rpc.request` from its timeout: a service
 # drops work whose deadline has passed before it commits (the asker has given up on the answer).
 DEADLINE_HEADER: Final = "Caseflow-Deadline"
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS wildcard matching: `*` is one token, a trailing `>` one or more."""
+    pattern_tokens, subject_tokens = pattern.split("."), subject.split(".")
+    for index, part in enumerate(pattern_tokens):
+        if part == ">":
+            return len(subject_tokens) > index
+        if index >= len(subject_tokens) or part not in ("*", subject_tokens[index]):
+            return False
+    return len(pattern_tokens) == len(subject_tokens)
+
+
+def stream_of(subject: str) -> StreamSpec | None:
+    """The stream that captures `subject`, or None for a core NATS subject."""
+    return next((s for s in ALL_STREAMS if any(subject_matches(p, subject) for p in s.subjects)), None)

@@ -61,7 +61,6 @@ from shared.contracts.agentmail import (
     TRANSCRIPT,
     AttachmentInfo,
     AttachmentLink,
-    DeliveryEvent,
     GetAttachmentLink,
     GetTranscript,
     IngestWebhook,
@@ -78,7 +77,7 @@ from shared.contracts.agentmail import (
 from shared.contracts.rpc import Ok
 from shared.errors import ErrorCode, ServiceError
 from shared.logs import case_id_var
-from shared.messaging.jetstream import document_publication, publish_durable
+from shared.messaging.jetstream import publish_durable
 from shared.settings import AgentMailSettings
 from shared.subjects import AGENTMAIL_EVENTS, AGENTMAIL_INGRESS_BODIES, Service, queue_group
 from shared.text import clipped
@@ -139,20 +138,6 @@ def register_handlers(
     settings: AgentMailSettings,
 ) -> None:
     inbox_id = settings.agentmail_inbox_id
-    document_publication(
-        broker,
-        MESSAGE_RECEIVED,
-        MessageReceived,
-        description=f"A verified inbound email on our inbox. Stream {AGENTMAIL_EVENTS.name}; Nats-Msg-Id is "
-        "AgentMail's event id (a redelivered webhook publishes nothing new).",
-    )
-    document_publication(
-        broker,
-        DELIVERY_EVENT,
-        DeliveryEvent,
-        description=f"What happened to an email we sent (delivered, bounced, complained, rejected). Stream "
-        f"{AGENTMAIL_EVENTS.name}; Nats-Msg-Id is AgentMail's event id.",
-    )
 
     async def send_once(email: Outgoing, send: Callable[[str], Awaitable[SendResult]]) -> Ok[SendOutcome]:
         """At most one email per (case, attempt): answered from the store, else sent under the key derived from

@@ -15,18 +15,15 @@ from faststream.nats import NatsBroker
 from services.auth.domain import hash_api_key, is_well_formed_api_key, require_usable_key
 from services.auth.store import AuthStore
 from shared.contracts.auth import (
-    KEYS_CHANGED,
     VERIFY_KEY,
     WEBHOOK_SECRET,
     GetWebhookSecret,
     KeyIdentity,
-    KeysChanged,
     VerifyKey,
     WebhookSecret,
 )
 from shared.contracts.rpc import Ok
 from shared.errors import ErrorCode, ServiceError
-from shared.messaging.jetstream import document_publication
 from shared.subjects import Service, queue_group
 
 # Every API request passes through VERIFY_KEY (on a gateway cache miss): answer several at once per replica.
@@ -34,14 +31,6 @@ CONCURRENT_REQUESTS: Final = 16
 
 
 def register_auth_handlers(broker: NatsBroker, store: AuthStore, *, key_hash_secret: str) -> None:
-    document_publication(
-        broker,
-        KEYS_CHANGED,
-        KeysChanged,
-        description="Broadcast (core NATS, no queue group) by the admin CLI after a key's status or a client's "
-        "plan changed: every gateway evicts the cached identity at once.",
-    )
-
     @broker.subscriber(VERIFY_KEY, queue=queue_group(Service.AUTH), max_workers=CONCURRENT_REQUESTS)
     async def verify_key(request: VerifyKey) -> Ok[KeyIdentity]:
         if not is_well_formed_api_key(request.api_key):

@@ -19,14 +19,13 @@ import signal
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import get_args
 
 import msgspec
 from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage
 
 from services.case import domain, lifecycle
-from services.case.model import CaseRecord, JudgeReplyCommand, SendEmailCommand
+from services.case.model import CaseRecord
 from services.case.outbox import OutboxRelay
 from services.case.store import CaseStore, IdempotencyStore, PageCursor, WriteConflict
 from services.case.transcript import case_threads, case_transcript, format_transcript, transcript_entries
@@ -37,10 +36,9 @@ from shared.contracts import agentmail, billing, case
 from shared.contracts.rpc import Ok
 from shared.errors import ErrorCode, ServiceError
 from shared.logs import case_id_var, client_id_var, request_id_var
-from shared.messaging.jetstream import document_publication
 from shared.messaging.rpc import RpcClient, request_deadline_ms
 from shared.settings import CaseSettings
-from shared.subjects import CASE_COMMANDS, CASE_EVENTS, Service, queue_group
+from shared.subjects import Service, queue_group
 
 log = logging.getLogger("caseflow.case")
 
@@ -315,38 +313,6 @@ async def release_unit(rpc: RpcClient, *, client_id: str, reservation: billing.R
     return True
 
 
-def document_outbox_subjects(broker: NatsBroker) -> None:
-    """What the outbox relay publishes (raw JetStream publishes, so the AsyncAPI document learns them here)."""
-    commands = f"Stream {CASE_COMMANDS.name}; Nats-Msg-Id is the command id; relayed from the case's outbox."
-    document_publication(
-        broker,
-        case.CMD_INPUT_PROVIDED,
-        case.InputProvidedCommand,
-        description=f"The client answered the case's input request: the worker resumes the case. {commands}",
-    )
-    document_publication(
-        broker,
-        case.CMD_SEND,
-        SendEmailCommand,
-        description=f"The worker's own queue of emails to send (payload private to the case service). {commands}",
-    )
-    document_publication(
-        broker,
-        case.CMD_JUDGE_REPLY,
-        JudgeReplyCommand,
-        description="The reconciler's request to judge a stored reply that was never judged (payload private "
-        f"to the case service). {commands}",
-    )
-    for event_type in get_args(case.EventType):
-        document_publication(
-            broker,
-            case.event_subject(event_type),
-            case.CaseEvent,
-            description=f"Case event `{event_type}` for the client's webhook. Stream {CASE_EVENTS.name}; "
-            "Nats-Msg-Id is the event id; relayed from the case's outbox.",
-        )
-
-
 def request_hash(body: case.NewCase) -> str:
     return hashlib.sha256(msgspec.json.encode(body, order="sorted")).hexdigest()
 
@@ -368,7 +334,6 @@ def decode_cursor(token: str) -> PageCursor:
 def register(api: CaseApi) -> None:
     broker = api.broker
     queue = queue_group(Service.CASE)
-    document_outbox_subjects(broker)
 
     @broker.subscriber(case.CREATE, queue=queue)
     async def create_case(command: case.CreateCase, message: NatsMessage) -> Ok[case.CreateCaseResult]:

@@ -33,15 +33,12 @@ from services.gateway.routes import ROUTES
 from services.gateway.routes.docs import ReferenceRenderPlugin, schema_router
 from services.gateway.shared_throttle import SharedKeyThrottle, open_throttle_bucket
 from services.gateway.throttle import KeyThrottle, LocalKeyThrottle, RateLimit, Throttle
-from shared.contracts import case
 from shared.contracts.auth import KEYS_CHANGED, KeysChanged
 from shared.messaging.connection import connect_with_retry, nats_client
-from shared.messaging.jetstream import document_publication
 from shared.messaging.rpc import RpcClient
 from shared.mongo import create_mongo_client
 from shared.runtime import VERSION
 from shared.settings import GatewaySettings
-from shared.subjects import CASE_COMMANDS
 
 log = logging.getLogger("caseflow.gateway")
 
@@ -89,15 +86,6 @@ def create_litestar(
         key_throttle=_key_throttle(settings, broker, local_throttle),
         trusted_proxies=TrustedProxies(settings.trusted_proxies),
         readiness=Memo(ttl_seconds=settings.readyz_cache_seconds),
-    )
-
-    document_publication(
-        broker,
-        case.CMD_CREATED,
-        case.CaseCreatedCommand,
-        description=f"`case.cmd.created.<caseId>`: a create is confirmed (its 201 is being answered), so the case "
-        f"worker may start it. Stream {CASE_COMMANDS.name}; Nats-Msg-Id `created:<caseId>` (a replay publishes "
-        "it again, deduplicated); a case without one is removed by the case service's reconciler.",
     )
 
     @broker.subscriber(KEYS_CHANGED)

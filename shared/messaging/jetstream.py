@@ -21,7 +21,7 @@ from nats.js.errors import NotFoundError
 
 from shared.logs import request_id_var
 from shared.messaging.broker import stream_replicas
-from shared.subjects import MSG_ID_HEADER, PARKED, REQUEST_ID_HEADER, StreamSpec, parked_subject
+from shared.subjects import MSG_ID_HEADER, PARKED, REQUEST_ID_HEADER, StreamSpec
 
 # A JetStream message is redelivered ACK_WAIT_SECONDS after its consumer stopped acknowledging it (a crash).
 # Handlers may legitimately take longer (an LLM call, a send waiting out Retry-After), so while one runs the
@@ -96,27 +96,7 @@ def durable_subscriber(
     _durable_consumers.setdefault(broker, []).append(
         DurableConsumer(stream=stream.name, durable=durable, subject=subject)
     )
-    document_publication(
-        broker,
-        parked_subject(stream.name, durable),
-        None,
-        description=f"Messages of {stream.name} whose `{durable}` handler failed as poison (not an outage) "
-        "CONSUMER_MAX_DELIVER times, or permanently, parked by ServiceMiddleware on the PARKED stream for an operator "
-        "(`services.auth.admin parked`): the original body unchanged, with Caseflow-Parked-Subject, -Stream, "
-        "-Consumer, -Sequence, -Msg-Id, -Reason and -Deliveries headers.",
-    )
     return subscriber
-
-
-def document_publication(broker: NatsBroker, subject: str, payload: type | None, *, description: str) -> None:
-    """Declare, for the AsyncAPI documents only (`make docs`), a subject this service publishes without a
-    FastStream publisher: JetStream publishes through `publish_durable` or the case outbox, KEYS_CHANGED from the
-    admin CLI, parked messages. Nothing is ever sent through the declaration: it is inert at run time.
-
-    The channel is titled `<subject>:<payload type>`, like FastStream names a subscriber's `<subject>:<handler>`.
-    """
-    title = f"{subject}:{payload.__name__ if payload is not None else 'Message'}"
-    broker.publisher(subject, title=title, description=description, schema=payload)
 
 
 def _stream_config(spec: StreamSpec, replicas: int) -> StreamConfig:
