@@ -6,7 +6,7 @@ One AgentMail client (one httpx connection pool) per process, shared by every ha
 from __future__ import annotations
 
 from services.agentmail_adapter.client import AgentMailClient
-from services.agentmail_adapter.handlers import register_handlers
+from services.agentmail_adapter.handlers import register
 from services.agentmail_adapter.store import INDEXES, MessageStore
 from services.agentmail_adapter.webhooks import WebhookVerifier
 from shared.runtime import ServiceRuntime
@@ -18,7 +18,7 @@ def build(settings: AgentMailSettings) -> ServiceRuntime:
     """The service wired up and ready to run (also used to generate the AsyncAPI documents)."""
     runtime = ServiceRuntime(Service.AGENTMAIL_ADAPTER, settings, streams=(AGENTMAIL_EVENTS,), indexes=INDEXES)
     mail = AgentMailClient(settings)
-    register_handlers(
+    register(
         runtime.broker,
         mail=mail,
         store=MessageStore(runtime.db),

@@ -129,7 +129,7 @@ def case_logging(case_id: str) -> Iterator[None]:
         case_id_var.reset(token)
 
 
-def register_handlers(
+def register(
     broker: NatsBroker,
     *,
     mail: AgentMailClient,

@@ -30,7 +30,7 @@ from shared.subjects import Service, queue_group
 CONCURRENT_REQUESTS: Final = 16
 
 
-def register_auth_handlers(broker: NatsBroker, store: AuthStore, *, key_hash_secret: str) -> None:
+def register(broker: NatsBroker, store: AuthStore, *, key_hash_secret: str) -> None:
     @broker.subscriber(VERIFY_KEY, queue=queue_group(Service.AUTH), max_workers=CONCURRENT_REQUESTS)
     async def verify_key(request: VerifyKey) -> Ok[KeyIdentity]:
         if not is_well_formed_api_key(request.api_key):

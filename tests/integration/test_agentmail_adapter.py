@@ -29,7 +29,7 @@ from svix.webhooks import Webhook
 
 from services.agentmail_adapter.bounds import MESSAGE_TEXT_MAX_BYTES, SUBJECT_MAX_CHARS, TRANSCRIPT_MAX_BYTES
 from services.agentmail_adapter.client import AgentMailClient
-from services.agentmail_adapter.handlers import register_handlers
+from services.agentmail_adapter.handlers import register
 from services.agentmail_adapter.store import (
     HANDLED_EVENT_TTL,
     INBOUND_EVENTS,
@@ -141,7 +141,7 @@ async def adapter(
     broker = create_broker(settings, Service.AGENTMAIL_ADAPTER)
     mail = AgentMailClient(settings)
     store = MessageStore(mongo_db)
-    register_handlers(
+    register(
         broker, mail=mail, store=store, verifier=WebhookVerifier(settings.agentmail_webhook_secret), settings=settings
     )
     await ensure_indexes(mongo_db, INDEXES)

@@ -21,7 +21,7 @@ from faststream.nats import NatsBroker
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.billing.domain import parse_plans
-from services.billing.handlers import register_billing_handlers
+from services.billing.handlers import register
 from services.billing.store import INDEXES as BILLING_INDEXES
 from services.billing.store import UsageStore
 from services.case import handlers
@@ -77,7 +77,7 @@ async def service(
     billing_settings = load_settings(BillingSettings, env)
     await ensure_indexes(mongo_db, {**CASE_INDEXES, **BILLING_INDEXES})
     billing_broker = create_broker(billing_settings, Service.BILLING)
-    register_billing_handlers(
+    register(
         billing_broker,
         UsageStore(mongo_db),
         plans=parse_plans(billing_settings.plans),
