@@ -70,9 +70,7 @@ def _cap_of_configured_plan(plans: PlanCaps, plan: str) -> int | None:
         ) from None
 
 
-def register(
-    broker: NatsBroker, store: UsageStore, *, plans: PlanCaps, clock: Clock = utc_now
-) -> None:
+def register(broker: NatsBroker, store: UsageStore, *, plans: PlanCaps, clock: Clock = utc_now) -> None:
     queue = queue_group(Service.BILLING)
 
     @broker.subscriber(RESERVE, queue=queue, max_workers=CONCURRENT_REQUESTS)
