@@ -36,6 +36,7 @@ from services.case.model import CaseRecord, to_document
 from services.case.outbox import OutboxRelay
 from services.case.store import CaseStore, UnmatchedStore
 from services.case.worker import EventFor, Worker
+from shared.clock import now_ms
 from shared.contracts.case import NOTHING_SCHEDULED, NewCase
 from shared.messaging.broker import create_broker
 from shared.messaging.connection import connect_with_retry
@@ -131,7 +132,7 @@ async def run_scheduler(
     )
     with tempfile.TemporaryDirectory(prefix="caseflow-bench-scheduler-") as tmp:
         work = Path(tmp)
-        now = int(time.time() * 1000)
+        now = now_ms()
         port = free_port()
         argv = [sys.executable, "-m", "bench.scheduler_server", "--port", str(port)]
         argv += ["--cases", str(cases), "--due", str(due), "--now", str(now)]
@@ -177,7 +178,7 @@ async def run_scheduler(
                     begun = time.perf_counter()
                     for _ in range(scans):
                         t0 = time.perf_counter()
-                        found = len(await store.due_case_ids(now=int(time.time() * 1000), limit=200))
+                        found = len(await store.due_case_ids(now=now_ms(), limit=200))
                         latencies.append((time.perf_counter() - t0) * 1000)
                     scenario.context.setdefault("found_per_scan", found)
                     return summarise(latencies, failed=0, duration_s=time.perf_counter() - begun)
@@ -198,7 +199,7 @@ async def run_scheduler(
                 scenario.phases.append(await measure("scan", f"{scans} scans, {due:,} due", scan_load))
                 scenario.phases.append(await measure("claim", f"{due:,} due cases", claim_load))
                 scenario.phases.append(await measure("idle scan", f"{scans} scans, none due", scan_load))
-                scenario.context["still_due"] = len(await store.due_case_ids(now=int(time.time() * 1000), limit=200))
+                scenario.context["still_due"] = len(await store.due_case_ids(now=now_ms(), limit=200))
             finally:
                 with contextlib.suppress(Exception):
                     await broker.stop()

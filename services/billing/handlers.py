@@ -16,18 +16,16 @@ from typing import Final
 from faststream.nats import NatsBroker
 
 from services.billing.domain import (
-    Clock,
     PlanCaps,
     UnknownPlan,
     monthly_cap,
     next_month_start_ms,
     remaining_units,
-    to_unix_ms,
     usage_month,
-    utc_now,
 )
 from services.billing.store import ReserveOutcome, UsageStore
 from shared import metrics
+from shared.clock import Clock, system_clock, unix_ms
 from shared.contracts.billing import (
     RELEASE,
     RESERVE,
@@ -70,7 +68,7 @@ def _cap_of_configured_plan(plans: PlanCaps, plan: str) -> int | None:
         ) from None
 
 
-def register(broker: NatsBroker, store: UsageStore, *, plans: PlanCaps, clock: Clock = utc_now) -> None:
+def register(broker: NatsBroker, store: UsageStore, *, plans: PlanCaps, clock: Clock = system_clock) -> None:
     queue = queue_group(Service.BILLING)
 
     @broker.subscriber(RESERVE, queue=queue, max_workers=CONCURRENT_REQUESTS)
@@ -83,7 +81,7 @@ def register(broker: NatsBroker, store: UsageStore, *, plans: PlanCaps, clock: C
             month=month,
             reservation_id=request.reservation_id,
             cap=cap,
-            now=to_unix_ms(now),
+            now=unix_ms(now),
         )
         metrics.USAGE_RESERVATIONS.labels(plan=request.plan, outcome=_RESERVATION_OUTCOME[outcome]).inc()
         if outcome is ReserveOutcome.LIMIT_REACHED:
@@ -96,7 +94,7 @@ def register(broker: NatsBroker, store: UsageStore, *, plans: PlanCaps, clock: C
             client_id=request.client_id,
             month=request.month,
             reservation_id=request.reservation_id,
-            now=to_unix_ms(clock()),
+            now=unix_ms(clock()),
         )
         if released:
             metrics.USAGE_RELEASES.inc()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import datetime as dt
 import hashlib
 import logging
 import os
@@ -31,7 +30,7 @@ from services.case.store import CaseStore, IdempotencyStore, PageCursor, WriteCo
 from services.case.transcript import case_threads, case_transcript, format_transcript, transcript_entries
 from services.case.validation import validate_new_case
 from shared import metrics
-from shared.clock import now_ms
+from shared.clock import Clock, naive_utc, now_ms, system_clock
 from shared.contracts import agentmail, billing, case
 from shared.contracts.rpc import Ok
 from shared.errors import ErrorCode, ServiceError
@@ -43,10 +42,6 @@ from shared.subjects import Service, queue_group
 log = logging.getLogger("caseflow.case")
 
 
-def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
-
-
 @dataclass
 class CaseApi:
     broker: NatsBroker
@@ -54,7 +49,7 @@ class CaseApi:
     idempotency: IdempotencyStore
     relay: OutboxRelay
     settings: CaseSettings
-    clock: Callable[[], dt.datetime] = utc_now
+    clock: Clock = system_clock
     rpc: RpcClient = field(init=False)
 
     def __post_init__(self) -> None:
@@ -119,7 +114,7 @@ class CaseApi:
             request_hash=request_hash(command.case),
             case_id=case_id,
             deadline_ms=deadline,
-            now=self.clock(),
+            now=naive_utc(self.clock()),
         )
         if claim.outcome == "new":
             return None
