@@ -38,8 +38,9 @@ from services.agentmail_adapter.client import (
     MessageRejected,
     SendResult,
 )
+from services.agentmail_adapter.model import HandledEvent, StoredAttachment, StoredMessage
 from services.agentmail_adapter.models import Message, ReplyMessage, SendMessage, SentMessage
-from services.agentmail_adapter.store import HandledEvent, MessageStore, StoredAttachment, StoredMessage
+from services.agentmail_adapter.store import MessageStore
 from services.agentmail_adapter.webhooks import (
     MESSAGE_RECEIVED_TYPE,
     WebhookVerifier,

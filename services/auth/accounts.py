@@ -19,7 +19,8 @@ from services.auth.domain import (
     new_key_id,
     new_webhook_secret,
 )
-from services.auth.store import ApiKey, AuthStore, Client
+from services.auth.model import ApiKey, Client
+from services.auth.store import AuthStore
 from shared.clock import Clock, system_clock, unix_ms
 
 

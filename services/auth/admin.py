@@ -32,8 +32,9 @@ from pymongo.errors import PyMongoError
 
 from services.auth import admin_parked
 from services.auth.accounts import AccountError, Accounts, ClientPlan, KeyState, MonthlyUsage, Output
+from services.auth.model import Client
 from services.auth.secrets import SecretCipher, UndecryptableSecret
-from services.auth.store import INDEXES, AuthStore, Client
+from services.auth.store import INDEXES, AuthStore
 from shared.contracts.auth import KEYS_CHANGED, KeysChanged
 from shared.contracts.billing import USAGE_MONTH_PATTERN, USAGE_REPORT, GetUsageReport, UsageReport
 from shared.contracts.rpc import Err, Ok

@@ -17,7 +17,8 @@ from faststream.nats import NatsBroker
 
 from services.webhook import domain
 from services.webhook.dispatcher import Dispatcher
-from services.webhook.store import DeliveryRecord, DeliveryStore
+from services.webhook.model import DeliveryRecord
+from services.webhook.store import DeliveryStore
 from shared.clock import now_ms
 from shared.contracts import case, webhook
 from shared.contracts.rpc import Ok

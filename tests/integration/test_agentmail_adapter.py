@@ -30,13 +30,13 @@ from svix.webhooks import Webhook
 from services.agentmail_adapter.bounds import MESSAGE_TEXT_MAX_BYTES, SUBJECT_MAX_CHARS, TRANSCRIPT_MAX_BYTES
 from services.agentmail_adapter.client import AgentMailClient
 from services.agentmail_adapter.handlers import register
+from services.agentmail_adapter.model import StoredMessage
 from services.agentmail_adapter.store import (
     HANDLED_EVENT_TTL,
     INBOUND_EVENTS,
     INDEXES,
     MESSAGES,
     MessageStore,
-    StoredMessage,
 )
 from services.agentmail_adapter.webhooks import WebhookVerifier
 from services.gateway.app import create_app
