@@ -6,7 +6,7 @@ It answers VERIFY_KEY and WEBHOOK_SECRET; clients and keys are changed by the ad
 
 from __future__ import annotations
 
-from services.auth.handlers import register
+from services.auth.handlers import AuthApi, register
 from services.auth.secrets import SecretCipher
 from services.auth.store import INDEXES, AuthStore
 from shared.runtime import ServiceRuntime
@@ -18,9 +18,11 @@ def build(settings: AuthSettings) -> ServiceRuntime:
     """The service wired up and ready to run (also used to generate the AsyncAPI documents)."""
     runtime = ServiceRuntime(Service.AUTH, settings, indexes=INDEXES)
     register(
-        runtime.broker,
-        AuthStore(runtime.db, cipher=SecretCipher(settings.webhook_secret_keys)),
-        key_hash_secret=settings.key_hash_secret,
+        AuthApi(
+            broker=runtime.broker,
+            store=AuthStore(runtime.db, cipher=SecretCipher(settings.webhook_secret_keys)),
+            key_hash_secret=settings.key_hash_secret,
+        )
     )
     return runtime
 

@@ -22,7 +22,7 @@ from services.auth.accounts import Accounts, MonthlyUsage, NewClient
 from services.auth.admin import COMMANDS
 from services.auth.store import AuthStore
 from services.billing.domain import parse_plans
-from services.billing.handlers import register
+from services.billing.handlers import BillingApi, register
 from services.billing.store import INDEXES, UsageStore
 from shared.contracts.billing import RESERVE, USAGE_REPORT, GetUsageReport, Reservation, ReserveUnit, UsageReport
 from shared.errors import ErrorCode, ServiceError
@@ -71,7 +71,7 @@ async def billing(
     settings = load_settings(BillingSettings, {"NATS_URL": nats_server.url, "PLANS": PLANS})
     await ensure_indexes(mongo_db, INDEXES)
     service = create_broker(settings, Service.BILLING)
-    register(service, UsageStore(mongo_db), plans=parse_plans(settings.plans), clock=clock)
+    register(BillingApi(broker=service, store=UsageStore(mongo_db), plans=parse_plans(settings.plans), clock=clock))
     await service.start()
     yield raw_broker
     await service.stop()

@@ -15,7 +15,7 @@ from faststream.nats import NatsBroker
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.auth.accounts import AccountError, Accounts
-from services.auth.handlers import register
+from services.auth.handlers import AuthApi, register
 from services.auth.store import API_KEYS, CLIENTS, INDEXES, AuthStore
 from shared.contracts.auth import (
     VERIFY_KEY,
@@ -51,7 +51,7 @@ async def accounts(nats_server: NatsServer, mongo_db: AsyncDatabase[Document]) -
     broker = create_broker(settings, Service.AUTH)
     store = AuthStore(mongo_db, cipher=TEST_CIPHER)
     await ensure_indexes(mongo_db, INDEXES)
-    register(broker, store, key_hash_secret=settings.key_hash_secret)
+    register(AuthApi(broker=broker, store=store, key_hash_secret=settings.key_hash_secret))
     await broker.start()
     yield Accounts(store, key_hash_secret=SECRET)
     await broker.stop()

@@ -20,7 +20,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from services.billing import store
 from services.billing.domain import parse_plans
-from services.billing.handlers import register
+from services.billing.handlers import BillingApi, register
 from services.billing.store import INDEXES, UsageStore
 from shared.contracts.billing import (
     RELEASE,
@@ -74,7 +74,7 @@ async def billing(
     await ensure_indexes(mongo_db, INDEXES)
     replicas = [create_broker(settings, Service.BILLING) for _ in range(REPLICAS)]
     for replica in replicas:
-        register(replica, UsageStore(mongo_db), plans=parse_plans(settings.plans), clock=clock)
+        register(BillingApi(broker=replica, store=UsageStore(mongo_db), plans=parse_plans(settings.plans), clock=clock))
         await replica.start()
     yield raw_broker
     for replica in replicas:

@@ -21,7 +21,7 @@ from faststream.nats import NatsBroker
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.billing.domain import parse_plans
-from services.billing.handlers import register
+from services.billing.handlers import BillingApi, register
 from services.billing.store import INDEXES as BILLING_INDEXES
 from services.billing.store import UsageStore
 from services.case import handlers
@@ -78,10 +78,12 @@ async def service(
     await ensure_indexes(mongo_db, {**CASE_INDEXES, **BILLING_INDEXES})
     billing_broker = create_broker(billing_settings, Service.BILLING)
     register(
-        billing_broker,
-        UsageStore(mongo_db),
-        plans=parse_plans(billing_settings.plans),
-        clock=lambda: dt.datetime.now(dt.UTC),
+        BillingApi(
+            broker=billing_broker,
+            store=UsageStore(mongo_db),
+            plans=parse_plans(billing_settings.plans),
+            clock=lambda: dt.datetime.now(dt.UTC),
+        )
     )
     case_broker = create_broker(settings, Service.CASE)
     store = CaseStore(mongo_db)
