@@ -130,24 +130,28 @@ def case_logging(case_id: str) -> Iterator[None]:
         case_id_var.reset(token)
 
 
-def register(
-    broker: NatsBroker,
-    *,
-    mail: AgentMailClient,
-    store: MessageStore,
-    verifier: WebhookVerifier,
-    settings: AgentMailSettings,
-) -> None:
-    inbox_id = settings.agentmail_inbox_id
+@dataclass(frozen=True)
+class AgentMailApi:
+    """What the adapter answers, each method one request; the only object holding the AgentMail client."""
 
-    async def send_once(email: Outgoing, send: Callable[[str], Awaitable[SendResult]]) -> Ok[SendOutcome]:
+    broker: NatsBroker
+    mail: AgentMailClient
+    store: MessageStore
+    verifier: WebhookVerifier
+    settings: AgentMailSettings
+
+    @property
+    def inbox_id(self) -> str:
+        return self.settings.agentmail_inbox_id
+
+    async def _send_once(self, email: Outgoing, send: Callable[[str], Awaitable[SendResult]]) -> SendOutcome:
         """At most one email per (case, attempt): answered from the store, else sent under the key derived from
         the pair and recorded once AgentMail accepted it."""
         with case_logging(email.case_id):
-            recorded = await store.sent_for_attempt(email.case_id, email.attempt)
+            recorded = await self.store.sent_for_attempt(email.case_id, email.attempt)
             if recorded is not None:
                 metrics.EMAILS_SENT.labels(kind=email.kind, outcome="repeated").inc()
-                return Ok(_sent(recorded))
+                return _sent(recorded)
             try:
                 with provider_errors():
                     result = await send(idempotency_key(email.case_id, email.attempt))
@@ -157,34 +161,34 @@ def register(
             if isinstance(result, MessageRejected):
                 metrics.EMAILS_SENT.labels(kind=email.kind, outcome="rejected").inc()
                 log.info("AgentMail rejected the email", extra={"reason": result.reason, "attempt": email.attempt})
-                return Ok(Rejected(reason=result.reason))
+                return Rejected(reason=result.reason)
             # Counted once AgentMail accepted it: the email is out even if recording it fails below.
             metrics.EMAILS_SENT.labels(kind=email.kind, outcome="sent").inc()
             stored = email.sent_as(result)
-            await store.record(stored)
-            return Ok(_sent(stored))
+            await self.store.record(stored)
+            return _sent(stored)
 
-    @broker.subscriber(SEND, queue=QUEUE)
-    async def send_email(request: SendEmail) -> Ok[SendOutcome]:
+    async def send(self, request: SendEmail) -> SendOutcome:
         # Whoever wrote it (the client's objective, the model), a subject goes out single-line and bounded.
         subject = outgoing_subject(request.subject)
         message = SendMessage(to=request.to, subject=subject, text=request.text, html=request.html)
         email = Outgoing(
             case_id=request.case_id,
             attempt=request.attempt,
-            inbox_id=inbox_id,
+            inbox_id=self.inbox_id,
             to=request.to,
             subject=subject,
             text=request.text,
             in_reply_to=None,
         )
-        return await send_once(email, lambda key: mail.send_message(inbox_id, message, idempotency_key=key))
+        return await self._send_once(
+            email, lambda key: self.mail.send_message(self.inbox_id, message, idempotency_key=key)
+        )
 
-    @broker.subscriber(REPLY, queue=QUEUE)
-    async def reply_email(request: ReplyEmail) -> Ok[SendOutcome]:
+    async def reply(self, request: ReplyEmail) -> SendOutcome:
         answered = request.in_reply_to_message_id
-        original = await store.find(answered)
-        reply_inbox = original.inbox_id if original is not None else inbox_id
+        original = await self.store.find(answered)
+        reply_inbox = original.inbox_id if original is not None else self.inbox_id
         reply = ReplyMessage(text=request.text, html=request.html, to=request.to)
         email = Outgoing(
             case_id=request.case_id,
@@ -196,25 +200,23 @@ def register(
             text=request.text,
             in_reply_to=answered,
         )
-        return await send_once(
-            email, lambda key: mail.reply_to_message(reply_inbox, answered, reply, idempotency_key=key)
+        return await self._send_once(
+            email, lambda key: self.mail.reply_to_message(reply_inbox, answered, reply, idempotency_key=key)
         )
 
-    @broker.subscriber(ATTACHMENT_LINK, queue=QUEUE)
-    async def attachment_link(request: GetAttachmentLink) -> Ok[AttachmentLink]:
-        stored = await store.find(request.message_id)
-        message_inbox = stored.inbox_id if stored is not None else inbox_id
+    async def attachment_link(self, request: GetAttachmentLink) -> AttachmentLink:
+        stored = await self.store.find(request.message_id)
+        message_inbox = stored.inbox_id if stored is not None else self.inbox_id
         with provider_errors(transient=ErrorCode.INTERNAL_ERROR):
-            download = await mail.get_attachment(message_inbox, request.message_id, request.attachment_id)
-        return Ok(AttachmentLink(download_url=download.download_url, expires_at=download.expires_at))
+            download = await self.mail.get_attachment(message_inbox, request.message_id, request.attachment_id)
+        return AttachmentLink(download_url=download.download_url, expires_at=download.expires_at)
 
-    @broker.subscriber(TRANSCRIPT, queue=QUEUE)
-    async def transcript(request: GetTranscript) -> Ok[Transcript]:
+    async def transcript(self, request: GetTranscript) -> Transcript:
         """The newest messages of the thread that fit TRANSCRIPT_MAX_BYTES (always the newest one), oldest first."""
         newest_first: list[TranscriptMessage] = []
         budget = TRANSCRIPT_MAX_BYTES
         cut = False
-        async for stored in store.thread_newest_first(request.thread_id):
+        async for stored in self.store.thread_newest_first(request.thread_id):
             message = _transcript_message(stored)
             size = encoded_size(message.text) + encoded_size(message.subject) + ENTRY_OVERHEAD_BYTES
             if newest_first and size > budget:
@@ -222,30 +224,33 @@ def register(
                 break
             budget -= size
             newest_first.append(message)
-        omitted = await store.thread_size(request.thread_id) - len(newest_first) if cut else 0
-        return Ok(Transcript(thread_id=request.thread_id, messages=newest_first[::-1], omitted=omitted))
+        omitted = await self.store.thread_size(request.thread_id) - len(newest_first) if cut else 0
+        return Transcript(thread_id=request.thread_id, messages=newest_first[::-1], omitted=omitted)
 
-    @broker.subscriber(INGEST_WEBHOOK, queue=QUEUE)
-    async def ingest_webhook(request: IngestWebhook) -> Ok[WebhookAccepted]:
+    async def ingest_webhook(self, request: IngestWebhook) -> WebhookAccepted:
         body = request.body
         if request.body_object is not None:
             # Too large to forward inline: the gateway stored the exact bytes; they are verified like any other.
-            body = (await (await object_bucket(broker, AGENTMAIL_INGRESS_BODIES)).get(request.body_object)).data or b""
-        event = verifier.verify(body, request.headers)
-        if await store.event_handled(event.event_id):
-            return Ok(WebhookAccepted(event_id=event.event_id, duplicate=True))
+            body = (
+                await (await object_bucket(self.broker, AGENTMAIL_INGRESS_BODIES)).get(request.body_object)
+            ).data or b""
+        event = self.verifier.verify(body, request.headers)
+        if await self.store.event_handled(event.event_id):
+            return WebhookAccepted(event_id=event.event_id, duplicate=True)
         if event.event_type == MESSAGE_RECEIVED_TYPE and event.message is not None:
-            await accept_message(event.event_id, event.message)
+            await self._accept_message(event.event_id, event.message)
         elif (delivery := delivery_event(event)) is not None:
-            sent = await store.find(delivery.message_id)
+            sent = await self.store.find(delivery.message_id)
             delivery = msgspec.structs.replace(delivery, case_id=sent.case_id if sent is not None else None)
-            await publish_durable(broker, DELIVERY_EVENT, delivery, stream=AGENTMAIL_EVENTS, msg_id=event.event_id)
+            await publish_durable(self.broker, DELIVERY_EVENT, delivery, stream=AGENTMAIL_EVENTS, msg_id=event.event_id)
         else:
             log.info("AgentMail event ignored", extra={"event_type": event.event_type, "event_id": event.event_id})
-        await store.mark_event_handled(event.event_id, HandledEvent(event_type=event.event_type, handled_at=now_ms()))
-        return Ok(WebhookAccepted(event_id=event.event_id, duplicate=False))
+        await self.store.mark_event_handled(
+            event.event_id, HandledEvent(event_type=event.event_type, handled_at=now_ms())
+        )
+        return WebhookAccepted(event_id=event.event_id, duplicate=False)
 
-    async def accept_message(event_id: str, message: Message) -> None:
+    async def _accept_message(self, event_id: str, message: Message) -> None:
         if bare_address(message.from_).lower() == message.inbox_id.lower():
             # Our own mail coming back (a loop) is never a counterparty's reply.
             log.info("AgentMail event from our own inbox ignored", extra={"event_id": event_id})
@@ -254,16 +259,40 @@ def register(
         if text is None:
             # Large bodies are left out of webhooks: read the message itself.
             with provider_errors():
-                message = await mail.get_message(message.inbox_id, message.message_id)
+                message = await self.mail.get_message(message.inbox_id, message.message_id)
             text = body_text(message) or ""
         # Stored and published whole up to the bound (a marker says what was cut): the event must fit the bus.
         received = message_received(event_id, message, bounded_text(text))
         received = msgspec.structs.replace(received, subject=clipped(received.subject, INBOUND_SUBJECT_MAX_CHARS))
         # The thread → case map from our own record of the sends, so a reply finds its case even before the
         # case service has written its send's confirmation.
-        received = msgspec.structs.replace(received, case_id=await store.case_of_thread(received.thread_id))
-        await store.record(_inbound(received))
-        await publish_durable(broker, MESSAGE_RECEIVED, received, stream=AGENTMAIL_EVENTS, msg_id=event_id)
+        received = msgspec.structs.replace(received, case_id=await self.store.case_of_thread(received.thread_id))
+        await self.store.record(_inbound(received))
+        await publish_durable(self.broker, MESSAGE_RECEIVED, received, stream=AGENTMAIL_EVENTS, msg_id=event_id)
+
+
+def register(api: AgentMailApi) -> None:
+    broker = api.broker
+
+    @broker.subscriber(SEND, queue=QUEUE)
+    async def send_email(request: SendEmail) -> Ok[SendOutcome]:
+        return Ok(await api.send(request))
+
+    @broker.subscriber(REPLY, queue=QUEUE)
+    async def reply_email(request: ReplyEmail) -> Ok[SendOutcome]:
+        return Ok(await api.reply(request))
+
+    @broker.subscriber(ATTACHMENT_LINK, queue=QUEUE)
+    async def attachment_link(request: GetAttachmentLink) -> Ok[AttachmentLink]:
+        return Ok(await api.attachment_link(request))
+
+    @broker.subscriber(TRANSCRIPT, queue=QUEUE)
+    async def transcript(request: GetTranscript) -> Ok[Transcript]:
+        return Ok(await api.transcript(request))
+
+    @broker.subscriber(INGEST_WEBHOOK, queue=QUEUE)
+    async def ingest_webhook(request: IngestWebhook) -> Ok[WebhookAccepted]:
+        return Ok(await api.ingest_webhook(request))
 
 
 # ---- records ----------------------------------------------------------------------------------------------

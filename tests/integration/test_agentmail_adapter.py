@@ -29,7 +29,7 @@ from svix.webhooks import Webhook
 
 from services.agentmail_adapter.bounds import MESSAGE_TEXT_MAX_BYTES, SUBJECT_MAX_CHARS, TRANSCRIPT_MAX_BYTES
 from services.agentmail_adapter.client import AgentMailClient
-from services.agentmail_adapter.handlers import register
+from services.agentmail_adapter.handlers import AgentMailApi, register
 from services.agentmail_adapter.model import StoredMessage
 from services.agentmail_adapter.store import (
     HANDLED_EVENT_TTL,
@@ -142,7 +142,13 @@ async def adapter(
     mail = AgentMailClient(settings)
     store = MessageStore(mongo_db)
     register(
-        broker, mail=mail, store=store, verifier=WebhookVerifier(settings.agentmail_webhook_secret), settings=settings
+        AgentMailApi(
+            broker=broker,
+            mail=mail,
+            store=store,
+            verifier=WebhookVerifier(settings.agentmail_webhook_secret),
+            settings=settings,
+        )
     )
     await ensure_indexes(mongo_db, INDEXES)
     await broker.connect()
