@@ -29,6 +29,7 @@ import msgspec
 from bench.cpu import CpuMeter
 from bench.report import Phase, Scenario, phase_of
 from bench.stats import summarise
+from deploy.processes import ManagedProcess, NatsServer, free_port, wait_for_port
 from services.case import domain
 from services.case.agent.rules import RulesAgent
 from services.case.lifecycle import Clock
@@ -44,7 +45,6 @@ from shared.messaging.jetstream import ensure_streams
 from shared.mongo import create_mongo_client
 from shared.settings import CaseSettings
 from shared.subjects import CASE_COMMANDS, CASE_EVENTS, Service
-from tests.support.processes import ManagedProcess, NatsServer, free_port, wait_for_port
 
 SCHEDULER_DB = "caseflow_scheduler"
 HOUR_MS = 3_600_000
@@ -66,7 +66,6 @@ def scheduled_documents(*, count: int, due: int, now: int, body: NewCase, seed: 
         thread_id="thread-template",
         last_message_id="message-template",
     )
-    base = to_document(running)
     documents = []
     finished = count // 10
     for index in range(count):
@@ -78,17 +77,16 @@ def scheduled_documents(*, count: int, due: int, now: int, body: NewCase, seed: 
         else:
             # From an hour on: none falls due while the set is being written and measured.
             status, next_action_at = "RUNNING", now + rng.randrange(HOUR_MS, 72 * HOUR_MS)
-        documents.append(
-            {
-                **base,
-                "_id": case_id,
-                "status": status,
-                "nextActionAt": next_action_at,
-                "threadId": f"thread-{case_id}",
-                "lastMessageId": f"message-{case_id}",
-                "counterpartyKey": f"silent-{index}@sim.example",
-            }
+        record = msgspec.structs.replace(
+            running,
+            case_id=case_id,
+            status=status,
+            next_action_at=next_action_at,
+            thread_id=f"thread-{case_id}",
+            last_message_id=f"message-{case_id}",
+            counterparty_key=f"silent-{index}@sim.example",
         )
+        documents.append(to_document(record))
     rng.shuffle(documents)
     return documents
 
