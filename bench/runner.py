@@ -41,7 +41,7 @@ from shared.clock import now_ms
 from shared.contracts.case import NOTHING_SCHEDULED, NewCase
 from shared.mongo import Document, create_mongo_client
 from shared.settings import CommonSettings
-from tests.support.api import case_body
+from simulator.cases import case_body
 
 log = logging.getLogger("bench")
 

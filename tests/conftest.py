@@ -15,8 +15,8 @@ from faststream.nats import NatsBroker
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
+from deploy.processes import EmbeddedMongo, NatsServer
 from shared.mongo import Document
-from tests.support.processes import EmbeddedMongo, NatsServer
 
 
 @pytest.fixture(scope="session")

@@ -11,10 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
+from deploy.processes import Stack
 from tests.e2e.test_case_lifecycle import Scenario
 from tests.support.api import ExtraGateway, new_client
 from tests.support.console import csrf_of, sign_in
-from tests.support.processes import Stack
 from tests.support.simulator import eventually
 
 HOSTILE = '<script>window.pwned = 1</script> see <a href="javascript:alert(1)">the form</a>'

@@ -18,6 +18,7 @@ import pytest
 from faststream.nats import NatsBroker
 from pymongo.asynchronous.database import AsyncDatabase
 
+from deploy.processes import NatsServer, free_port, private_nats_server
 from services.auth.accounts import Accounts, MonthlyUsage, NewClient
 from services.auth.admin import COMMANDS
 from services.auth.store import AuthStore
@@ -34,7 +35,6 @@ from shared.subjects import Service
 from tests.integration.test_admin_cli import SECRET, admin
 from tests.integration.test_billing_service import SettableClock
 from tests.support.auth import TEST_CIPHER
-from tests.support.processes import NatsServer, free_port, private_nats_server
 
 PLANS = "tiny:10,free:100,unlimited:0"
 

@@ -27,6 +27,7 @@ from prometheus_client import REGISTRY
 from pymongo.asynchronous.database import AsyncDatabase
 from svix.webhooks import Webhook
 
+from deploy.processes import NatsServer, Simulator, free_port
 from services.agentmail_adapter.bounds import MESSAGE_TEXT_MAX_BYTES, SUBJECT_MAX_CHARS, TRANSCRIPT_MAX_BYTES
 from services.agentmail_adapter.client import AgentMailClient
 from services.agentmail_adapter.handlers import AgentMailApi, register
@@ -68,7 +69,6 @@ from shared.messaging.rpc import request
 from shared.mongo import Document, ensure_indexes
 from shared.settings import AgentMailSettings, GatewaySettings, load_settings
 from shared.subjects import AGENTMAIL_EVENTS, AGENTMAIL_INGRESS_BODIES, Service
-from tests.support.processes import NatsServer, Simulator, free_port
 from tests.support.simulator import (
     INBOX,
     WEBHOOK_SECRET,

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from deploy.processes import Simulator, free_port
 from services.agentmail_adapter.client import (
     AgentMailClient,
     AgentMailError,
@@ -26,7 +27,6 @@ from services.agentmail_adapter.client import (
 from services.agentmail_adapter.models import CreateInbox, CreateWebhook, ReplyMessage, SendMessage, SentMessage
 from shared.failures import DEPENDENCY_PROBLEMS
 from shared.settings import AgentMailSettings, load_settings
-from tests.support.processes import Simulator, free_port
 from tests.support.simulator import INBOX, SimulatorControl, running_simulator
 
 W9 = SendMessage(to=["someone@example.com"], subject="Signed W-9", text="Could you send us your signed W-9?")

@@ -14,6 +14,7 @@ import pytest
 from faststream.nats import NatsBroker
 from pymongo.asynchronous.database import AsyncDatabase
 
+from deploy.processes import NatsServer, private_nats_server
 from services.auth.accounts import AccountError, Accounts
 from services.auth.handlers import AuthApi, register
 from services.auth.store import API_KEYS, CLIENTS, INDEXES, AuthStore
@@ -32,7 +33,6 @@ from shared.mongo import Document, ensure_indexes
 from shared.settings import AuthSettings, load_settings
 from shared.subjects import Service
 from tests.support.auth import TEST_CIPHER
-from tests.support.processes import NatsServer, private_nats_server
 
 SECRET = "integration-test-key-hash-secret"
 

@@ -18,6 +18,7 @@ import pytest
 from faststream.nats import NatsBroker
 from pymongo.asynchronous.database import AsyncDatabase
 
+from deploy.processes import NatsServer, private_nats_server
 from services.billing import store
 from services.billing.domain import parse_plans
 from services.billing.handlers import BillingApi, register
@@ -39,7 +40,6 @@ from shared.messaging.rpc import request
 from shared.mongo import Document, ensure_indexes
 from shared.settings import BillingSettings, load_settings
 from shared.subjects import Service
-from tests.support.processes import NatsServer, private_nats_server
 
 PLANS = "tiny:10,free:100,unlimited:0"
 REPLICAS = 2

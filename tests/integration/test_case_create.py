@@ -20,6 +20,7 @@ import pytest
 from faststream.nats import NatsBroker
 from pymongo.asynchronous.database import AsyncDatabase
 
+from deploy.processes import NatsServer, private_nats_server
 from services.billing.domain import parse_plans
 from services.billing.handlers import BillingApi, register
 from services.billing.store import INDEXES as BILLING_INDEXES
@@ -40,8 +41,7 @@ from shared.messaging.rpc import request
 from shared.mongo import Document, ensure_indexes
 from shared.settings import BillingSettings, CaseSettings, load_settings
 from shared.subjects import CASE_COMMANDS, DEADLINE_HEADER, Service
-from tests.support.api import case_body
-from tests.support.processes import NatsServer, private_nats_server
+from simulator.cases import case_body
 
 RPC_TIMEOUT_SECONDS = 1.0
 CONFIRM_GRACE_SECONDS = 0.5

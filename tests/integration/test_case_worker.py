@@ -21,6 +21,7 @@ import pytest
 from prometheus_client import REGISTRY
 from pymongo.asynchronous.database import AsyncDatabase
 
+from deploy.processes import NatsServer
 from services.case.lifecycle import RepairKind
 from services.case.model import InputRequestRecord, UnjudgedReply, to_document
 from services.case.store import UNMATCHED_MESSAGES
@@ -33,7 +34,6 @@ from shared.messaging.rpc import request
 from shared.mongo import Document
 from shared.subjects import AGENTMAIL_EVENTS, CASE_EVENTS
 from tests.support.case_service import CLIENT, CaseHarness, case_service
-from tests.support.processes import NatsServer
 
 VENDOR = "maya@vendor.example"
 SIGNED = "Here is the signed W-9, attached."

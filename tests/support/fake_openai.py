@@ -33,13 +33,13 @@ from typing import Any, Final, Literal
 
 import msgspec
 
+from deploy.processes import free_port
 from services.case.agent.port import ComposeRequest, Judgement, JudgeRequest
 from services.case.agent.prompts import DRAFT_SCHEMA_NAME, JUDGEMENT_SCHEMA_NAME, PROBE_SCHEMA_NAME
 from services.case.agent.rules import RulesAgent
 from services.case.model import CaseRecord
 from shared.contracts.agentmail import AttachmentInfo, TranscriptMessage
 from shared.contracts.case import Counterparty, Goal, SenderPersona
-from tests.support.processes import free_port
 from tests.support.servers import ThreadedServer
 
 type Json = dict[str, Any]

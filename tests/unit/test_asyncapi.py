@@ -17,6 +17,7 @@ import pytest
 import yaml
 from faststream.nats import NatsBroker
 
+from deploy.processes import ROOT
 from services.agentmail_adapter import __main__ as adapter_main
 from services.auth import __main__ as auth_main
 from services.billing import __main__ as billing_main
@@ -38,7 +39,6 @@ from shared.settings import (
     load_settings,
 )
 from shared.subjects import BACKEND_SERVICES, Consumer, Service, health_subject, queue_group, stream_of
-from tests.support.processes import ROOT
 
 DOCS = ROOT / "docs" / "asyncapi"
 
