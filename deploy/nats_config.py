@@ -30,6 +30,7 @@ from typing import Final
 
 import yaml
 
+from deploy.generated import write_or_check
 from shared.channels import all_channels
 from shared.contracts import agentmail, auth, billing, case, webhook
 from shared.settings import dev_nats_password
@@ -311,18 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="fail if the committed files are stale")
     args = parser.parse_args(argv)
-    stale = []
-    for path, text in ((LOCAL_CONFIG, local_config()), (HELM_VALUES, helm_values())):
-        if args.check:
-            if not path.exists() or path.read_text() != text:
-                stale.append(str(path.relative_to(ROOT)))
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-    if stale:
-        print(f"stale: {', '.join(stale)}; run `python -m deploy.nats_config`", file=sys.stderr)
-        return 1
-    return 0
+    files = ((LOCAL_CONFIG, local_config()), (HELM_VALUES, helm_values()))
+    return write_or_check(files, check=args.check, root=ROOT, command="python -m deploy.nats_config")
 
 
 if __name__ == "__main__":
