@@ -127,7 +127,8 @@ THROTTLE_BUCKETS: Final = KeyValueBucket(
 
 
 class Consumer(StrEnum):
-    """Durable JetStream consumer names (shared by every replica of the consuming service)."""
+    """Durable JetStream consumer names (shared by every replica of the consuming service): `<service>-<what>`,
+    lower-case and hyphenated."""
 
     CASE_CREATED = "case-created"
     CASE_SEND = "case-send"
@@ -135,7 +136,7 @@ class Consumer(StrEnum):
     CASE_JUDGE_REPLY = "case-judge-reply"
     CASE_MESSAGES = "case-agentmail-messages"
     CASE_DELIVERIES = "case-agentmail-deliveries"
-    WEBHOOK_CASE_EVENTS = "webhook_case_events"
+    WEBHOOK_CASE_EVENTS = "webhook-case-events"
 
 
 def parked_subject(stream: str, consumer: str) -> str:
