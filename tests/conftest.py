@@ -18,6 +18,9 @@ from pymongo.asynchronous.database import AsyncDatabase
 from deploy.processes import EmbeddedMongo, NatsServer
 from shared.mongo import Document
 
+# Fixtures shared by the modules that run the LLM agent against the fake OpenAI-compatible server.
+pytest_plugins = ["tests.support.fake_openai"]
+
 
 @pytest.fixture(scope="session")
 def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
