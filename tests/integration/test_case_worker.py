@@ -139,30 +139,26 @@ async def test_a_fresh_email_from_a_counterparty_with_two_open_cases_is_stored_u
         record = await harness.case(case_id)
         assert (record.handled_message_ids, record.unjudged_replies) == ([], [])
 
+    (row,) = json.loads(await _unmatched_list("json", mongo_url, mongo_db.name))
+    assert (row["messageId"], row["reason"], row["fromAddress"]) == (fresh.message_id, "ambiguous", VENDOR)
+    table = await _unmatched_list("table", mongo_url, mongo_db.name)
+    assert fresh.message_id in table
+    assert "ambiguous" in table
+
+
+async def _unmatched_list(output_format: str, mongo_url: str, db_name: str) -> str:
+    """`services.auth.admin unmatched list` against the test database; its standard output."""
     listed = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "services.auth.admin", "unmatched", "list", "--format", "json"],
-        env={**os.environ, "MONGO_URL": mongo_url, "MONGO_DB": mongo_db.name},
+        [sys.executable, "-m", "services.auth.admin", "unmatched", "list", "--format", output_format],
+        env={**os.environ, "MONGO_URL": mongo_url, "MONGO_DB": db_name},
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     assert listed.returncode == 0, listed.stderr
-    (row,) = json.loads(listed.stdout)
-    assert (row["messageId"], row["reason"], row["fromAddress"]) == (fresh.message_id, "ambiguous", VENDOR)
-    table = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "services.auth.admin", "unmatched", "list", "--format", "table"],
-        env={**os.environ, "MONGO_URL": mongo_url, "MONGO_DB": mongo_db.name},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert table.returncode == 0, table.stderr
-    assert fresh.message_id in table.stdout
-    assert "ambiguous" in table.stdout
+    return listed.stdout
 
 
 async def test_mail_from_an_unknown_sender_is_stored_unmatched(harness: CaseHarness) -> None:
