@@ -51,7 +51,7 @@ from services.agentmail_adapter.webhooks import (
 )
 from shared import metrics
 from shared.blobs import object_bucket
-from shared.clock import now_ms
+from shared.clock import Clock, system_clock, unix_ms
 from shared.contracts.agentmail import (
     ATTACHMENT_LINK,
     DELIVERY_EVENT,
@@ -139,6 +139,7 @@ class AgentMailApi:
     store: MessageStore
     verifier: WebhookVerifier
     settings: AgentMailSettings
+    clock: Clock = system_clock
 
     @property
     def inbox_id(self) -> str:
@@ -164,7 +165,7 @@ class AgentMailApi:
                 return Rejected(reason=result.reason)
             # Counted once AgentMail accepted it: the email is out even if recording it fails below.
             metrics.EMAILS_SENT.labels(kind=email.kind, outcome="sent").inc()
-            stored = email.sent_as(result)
+            stored = email.sent_as(result, now=unix_ms(self.clock()))
             await self.store.record(stored)
             return _sent(stored)
 
@@ -246,7 +247,7 @@ class AgentMailApi:
         else:
             log.info("AgentMail event ignored", extra={"event_type": event.event_type, "event_id": event.event_id})
         await self.store.mark_event_handled(
-            event.event_id, HandledEvent(event_type=event.event_type, handled_at=now_ms())
+            event.event_id, HandledEvent(event_type=event.event_type, handled_at=unix_ms(self.clock()))
         )
         return WebhookAccepted(event_id=event.event_id, duplicate=False)
 
@@ -267,7 +268,7 @@ class AgentMailApi:
         # The thread → case map from our own record of the sends, so a reply finds its case even before the
         # case service has written its send's confirmation.
         received = msgspec.structs.replace(received, case_id=await self.store.case_of_thread(received.thread_id))
-        await self.store.record(_inbound(received))
+        await self.store.record(_inbound(received, recorded_at=unix_ms(self.clock())))
         await publish_durable(self.broker, MESSAGE_RECEIVED, received, stream=AGENTMAIL_EVENTS, msg_id=event_id)
 
 
@@ -315,8 +316,7 @@ class Outgoing:
         """The metrics' kind: a first email of a thread ("send") or an answer in one ("reply")."""
         return "send" if self.in_reply_to is None else "reply"
 
-    def sent_as(self, result: SentMessage) -> StoredMessage:
-        now = now_ms()
+    def sent_as(self, result: SentMessage, *, now: int) -> StoredMessage:
         return StoredMessage(
             message_id=result.message_id,
             inbox_id=self.inbox_id,
@@ -334,7 +334,7 @@ class Outgoing:
         )
 
 
-def _inbound(received: MessageReceived) -> StoredMessage:
+def _inbound(received: MessageReceived, *, recorded_at: int) -> StoredMessage:
     return StoredMessage(
         message_id=received.message_id,
         inbox_id=received.inbox_id,
@@ -345,7 +345,7 @@ def _inbound(received: MessageReceived) -> StoredMessage:
         subject=received.subject,
         text=received.text,
         timestamp=received.received_at,
-        recorded_at=now_ms(),
+        recorded_at=recorded_at,
         attachments=[
             StoredAttachment(
                 attachment_id=a.attachment_id, filename=a.filename, size=a.size, content_type=a.content_type

@@ -30,7 +30,7 @@ from services.case.store import CaseStore, IdempotencyStore, PageCursor, WriteCo
 from services.case.transcript import case_threads, case_transcript, format_transcript, transcript_entries
 from services.case.validation import validate_new_case
 from shared import metrics
-from shared.clock import Clock, naive_utc, now_ms, system_clock
+from shared.clock import Clock, naive_utc, system_clock, unix_ms
 from shared.contracts import agentmail, billing, case
 from shared.contracts.rpc import Ok
 from shared.errors import ErrorCode, ServiceError
@@ -54,6 +54,9 @@ class CaseApi:
 
     def __post_init__(self) -> None:
         self.rpc = RpcClient(self.broker, self.settings.rpc_timeout_seconds)
+
+    def now_ms(self) -> int:
+        return unix_ms(self.clock())
 
     async def _load_owned(self, case_id: str, client_id: str) -> CaseRecord:
         case_id_var.set(case_id)
@@ -83,7 +86,9 @@ class CaseApi:
         asker's deadline: past it nobody will confirm the case, so nothing is stored."""
         client_id_var.set(command.client_id)
         validate_new_case(command.case, allow_private_webhooks=self.settings.webhook_allow_private)
-        deadline = deadline_ms if deadline_ms is not None else now_ms() + int(self.settings.rpc_timeout_seconds * 1000)
+        deadline = (
+            deadline_ms if deadline_ms is not None else self.now_ms() + int(self.settings.rpc_timeout_seconds * 1000)
+        )
         self._drop_if_late(deadline, "before it started")
         case_id = str(uuid.uuid4())
         key = command.idempotency_key
@@ -100,7 +105,7 @@ class CaseApi:
         return case.CreateCaseResult(case_id=case_id, replayed=False)
 
     def _drop_if_late(self, deadline: int, stage: str) -> None:
-        if now_ms() >= deadline:
+        if self.now_ms() >= deadline:
             # The asker has given up: storing the case now would only leave one that nobody confirms.
             log.warning("create dropped: its deadline passed %s", stage, extra={"deadline": deadline})
             metrics.DEADLINE_DROPS.labels(subject=case.CREATE).inc()
@@ -123,7 +128,7 @@ class CaseApi:
         if claim.case_id is not None and await self._still_there(claim.case_id, deadline=deadline):
             return claim.case_id
         # The earlier request stored no case (yet): it may still, until its deadline has passed.
-        if not self.idempotency.may_take_over(claim.deadline_ms, now_ms=now_ms()):
+        if not self.idempotency.may_take_over(claim.deadline_ms, now_ms=self.now_ms()):
             raise ServiceError(ErrorCode.IDEMPOTENCY_KEY_IN_USE)
         if not await self.idempotency.take_over(
             client_id=command.client_id, key=key, previous_case_id=claim.case_id, case_id=case_id, deadline_ms=deadline
@@ -151,7 +156,7 @@ class CaseApi:
             billing.RESERVE,
             billing.ReserveUnit(client_id=command.client_id, plan=command.plan, reservation_id=case_id),
             billing.Reservation,
-            timeout=min(self.settings.rpc_timeout_seconds, max(deadline - now_ms(), 1) / 1000),
+            timeout=min(self.settings.rpc_timeout_seconds, max(deadline - self.now_ms(), 1) / 1000),
         )
         try:
             self._drop_if_late(deadline, "before the case was stored")
@@ -162,7 +167,7 @@ class CaseApi:
             case_id=case_id,
             client_id=command.client_id,
             body=command.case,
-            now=now_ms(),
+            now=self.now_ms(),
             confirm_by=deadline + self._confirm_grace_ms,
             usage_month=reservation.month,
         )
@@ -268,7 +273,7 @@ class CaseApi:
         updated = await self._update(
             command.case_id,
             command.client_id,
-            lambda record: lifecycle.apply_request(record, answer, lifecycle.Clock.of(self.settings, now_ms())),
+            lambda record: lifecycle.apply_request(record, answer, lifecycle.Clock.of(self.settings, self.now_ms())),
         )
         await self._publish_soon(updated)
         return case.InputAccepted(case_id=updated.case_id, input_request_id=input_request_id, accepted=True)
@@ -278,7 +283,7 @@ class CaseApi:
             ref.case_id,
             ref.client_id,
             lambda record: lifecycle.apply_request(
-                record, lifecycle.CancelRequested(), lifecycle.Clock.of(self.settings, now_ms())
+                record, lifecycle.CancelRequested(), lifecycle.Clock.of(self.settings, self.now_ms())
             ),
         )
         await self._publish_soon(updated)

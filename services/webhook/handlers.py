@@ -19,7 +19,7 @@ from services.webhook import domain
 from services.webhook.dispatcher import Dispatcher
 from services.webhook.model import DeliveryRecord
 from services.webhook.store import DeliveryStore
-from shared.clock import now_ms
+from shared.clock import Clock, system_clock, unix_ms
 from shared.contracts import case, webhook
 from shared.contracts.rpc import Ok
 from shared.errors import ErrorCode, ServiceError
@@ -71,6 +71,7 @@ class WebhookApi:
     store: DeliveryStore
     dispatcher: Dispatcher
     settings: WebhookSettings
+    clock: Clock = system_clock
     rpc: RpcClient = field(init=False)
 
     def __post_init__(self) -> None:
@@ -83,7 +84,10 @@ class WebhookApi:
             log.debug("case has no webhook URL; event not delivered", extra={"event_id": event.event_id})
             return
         record = new_delivery(
-            event, url=event.webhook_url, schedule=self.settings.webhook_retry_schedule_seconds, now=now_ms()
+            event,
+            url=event.webhook_url,
+            schedule=self.settings.webhook_retry_schedule_seconds,
+            now=unix_ms(self.clock()),
         )
         if await self.store.insert_once(record):
             log.info("webhook delivery stored", extra={"event_id": event.event_id, "event_type": event.event_type})
@@ -103,7 +107,7 @@ class WebhookApi:
     async def redeliver(self, command: webhook.Redeliver) -> webhook.WebhookDelivery:
         await self._check_owner(client_id=command.client_id, case_id=command.case_id)
         record = await self.store.restart_schedule(
-            event_id=command.event_id, case_id=command.case_id, client_id=command.client_id, now=now_ms()
+            event_id=command.event_id, case_id=command.case_id, client_id=command.client_id, now=unix_ms(self.clock())
         )
         if record is None:
             raise ServiceError(ErrorCode.WEBHOOK_EVENT_NOT_FOUND)
