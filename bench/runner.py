@@ -37,10 +37,11 @@ from bench.stack import Target
 from bench.stats import LoadResult, ratio
 from services.case import domain
 from services.case.model import to_document
+from shared.clock import now_ms
 from shared.contracts.case import NOTHING_SCHEDULED, NewCase
 from shared.mongo import Document, create_mongo_client
 from shared.settings import CommonSettings
-from tests.support.api import case_body
+from simulator.cases import case_body
 
 log = logging.getLogger("bench")
 
@@ -557,7 +558,7 @@ async def prepare_input_cases(target: Target, case_ids: Sequence[str]) -> int:
     mongo = setup_client(target.mongo_url)
     modified = 0
     try:
-        now = int(time.time() * 1000)
+        now = now_ms()
         for start in range(0, len(case_ids), 250):
             modified += await _put_in_input_needed(mongo, target.mongo_db, case_ids[start : start + 250], now)
         return modified

@@ -29,6 +29,7 @@ import msgspec
 from bench.cpu import CpuMeter
 from bench.report import Phase, Scenario, phase_of
 from bench.stats import summarise
+from deploy.processes import ManagedProcess, NatsServer, free_port, wait_for_port
 from services.case import domain
 from services.case.agent.rules import RulesAgent
 from services.case.lifecycle import Clock
@@ -36,12 +37,14 @@ from services.case.model import CaseRecord, to_document
 from services.case.outbox import OutboxRelay
 from services.case.store import CaseStore, UnmatchedStore
 from services.case.worker import EventFor, Worker
+from shared.clock import now_ms
 from shared.contracts.case import NOTHING_SCHEDULED, NewCase
-from shared.messaging import connect_with_retry, create_broker, ensure_streams
+from shared.messaging.broker import create_broker
+from shared.messaging.connection import connect_with_retry
+from shared.messaging.jetstream import ensure_streams
 from shared.mongo import create_mongo_client
 from shared.settings import CaseSettings
 from shared.subjects import CASE_COMMANDS, CASE_EVENTS, Service
-from tests.support.processes import ManagedProcess, NatsServer, free_port, wait_for_port
 
 SCHEDULER_DB = "caseflow_scheduler"
 HOUR_MS = 3_600_000
@@ -63,7 +66,6 @@ def scheduled_documents(*, count: int, due: int, now: int, body: NewCase, seed: 
         thread_id="thread-template",
         last_message_id="message-template",
     )
-    base = to_document(running)
     documents = []
     finished = count // 10
     for index in range(count):
@@ -75,17 +77,16 @@ def scheduled_documents(*, count: int, due: int, now: int, body: NewCase, seed: 
         else:
             # From an hour on: none falls due while the set is being written and measured.
             status, next_action_at = "RUNNING", now + rng.randrange(HOUR_MS, 72 * HOUR_MS)
-        documents.append(
-            {
-                **base,
-                "_id": case_id,
-                "status": status,
-                "nextActionAt": next_action_at,
-                "threadId": f"thread-{case_id}",
-                "lastMessageId": f"message-{case_id}",
-                "counterpartyKey": f"silent-{index}@sim.example",
-            }
+        record = msgspec.structs.replace(
+            running,
+            case_id=case_id,
+            status=status,
+            next_action_at=next_action_at,
+            thread_id=f"thread-{case_id}",
+            last_message_id=f"message-{case_id}",
+            counterparty_key=f"silent-{index}@sim.example",
         )
+        documents.append(to_document(record))
     rng.shuffle(documents)
     return documents
 
@@ -129,7 +130,7 @@ async def run_scheduler(
     )
     with tempfile.TemporaryDirectory(prefix="caseflow-bench-scheduler-") as tmp:
         work = Path(tmp)
-        now = int(time.time() * 1000)
+        now = now_ms()
         port = free_port()
         argv = [sys.executable, "-m", "bench.scheduler_server", "--port", str(port)]
         argv += ["--cases", str(cases), "--due", str(due), "--now", str(now)]
@@ -175,7 +176,7 @@ async def run_scheduler(
                     begun = time.perf_counter()
                     for _ in range(scans):
                         t0 = time.perf_counter()
-                        found = len(await store.due_case_ids(now=int(time.time() * 1000), limit=200))
+                        found = len(await store.due_case_ids(now=now_ms(), limit=200))
                         latencies.append((time.perf_counter() - t0) * 1000)
                     scenario.context.setdefault("found_per_scan", found)
                     return summarise(latencies, failed=0, duration_s=time.perf_counter() - begun)
@@ -196,7 +197,7 @@ async def run_scheduler(
                 scenario.phases.append(await measure("scan", f"{scans} scans, {due:,} due", scan_load))
                 scenario.phases.append(await measure("claim", f"{due:,} due cases", claim_load))
                 scenario.phases.append(await measure("idle scan", f"{scans} scans, none due", scan_load))
-                scenario.context["still_due"] = len(await store.due_case_ids(now=int(time.time() * 1000), limit=200))
+                scenario.context["still_due"] = len(await store.due_case_ids(now=now_ms(), limit=200))
             finally:
                 with contextlib.suppress(Exception):
                     await broker.stop()

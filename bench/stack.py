@@ -1,7 +1,7 @@
 """The processes a bench run measures: Caseflow's stack (its own, or a running one at BENCH_URL) and the
 baselines' servers (a bare Litestar app, a NATS echo responder).
 
-Key design decision: the stack is started with `tests.support.processes` (the same launcher the e2e tests
+Key design decision: the stack is started with `deploy.processes` (the same launcher the e2e tests
 use: real nats-server, embedded MongoDB, simulator and six services on free ports, in a temporary directory),
 configured for load: the bench client is on the `unlimited` plan and the rate limits are raised out of the way.
 """
@@ -20,8 +20,7 @@ from pathlib import Path
 import httpx
 
 from bench.config import BenchConfig
-from tests.support.api import new_client
-from tests.support.processes import EmbeddedMongo, ManagedProcess, NatsServer, Stack, free_port, wait_for_port
+from deploy.processes import EmbeddedMongo, ManagedProcess, NatsServer, Stack, free_port, wait_for_port
 
 BENCH_DB = "caseflow_bench"
 STACK_ENV = {
@@ -141,7 +140,7 @@ def local_target(config: BenchConfig) -> Iterator[Target]:
         stack = Stack(log_dir=work_dir, nats=nats, mongo_url=mongo.url, env=STACK_ENV)
         try:
             stack.start()
-            client = new_client(stack, plan="unlimited")
+            client = stack.admin("create-client", "--name", "bench", "--plan", "unlimited")
             with _baseline_servers(work_dir, nats.url) as (bare_url, baseline_pids):
                 services = {name: _pid(process) for name, process in stack.services.items()}
                 pids = {**services, "nats": _pid(nats), "mongodb": _pid(mongo)}

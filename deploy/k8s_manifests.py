@@ -27,6 +27,7 @@ from typing import Any, Final, get_type_hints
 import msgspec
 import yaml
 
+from deploy.generated import write_or_check
 from shared.settings import SETTINGS_BY_SERVICE, CommonSettings, env_var, field_extra
 from shared.subjects import Service
 
@@ -352,19 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="fail if the committed files are stale")
     args = parser.parse_args(argv)
-    stale = []
-    for name, documents in base_files().items():
-        path, text = BASE / name, render(documents)
-        if args.check:
-            if not path.exists() or path.read_text() != text:
-                stale.append(str(path.relative_to(ROOT)))
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-    if stale:
-        print(f"stale: {', '.join(stale)}; run `python -m deploy.k8s_manifests`", file=sys.stderr)
-        return 1
-    return 0
+    files = ((BASE / name, render(documents)) for name, documents in base_files().items())
+    return write_or_check(files, check=args.check, root=ROOT, command="python -m deploy.k8s_manifests")
 
 
 if __name__ == "__main__":

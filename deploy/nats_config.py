@@ -6,10 +6,10 @@ publish and subscribe only to its own subjects. Writes the nats-server configura
     python -m deploy.nats_config --check    exit 1 if either differs from what the code gives
 
 Design decisions a reader must know:
-- The permissions are derived, not listed by hand: what a service receives and publishes comes from its broker
-  as its `__main__` builds it (the same brokers `make docs` documents: subscribers, `document_publication`,
-  durable consumers); what it *asks* (request/reply) is the one table written here, `REQUESTS`, from the
-  contracts' subject constants. JetStream API rights are narrowed to the service's own streams and consumers.
+- The permissions are derived, not listed by hand: what a service receives and publishes comes from the channel
+  table `make docs` documents (shared/channels.py: receivers, senders, durable consumers; a test keeps it true to
+  every service's subscribers); what it *asks* (request/reply) is the one table written here, `REQUESTS`, from
+  the contracts' subject constants. JetStream API rights are narrowed to the service's own streams and consumers.
 - Passwords are never in the files: each user's password is an environment reference
   (`$CASEFLOW_NATS_PASSWORD_<USER>`) that nats-server resolves at start-up, and it refuses to start when one is
   missing. Locally they default to `dev_nats_password(user)`, which the clients derive too; production sets
@@ -30,13 +30,13 @@ from typing import Final
 
 import yaml
 
+from deploy.generated import write_or_check
+from shared.channels import all_channels
 from shared.contracts import agentmail, auth, billing, case, webhook
-from shared.messaging import durable_consumers
 from shared.settings import dev_nats_password
 from shared.subjects import (
     ADMIN_NATS_USER,
     AGENTMAIL_INGRESS_BODIES,
-    ALL_STREAMS,
     BACKEND_SERVICES,
     CASE_COMMANDS,
     PARKED,
@@ -47,6 +47,7 @@ from shared.subjects import (
     Service,
     StreamSpec,
     health_subject,
+    stream_of,
 )
 
 ROOT: Final = Path(__file__).resolve().parent.parent
@@ -148,21 +149,6 @@ def password_variable(user: str) -> str:
     return f"CASEFLOW_NATS_PASSWORD_{user.upper()}"
 
 
-def _covers(pattern: str, subject: str) -> bool:
-    """NATS wildcard matching: `*` is one token, a trailing `>` one or more."""
-    pattern_tokens, subject_tokens = pattern.split("."), subject.split(".")
-    for index, part in enumerate(pattern_tokens):
-        if part == ">":
-            return len(subject_tokens) > index
-        if index >= len(subject_tokens) or part not in ("*", subject_tokens[index]):
-            return False
-    return len(pattern_tokens) == len(subject_tokens)
-
-
-def stream_of(subject: str) -> StreamSpec | None:
-    return next((s for s in ALL_STREAMS if any(_covers(p, subject) for p in s.subjects)), None)
-
-
 def jetstream_api(streams: Iterable[str], consumers: Iterable[tuple[str, str]]) -> list[str]:
     """The JetStream API subjects a service needs: declare its streams (info, create, update) and create,
     inspect, fetch from and acknowledge its own durable consumers."""
@@ -195,13 +181,16 @@ def stream_reads_api(streams: Iterable[StreamSpec]) -> list[str]:
 
 
 def service_user(service: Service) -> NatsUser:
-    # Imported here: building the brokers imports every service, which `make run` (local_environment) needs not.
-    from deploy.asyncapi import BROKERS, publications, subscriptions
-
-    broker = BROKERS[service]()
-    published = sorted({publication.subject for publication in publications(broker)})
-    received = sorted({s.subject for s in subscriptions(broker) if stream_of(s.subject) is None})
-    consumers = [(consumer.stream, consumer.durable) for consumer in durable_consumers(broker)]
+    channels = all_channels()
+    published = sorted({channel.subject for channel in channels if service in channel.senders})
+    received = sorted(
+        {channel.subject for channel in channels if service in channel.receivers and stream_of(channel.subject) is None}
+    )
+    consumers = [
+        (stream.name, str(channel.consumer))
+        for channel in channels
+        if service in channel.receivers and channel.consumer is not None and (stream := stream_of(channel.subject))
+    ]
     streams = {stream.name for subject in published if (stream := stream_of(subject)) is not None}
     streams |= {stream for stream, _ in consumers}
     if service in BACKEND_SERVICES:
@@ -323,18 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="fail if the committed files are stale")
     args = parser.parse_args(argv)
-    stale = []
-    for path, text in ((LOCAL_CONFIG, local_config()), (HELM_VALUES, helm_values())):
-        if args.check:
-            if not path.exists() or path.read_text() != text:
-                stale.append(str(path.relative_to(ROOT)))
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-    if stale:
-        print(f"stale: {', '.join(stale)}; run `python -m deploy.nats_config`", file=sys.stderr)
-        return 1
-    return 0
+    files = ((LOCAL_CONFIG, local_config()), (HELM_VALUES, helm_values()))
+    return write_or_check(files, check=args.check, root=ROOT, command="python -m deploy.nats_config")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from nats.js.api import ObjectStoreConfig, StorageType
 from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.object_store import ObjectStore
 
-from shared.messaging import stream_replicas
+from shared.messaging.broker import stream_replicas
 from shared.subjects import ObjectBucket
 
 

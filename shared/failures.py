@@ -13,7 +13,7 @@ docs/architecture.md ("Transient is not poison") is the rule this module names:
   caller ends the work it was doing with the reason (a case's send: `FAILED`, `send_failed`).
 
 Everything else a handler raises is a bug or poison (undecodable, contract-violating input) and is parked after
-the consumer's deliveries, or at once for `PermanentFailure` (shared.messaging).
+the consumer's deliveries, or at once for `PermanentFailure` (shared.messaging.middleware).
 """
 
 from __future__ import annotations

@@ -25,21 +25,16 @@ from faststream import FastStream
 from pymongo import IndexModel
 
 from shared import metrics
+from shared.classify import broker_unavailable
 from shared.clock import now_ms
 from shared.contracts.health import HealthReport
 from shared.contracts.rpc import Empty, Ok
 from shared.failures import DEPENDENCY_PROBLEMS
 from shared.health_http import HealthServer
 from shared.logs import configure_logging
-from shared.messaging import (
-    broker_unavailable,
-    connect_with_retry,
-    create_broker,
-    durable_consumers,
-    ensure_streams,
-    nats_client,
-    nats_credentials,
-)
+from shared.messaging.broker import create_broker
+from shared.messaging.connection import connect_with_retry, nats_client, nats_credentials
+from shared.messaging.jetstream import durable_consumers, ensure_streams
 from shared.mongo import create_mongo_client, ensure_indexes, ping
 from shared.settings import CommonSettings, secret_values
 from shared.subjects import Service, StreamSpec, health_subject, queue_group

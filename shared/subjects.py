@@ -127,7 +127,8 @@ THROTTLE_BUCKETS: Final = KeyValueBucket(
 
 
 class Consumer(StrEnum):
-    """Durable JetStream consumer names (shared by every replica of the consuming service)."""
+    """Durable JetStream consumer names (shared by every replica of the consuming service): `<service>-<what>`,
+    lower-case and hyphenated."""
 
     CASE_CREATED = "case-created"
     CASE_SEND = "case-send"
@@ -135,7 +136,7 @@ class Consumer(StrEnum):
     CASE_JUDGE_REPLY = "case-judge-reply"
     CASE_MESSAGES = "case-agentmail-messages"
     CASE_DELIVERIES = "case-agentmail-deliveries"
-    WEBHOOK_CASE_EVENTS = "webhook_case_events"
+    WEBHOOK_CASE_EVENTS = "webhook-case-events"
 
 
 def parked_subject(stream: str, consumer: str) -> str:
@@ -154,6 +155,22 @@ PARKED_SEQUENCE_HEADER: Final = "Caseflow-Parked-Sequence"  # its sequence in th
 PARKED_MSG_ID_HEADER: Final = "Caseflow-Parked-Msg-Id"  # the original publish's Nats-Msg-Id
 PARKED_REASON_HEADER: Final = "Caseflow-Parked-Reason"
 PARKED_DELIVERIES_HEADER: Final = "Caseflow-Parked-Deliveries"  # JetStream's num_delivered when parked
-# The absolute deadline of a request (Unix ms), set by `shared.messaging.request` from its timeout: a service
+# The absolute deadline of a request (Unix ms), set by `shared.messaging.rpc.request` from its timeout: a service
 # drops work whose deadline has passed before it commits (the asker has given up on the answer).
 DEADLINE_HEADER: Final = "Caseflow-Deadline"
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS wildcard matching: `*` is one token, a trailing `>` one or more."""
+    pattern_tokens, subject_tokens = pattern.split("."), subject.split(".")
+    for index, part in enumerate(pattern_tokens):
+        if part == ">":
+            return len(subject_tokens) > index
+        if index >= len(subject_tokens) or part not in ("*", subject_tokens[index]):
+            return False
+    return len(pattern_tokens) == len(subject_tokens)
+
+
+def stream_of(subject: str) -> StreamSpec | None:
+    """The stream that captures `subject`, or None for a core NATS subject."""
+    return next((s for s in ALL_STREAMS if any(subject_matches(p, subject) for p in s.subjects)), None)

@@ -15,8 +15,11 @@ from faststream.nats import NatsBroker
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
+from deploy.processes import EmbeddedMongo, NatsServer
 from shared.mongo import Document
-from tests.support.processes import EmbeddedMongo, NatsServer
+
+# Fixtures shared by the modules that run the LLM agent against the fake OpenAI-compatible server.
+pytest_plugins = ["tests.support.fake_openai"]
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ One AgentMail client (one httpx connection pool) per process, shared by every ha
 from __future__ import annotations
 
 from services.agentmail_adapter.client import AgentMailClient
-from services.agentmail_adapter.handlers import register_handlers
+from services.agentmail_adapter.handlers import AgentMailApi, register
 from services.agentmail_adapter.store import INDEXES, MessageStore
 from services.agentmail_adapter.webhooks import WebhookVerifier
 from shared.runtime import ServiceRuntime
@@ -18,12 +18,14 @@ def build(settings: AgentMailSettings) -> ServiceRuntime:
     """The service wired up and ready to run (also used to generate the AsyncAPI documents)."""
     runtime = ServiceRuntime(Service.AGENTMAIL_ADAPTER, settings, streams=(AGENTMAIL_EVENTS,), indexes=INDEXES)
     mail = AgentMailClient(settings)
-    register_handlers(
-        runtime.broker,
-        mail=mail,
-        store=MessageStore(runtime.db),
-        verifier=WebhookVerifier(settings.agentmail_webhook_secret),
-        settings=settings,
+    register(
+        AgentMailApi(
+            broker=runtime.broker,
+            mail=mail,
+            store=MessageStore(runtime.db),
+            verifier=WebhookVerifier(settings.agentmail_webhook_secret),
+            settings=settings,
+        )
     )
     # Closed after in-flight sends have finished, never under them.
     runtime.add_shutdown_hook(mail.aclose)

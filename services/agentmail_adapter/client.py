@@ -27,16 +27,11 @@ import msgspec
 
 from services.agentmail_adapter.models import (
     AttachmentDownload,
-    CreateInbox,
-    CreateWebhook,
     ErrorResponse,
-    Inbox,
     Message,
     ReplyMessage,
     SendMessage,
     SentMessage,
-    Thread,
-    Webhook,
 )
 from shared.failures import DEPENDENCY_PROBLEMS, DependencyFailure, Misconfigured, Terminal, Transient
 from shared.retry_after import retry_after_seconds
@@ -44,7 +39,6 @@ from shared.settings import AgentMailSettings
 
 log = logging.getLogger("caseflow.agentmail_adapter.client")
 
-MAX_PAGE: Final = 100
 DEPENDENCY: Final = "agentmail"
 _RETRYABLE_STATUSES: Final = frozenset({408, 409, 429})
 # 403 codes that refuse our key on our own inbox (docs/reference/agentmail-api.md §3.2), not this request: an
@@ -115,17 +109,6 @@ class AgentMailClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    # ---- inboxes and webhooks -----------------------------------------------------------------------------
-
-    async def create_inbox(self, request: CreateInbox) -> Inbox:
-        return await self._call("POST", "/inboxes", Inbox, body=request)
-
-    async def get_inbox(self, inbox_id: str) -> Inbox:
-        return await self._call("GET", f"/inboxes/{path_segment(inbox_id)}", Inbox)
-
-    async def create_webhook(self, request: CreateWebhook) -> Webhook:
-        return await self._call("POST", "/webhooks", Webhook, body=request)
-
     # ---- messages -----------------------------------------------------------------------------------------
 
     async def send_message(self, inbox_id: str, message: SendMessage, *, idempotency_key: str) -> SendResult:
@@ -161,32 +144,6 @@ class AgentMailClient:
         return await self._call("GET", path, AttachmentDownload)
 
     # ---- threads ------------------------------------------------------------------------------------------
-
-    async def get_thread(
-        self, inbox_id: str, thread_id: str, *, limit: int | None = None, page_token: str | None = None
-    ) -> Thread:
-        """One GET: without `limit` the whole thread (older API form), with it one page, newest page first."""
-        params: dict[str, str | int] = {}
-        if limit is not None:
-            params["limit"] = limit
-        if page_token is not None:
-            params["page_token"] = page_token
-        path = f"/inboxes/{path_segment(inbox_id)}/threads/{path_segment(thread_id)}"
-        return await self._call("GET", path, Thread, params=params)
-
-    async def get_thread_messages(self, inbox_id: str, thread_id: str, *, page_size: int = MAX_PAGE) -> list[Message]:
-        """Every message of a thread, oldest first, following `next_page_token` until the thread is complete."""
-        pages: list[list[Message]] = []
-        token: str | None = None
-        while True:
-            page = await self.get_thread(inbox_id, thread_id, limit=page_size, page_token=token)
-            pages.append(page.messages)
-            token = page.next_page_token
-            if not token:
-                break
-        # Pages run newest to oldest, each oldest-first inside; a stable sort keeps equal timestamps in order.
-        unique = {message.message_id: message for page in reversed(pages) for message in page}
-        return sorted(unique.values(), key=lambda message: message.timestamp)
 
     # ---- transport ----------------------------------------------------------------------------------------
 

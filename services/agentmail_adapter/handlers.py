@@ -34,8 +34,9 @@ from services.agentmail_adapter.client import (
     MessageRejected,
     SendResult,
 )
-from services.agentmail_adapter.models import Delivery, Message, ReplyMessage, SendMessage, SentMessage, unix_ms
-from services.agentmail_adapter.store import HandledEvent, MessageStore, StoredAttachment, StoredMessage
+from services.agentmail_adapter.model import HandledEvent, StoredAttachment, StoredMessage
+from services.agentmail_adapter.models import Delivery, Message, ReplyMessage, SendMessage, SentMessage
+from services.agentmail_adapter.store import MessageStore
 from services.agentmail_adapter.webhooks import (
     MESSAGE_RECEIVED_TYPE,
     MESSAGE_SENT_TYPE,
@@ -47,7 +48,7 @@ from services.agentmail_adapter.webhooks import (
 )
 from shared import metrics
 from shared.blobs import object_bucket
-from shared.clock import now_ms
+from shared.clock import Clock, system_clock, unix_ms
 from shared.contracts.agentmail import (
     ATTACHMENT_LINK,
     DELIVERY_EVENT,
@@ -58,7 +59,6 @@ from shared.contracts.agentmail import (
     TRANSCRIPT,
     AttachmentInfo,
     AttachmentLink,
-    DeliveryEvent,
     GetAttachmentLink,
     GetTranscript,
     IngestWebhook,
@@ -75,7 +75,7 @@ from shared.contracts.agentmail import (
 from shared.contracts.rpc import Ok
 from shared.errors import ErrorCode, ServiceError
 from shared.logs import case_id_var
-from shared.messaging import document_publication, publish_durable
+from shared.messaging.jetstream import publish_durable
 from shared.settings import AgentMailSettings
 from shared.subjects import AGENTMAIL_EVENTS, AGENTMAIL_INGRESS_BODIES, Service, queue_group
 from shared.text import clipped
@@ -149,38 +149,29 @@ def case_logging(case_id: str) -> Iterator[None]:
         case_id_var.reset(token)
 
 
-def register_handlers(
-    broker: NatsBroker,
-    *,
-    mail: AgentMailClient,
-    store: MessageStore,
-    verifier: WebhookVerifier,
-    settings: AgentMailSettings,
-) -> None:
-    inbox_id = settings.agentmail_inbox_id
-    document_publication(
-        broker,
-        MESSAGE_RECEIVED,
-        MessageReceived,
-        description=f"A verified inbound email on our inbox. Stream {AGENTMAIL_EVENTS.name}; Nats-Msg-Id is "
-        "AgentMail's event id (a redelivered webhook publishes nothing new).",
-    )
-    document_publication(
-        broker,
-        DELIVERY_EVENT,
-        DeliveryEvent,
-        description=f"What happened to an email we sent (delivered, bounced, complained, rejected). Stream "
-        f"{AGENTMAIL_EVENTS.name}; Nats-Msg-Id is AgentMail's event id.",
-    )
+@dataclass(frozen=True)
+class AgentMailApi:
+    """What the adapter answers, each method one request; the only object holding the AgentMail client."""
 
-    async def send_once(email: Outgoing, send: Callable[[str], Awaitable[SendResult]]) -> Ok[SendOutcome]:
+    broker: NatsBroker
+    mail: AgentMailClient
+    store: MessageStore
+    verifier: WebhookVerifier
+    settings: AgentMailSettings
+    clock: Clock = system_clock
+
+    @property
+    def inbox_id(self) -> str:
+        return self.settings.agentmail_inbox_id
+
+    async def _send_once(self, email: Outgoing, send: Callable[[str], Awaitable[SendResult]]) -> SendOutcome:
         """At most one email per (case, attempt): answered from the store, else sent under the key derived from
         the pair and recorded once AgentMail accepted it."""
         with case_logging(email.case_id):
-            recorded = await store.sent_for_attempt(email.case_id, email.attempt)
+            recorded = await self.store.sent_for_attempt(email.case_id, email.attempt)
             if recorded is not None:
                 metrics.EMAILS_SENT.labels(kind=email.kind, outcome="repeated").inc()
-                return Ok(_sent(recorded))
+                return _sent(recorded)
             try:
                 with provider_errors():
                     result = await send(idempotency_key(email.case_id, email.attempt))
@@ -190,15 +181,14 @@ def register_handlers(
             if isinstance(result, MessageRejected):
                 metrics.EMAILS_SENT.labels(kind=email.kind, outcome="rejected").inc()
                 log.info("AgentMail rejected the email", extra={"reason": result.reason, "attempt": email.attempt})
-                return Ok(Rejected(reason=result.reason))
+                return Rejected(reason=result.reason)
             # Counted once AgentMail accepted it: the email is out even if recording it fails below.
             metrics.EMAILS_SENT.labels(kind=email.kind, outcome="sent").inc()
-            stored = email.sent_as(result)
-            await store.record(stored)
-            return Ok(_sent(stored))
+            stored = email.sent_as(result, now=unix_ms(self.clock()))
+            await self.store.record(stored)
+            return _sent(stored)
 
-    @broker.subscriber(SEND, queue=QUEUE, max_workers=CONCURRENT_REQUESTS)
-    async def send_email(request: SendEmail) -> Ok[SendOutcome]:
+    async def send(self, request: SendEmail) -> SendOutcome:
         # Whoever wrote it (the client's objective, the model), a subject goes out single-line and bounded.
         subject = outgoing_subject(request.subject)
         label = [attempt_label(request.case_id, request.attempt)]
@@ -206,19 +196,20 @@ def register_handlers(
         email = Outgoing(
             case_id=request.case_id,
             attempt=request.attempt,
-            inbox_id=inbox_id,
+            inbox_id=self.inbox_id,
             to=request.to,
             subject=subject,
             text=request.text,
             in_reply_to=None,
         )
-        return await send_once(email, lambda key: mail.send_message(inbox_id, message, idempotency_key=key))
+        return await self._send_once(
+            email, lambda key: self.mail.send_message(self.inbox_id, message, idempotency_key=key)
+        )
 
-    @broker.subscriber(REPLY, queue=QUEUE, max_workers=CONCURRENT_REQUESTS)
-    async def reply_email(request: ReplyEmail) -> Ok[SendOutcome]:
+    async def reply(self, request: ReplyEmail) -> SendOutcome:
         answered = request.in_reply_to_message_id
-        original = await store.find(answered)
-        reply_inbox = original.inbox_id if original is not None else inbox_id
+        original = await self.store.find(answered)
+        reply_inbox = original.inbox_id if original is not None else self.inbox_id
         label = [attempt_label(request.case_id, request.attempt)]
         reply = ReplyMessage(text=request.text, html=request.html, to=request.to, labels=label)
         email = Outgoing(
@@ -231,70 +222,71 @@ def register_handlers(
             text=request.text,
             in_reply_to=answered,
         )
-        return await send_once(
-            email, lambda key: mail.reply_to_message(reply_inbox, answered, reply, idempotency_key=key)
+        return await self._send_once(
+            email, lambda key: self.mail.reply_to_message(reply_inbox, answered, reply, idempotency_key=key)
         )
 
-    @broker.subscriber(ATTACHMENT_LINK, queue=QUEUE, max_workers=CONCURRENT_REQUESTS)
-    async def attachment_link(request: GetAttachmentLink) -> Ok[AttachmentLink]:
-        stored = await store.find(request.message_id)
-        message_inbox = stored.inbox_id if stored is not None else inbox_id
+    async def attachment_link(self, request: GetAttachmentLink) -> AttachmentLink:
+        stored = await self.store.find(request.message_id)
+        message_inbox = stored.inbox_id if stored is not None else self.inbox_id
         with provider_errors(transient=ErrorCode.INTERNAL_ERROR):
-            download = await mail.get_attachment(message_inbox, request.message_id, request.attachment_id)
-        return Ok(AttachmentLink(download_url=download.download_url, expires_at=download.expires_at))
+            download = await self.mail.get_attachment(message_inbox, request.message_id, request.attachment_id)
+        return AttachmentLink(download_url=download.download_url, expires_at=download.expires_at)
 
-    @broker.subscriber(TRANSCRIPT, queue=QUEUE, max_workers=CONCURRENT_REQUESTS)
-    async def transcript(request: GetTranscript) -> Ok[Transcript]:
+    async def transcript(self, request: GetTranscript) -> Transcript:
         """The newest messages of the thread that fit TRANSCRIPT_MAX_BYTES (always the newest one), oldest first."""
         newest_first: list[TranscriptMessage] = []
         budget = TranscriptBudget()
         cut = False
-        async for stored in store.thread_newest_first(request.thread_id):
+        async for stored in self.store.thread_newest_first(request.thread_id):
             message = _transcript_message(stored)
             if not budget.admits(message):
                 cut = True
                 break
             newest_first.append(message)
-        omitted = await store.thread_size(request.thread_id) - len(newest_first) if cut else 0
-        return Ok(Transcript(thread_id=request.thread_id, messages=newest_first[::-1], omitted=omitted))
+        omitted = await self.store.thread_size(request.thread_id) - len(newest_first) if cut else 0
+        return Transcript(thread_id=request.thread_id, messages=newest_first[::-1], omitted=omitted)
 
-    @broker.subscriber(INGEST_WEBHOOK, queue=QUEUE, max_workers=CONCURRENT_REQUESTS)
-    async def ingest_webhook(request: IngestWebhook) -> Ok[WebhookAccepted]:
+    async def ingest_webhook(self, request: IngestWebhook) -> WebhookAccepted:
         body = request.body
         if request.body_object is not None:
             # Too large to forward inline: the gateway stored the exact bytes; they are verified like any other.
-            body = (await (await object_bucket(broker, AGENTMAIL_INGRESS_BODIES)).get(request.body_object)).data or b""
-        event = verifier.verify(body, request.headers)
-        if await store.event_handled(event.event_id):
-            return Ok(WebhookAccepted(event_id=event.event_id, duplicate=True))
+            body = (
+                await (await object_bucket(self.broker, AGENTMAIL_INGRESS_BODIES)).get(request.body_object)
+            ).data or b""
+        event = self.verifier.verify(body, request.headers)
+        if await self.store.event_handled(event.event_id):
+            return WebhookAccepted(event_id=event.event_id, duplicate=True)
         if event.event_type == MESSAGE_RECEIVED_TYPE and event.message is not None:
-            await accept_message(event.event_id, event.message)
+            await self._accept_message(event.event_id, event.message)
         elif event.event_type == MESSAGE_SENT_TYPE and event.send is not None:
-            await record_sent(event.send)
+            await self._record_sent(event.send)
         elif (delivery := delivery_event(event)) is not None:
-            sent = await store.find(delivery.message_id)
+            sent = await self.store.find(delivery.message_id)
             delivery = msgspec.structs.replace(delivery, case_id=sent.case_id if sent is not None else None)
-            await publish_durable(broker, DELIVERY_EVENT, delivery, stream=AGENTMAIL_EVENTS, msg_id=event.event_id)
+            await publish_durable(self.broker, DELIVERY_EVENT, delivery, stream=AGENTMAIL_EVENTS, msg_id=event.event_id)
         else:
             log.info("AgentMail event ignored", extra={"event_type": event.event_type, "event_id": event.event_id})
-        await store.mark_event_handled(event.event_id, HandledEvent(event_type=event.event_type, handled_at=now_ms()))
-        return Ok(WebhookAccepted(event_id=event.event_id, duplicate=False))
+        await self.store.mark_event_handled(
+            event.event_id, HandledEvent(event_type=event.event_type, handled_at=unix_ms(self.clock()))
+        )
+        return WebhookAccepted(event_id=event.event_id, duplicate=False)
 
-    async def record_sent(sent: Delivery) -> None:
+    async def _record_sent(self, sent: Delivery) -> None:
         """Record an email AgentMail sent that we have no record of (its send's answer was lost), under the
         (case, attempt) its label names; a message with no such label was not sent by us for a case."""
-        if await store.find(sent.message_id) is not None:
+        if await self.store.find(sent.message_id) is not None:
             return  # the usual case: the send's own answer was recorded first
         with provider_errors():
-            message = await mail.get_message(sent.inbox_id, sent.message_id)
+            message = await self.mail.get_message(sent.inbox_id, sent.message_id)
         pair = attempt_of_labels(message.labels)
         if pair is None:
             log.info("AgentMail sent a message of no case", extra={"message_id": sent.message_id})
             return
         case_id, attempt = pair
         with case_logging(case_id):
-            now = now_ms()
-            await store.record(
+            now = unix_ms(self.clock())
+            await self.store.record(
                 StoredMessage(
                     message_id=message.message_id,
                     inbox_id=message.inbox_id,
@@ -317,7 +309,7 @@ def register_handlers(
                 extra={"message_id": message.message_id, "attempt": attempt},
             )
 
-    async def accept_message(event_id: str, message: Message) -> None:
+    async def _accept_message(self, event_id: str, message: Message) -> None:
         if bare_address(message.from_).lower() == message.inbox_id.lower():
             # Our own mail coming back (a loop) is never a counterparty's reply.
             log.info("AgentMail event from our own inbox ignored", extra={"event_id": event_id})
@@ -326,16 +318,40 @@ def register_handlers(
         if text is None:
             # Large bodies are left out of webhooks: read the message itself.
             with provider_errors():
-                message = await mail.get_message(message.inbox_id, message.message_id)
+                message = await self.mail.get_message(message.inbox_id, message.message_id)
             text = body_text(message) or ""
         # Stored and published whole up to the bound (a marker says what was cut): the event must fit the bus.
         received = message_received(event_id, message, bounded_text(text))
         received = msgspec.structs.replace(received, subject=clipped(received.subject, INBOUND_SUBJECT_MAX_CHARS))
         # The thread → case map from our own record of the sends, so a reply finds its case even before the
         # case service has written its send's confirmation.
-        received = msgspec.structs.replace(received, case_id=await store.case_of_thread(received.thread_id))
-        await store.record(_inbound(received))
-        await publish_durable(broker, MESSAGE_RECEIVED, received, stream=AGENTMAIL_EVENTS, msg_id=event_id)
+        received = msgspec.structs.replace(received, case_id=await self.store.case_of_thread(received.thread_id))
+        await self.store.record(_inbound(received, recorded_at=unix_ms(self.clock())))
+        await publish_durable(self.broker, MESSAGE_RECEIVED, received, stream=AGENTMAIL_EVENTS, msg_id=event_id)
+
+
+def register(api: AgentMailApi) -> None:
+    broker = api.broker
+
+    @broker.subscriber(SEND, queue=QUEUE, max_workers=CONCURRENT_REQUESTS)
+    async def send_email(request: SendEmail) -> Ok[SendOutcome]:
+        return Ok(await api.send(request))
+
+    @broker.subscriber(REPLY, queue=QUEUE, max_workers=CONCURRENT_REQUESTS)
+    async def reply_email(request: ReplyEmail) -> Ok[SendOutcome]:
+        return Ok(await api.reply(request))
+
+    @broker.subscriber(ATTACHMENT_LINK, queue=QUEUE, max_workers=CONCURRENT_REQUESTS)
+    async def attachment_link(request: GetAttachmentLink) -> Ok[AttachmentLink]:
+        return Ok(await api.attachment_link(request))
+
+    @broker.subscriber(TRANSCRIPT, queue=QUEUE, max_workers=CONCURRENT_REQUESTS)
+    async def transcript(request: GetTranscript) -> Ok[Transcript]:
+        return Ok(await api.transcript(request))
+
+    @broker.subscriber(INGEST_WEBHOOK, queue=QUEUE, max_workers=CONCURRENT_REQUESTS)
+    async def ingest_webhook(request: IngestWebhook) -> Ok[WebhookAccepted]:
+        return Ok(await api.ingest_webhook(request))
 
 
 # ---- records ----------------------------------------------------------------------------------------------
@@ -358,8 +374,7 @@ class Outgoing:
         """The metrics' kind: a first email of a thread ("send") or an answer in one ("reply")."""
         return "send" if self.in_reply_to is None else "reply"
 
-    def sent_as(self, result: SentMessage) -> StoredMessage:
-        now = now_ms()
+    def sent_as(self, result: SentMessage, *, now: int) -> StoredMessage:
         return StoredMessage(
             message_id=result.message_id,
             inbox_id=self.inbox_id,
@@ -377,7 +392,7 @@ class Outgoing:
         )
 
 
-def _inbound(received: MessageReceived) -> StoredMessage:
+def _inbound(received: MessageReceived, *, recorded_at: int) -> StoredMessage:
     return StoredMessage(
         message_id=received.message_id,
         inbox_id=received.inbox_id,
@@ -388,7 +403,7 @@ def _inbound(received: MessageReceived) -> StoredMessage:
         subject=received.subject,
         text=received.text,
         timestamp=received.received_at,
-        recorded_at=now_ms(),
+        recorded_at=recorded_at,
         attachments=[
             StoredAttachment(
                 attachment_id=a.attachment_id, filename=a.filename, size=a.size, content_type=a.content_type

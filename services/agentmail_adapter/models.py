@@ -7,7 +7,7 @@ These types never leave the adapter: other services see the contracts in `shared
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 import msgspec
 
@@ -168,10 +168,3 @@ class WebhookEvent(Model, frozen=True, kw_only=True):
     bounce: Bounce | None = None
     complaint: Complaint | None = None
     reject: Reject | None = None
-
-
-def unix_ms(moment: datetime) -> int:
-    """AgentMail's RFC 3339 timestamps as our stored Unix ms (a timestamp without zone is UTC)."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)

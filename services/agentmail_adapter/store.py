@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import AsyncIterator
-from typing import Final, Literal
+from typing import Final
 
 import msgspec
 from pymongo import ASCENDING, DESCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 
+from services.agentmail_adapter.model import HandledEvent, StoredMessage
 from shared.mongo import Document
+from shared.records import to_document
 
 MESSAGES: Final = "messages"
 INBOUND_EVENTS: Final = "inbound_events"
@@ -36,48 +38,13 @@ INDEXES: Final = {
 }
 
 
-class StoredAttachment(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    attachment_id: str
-    filename: str
-    size: int
-    content_type: str
-
-
-class StoredMessage(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    message_id: str = msgspec.field(name="_id")
-    inbox_id: str
-    thread_id: str
-    direction: Literal["outbound", "inbound"]
-    from_address: str
-    to: list[str]
-    subject: str
-    text: str
-    timestamp: int  # Unix ms: when AgentMail received it, or when we sent it
-    recorded_at: int  # Unix ms
-    attachments: list[StoredAttachment] = []
-    in_reply_to: str | None = None
-    # Outbound: the case and attempt that sent it (the idempotency of SendEmail/ReplyEmail).
-    case_id: str | None = None
-    attempt: int | None = None
-    # Inbound: the webhook event that brought it, and whether it was an auto-reply.
-    event_id: str | None = None
-    auto_submitted: bool = False
-
-
-class HandledEvent(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    """An `inbound_events` document, apart from its `_id` (the event id)."""
-
-    event_type: str
-    handled_at: int  # Unix ms
-
-
 class MessageStore:
     def __init__(self, db: AsyncDatabase[Document]) -> None:
         self._messages = db[MESSAGES]
         self._events = db[INBOUND_EVENTS]
 
     async def record(self, message: StoredMessage) -> None:
-        document = msgspec.to_builtins(message)
+        document = to_document(message)
         await self._messages.replace_one({"_id": message.message_id}, document, upsert=True)
 
     async def find(self, message_id: str) -> StoredMessage | None:
@@ -116,7 +83,7 @@ class MessageStore:
 
     async def mark_event_handled(self, event_id: str, event: HandledEvent) -> None:
         # $setOnInsert: a concurrent or repeated delivery keeps the first record.
-        record = {**msgspec.to_builtins(event), "expiresAt": _as_utc_date(event.handled_at) + HANDLED_EVENT_TTL}
+        record = {**to_document(event), "expiresAt": _as_utc_date(event.handled_at) + HANDLED_EVENT_TTL}
         await self._events.update_one({"_id": event_id}, {"$setOnInsert": record}, upsert=True)
 
 

@@ -6,7 +6,7 @@ It answers VERIFY_KEY and WEBHOOK_SECRET; clients and keys are changed by the ad
 
 from __future__ import annotations
 
-from services.auth.handlers import register_auth_handlers
+from services.auth.handlers import AuthApi, register
 from services.auth.secrets import SecretCipher
 from services.auth.store import INDEXES, AuthStore
 from shared.runtime import ServiceRuntime
@@ -17,10 +17,12 @@ from shared.subjects import Service
 def build(settings: AuthSettings) -> ServiceRuntime:
     """The service wired up and ready to run (also used to generate the AsyncAPI documents)."""
     runtime = ServiceRuntime(Service.AUTH, settings, indexes=INDEXES)
-    register_auth_handlers(
-        runtime.broker,
-        AuthStore(runtime.db, cipher=SecretCipher(settings.webhook_secret_keys)),
-        key_hash_secret=settings.key_hash_secret,
+    register(
+        AuthApi(
+            broker=runtime.broker,
+            store=AuthStore(runtime.db, cipher=SecretCipher(settings.webhook_secret_keys)),
+            key_hash_secret=settings.key_hash_secret,
+        )
     )
     return runtime
 

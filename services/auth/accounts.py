@@ -8,9 +8,6 @@ when NATS is unreachable.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import msgspec
 
 from services.auth.domain import (
@@ -22,13 +19,9 @@ from services.auth.domain import (
     new_key_id,
     new_webhook_secret,
 )
-from services.auth.store import ApiKey, AuthStore, Client
-
-type Clock = Callable[[], int]
-
-
-def unix_ms() -> int:
-    return time.time_ns() // 1_000_000
+from services.auth.model import ApiKey, Client
+from services.auth.store import AuthStore
+from shared.clock import Clock, system_clock, unix_ms
 
 
 class AccountError(Exception):
@@ -121,14 +114,14 @@ class MonthlyUsage(Output, frozen=True, kw_only=True):
 
 
 class Accounts:
-    def __init__(self, store: AuthStore, *, key_hash_secret: str, clock: Clock = unix_ms) -> None:
+    def __init__(self, store: AuthStore, *, key_hash_secret: str, clock: Clock = system_clock) -> None:
         self._store = store
         self._key_hash_secret = key_hash_secret
         self._clock = clock
 
     async def create_client(self, *, name: str, plan: str) -> NewClient:
         """A client with its first key. If issuing the key fails, the client stays and `issue_key` can retry."""
-        now = self._clock()
+        now = unix_ms(self._clock())
         client = Client(
             client_id=new_client_id(),
             name=name,
@@ -148,7 +141,7 @@ class Accounts:
 
     async def issue_key(self, client_id: str) -> IssuedKey:
         await self._existing_client(client_id)
-        return await self._issue_key_for(client_id, now=self._clock())
+        return await self._issue_key_for(client_id, now=unix_ms(self._clock()))
 
     async def _issue_key_for(self, client_id: str, *, now: int) -> IssuedKey:
         api_key = new_api_key()
@@ -180,7 +173,7 @@ class Accounts:
         if before is None:
             raise AccountError(f"no API key with id {key_id}")
         after = await self._store.change_key_status(
-            key_id, to=status, allowed_from=key_status_sources(status), now=self._clock()
+            key_id, to=status, allowed_from=key_status_sources(status), now=unix_ms(self._clock())
         )
         if after is None:
             # The filter refused the move: the key is (or has just become) revoked.
@@ -190,14 +183,14 @@ class Accounts:
         )
 
     async def set_plan(self, client_id: str, plan: str) -> ClientPlan:
-        client = await self._store.set_plan(client_id, plan, now=self._clock())
+        client = await self._store.set_plan(client_id, plan, now=unix_ms(self._clock()))
         if client is None:
             raise _unknown_client(client_id)
         return ClientPlan(client_id=client.client_id, plan=client.plan)
 
     async def rotate_webhook_secret(self, client_id: str) -> RotatedWebhookSecret:
         """The old secret stops signing at once; the client must switch to the new one."""
-        client = await self._store.set_webhook_secret(client_id, new_webhook_secret(), now=self._clock())
+        client = await self._store.set_webhook_secret(client_id, new_webhook_secret(), now=unix_ms(self._clock()))
         if client is None:
             raise _unknown_client(client_id)
         return RotatedWebhookSecret(client_id=client.client_id, webhook_secret=client.webhook_secret)

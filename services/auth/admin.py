@@ -32,12 +32,13 @@ from pymongo.errors import PyMongoError
 
 from services.auth import admin_parked
 from services.auth.accounts import AccountError, Accounts, ClientPlan, KeyState, MonthlyUsage, Output
+from services.auth.model import Client
 from services.auth.secrets import SecretCipher, UndecryptableSecret
-from services.auth.store import INDEXES, AuthStore, Client
+from services.auth.store import INDEXES, AuthStore
 from shared.contracts.auth import KEYS_CHANGED, KeysChanged
 from shared.contracts.billing import USAGE_MONTH_PATTERN, USAGE_REPORT, GetUsageReport, UsageReport
 from shared.contracts.rpc import Err, Ok
-from shared.messaging import nats_connect_options
+from shared.messaging.connection import nats_connect_options
 from shared.mongo import create_mongo_client, ensure_indexes
 from shared.settings import AuthSettings, CommonSettings, load_settings_or_exit
 from shared.subjects import ADMIN_NATS_USER

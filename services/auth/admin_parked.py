@@ -1,6 +1,6 @@
 """Parked messages as an operator tool: `python -m services.auth.admin parked list|show|replay|drop`.
 
-A message is parked (shared.messaging) when its handler failed as poison (undecodable, contract-violating, a
+A message is parked (shared.messaging.middleware) when its handler failed as poison (undecodable, contract-violating, a
 bug, a `PermanentFailure`), never for an outage. It sits on the PARKED stream with its original body and
 headers, and the `Caseflow-Parked-*` headers say where it came from and why. These commands work on that
 stream directly over NATS (no service, no MongoDB), addressing a parked message by its PARKED sequence.

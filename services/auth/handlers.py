@@ -8,6 +8,7 @@ be signed on that client's behalf (NOT_FOUND is the registry's "no such route", 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Final
 
 from faststream.nats import NatsBroker
@@ -15,49 +16,56 @@ from faststream.nats import NatsBroker
 from services.auth.domain import hash_api_key, is_well_formed_api_key, require_usable_key
 from services.auth.store import AuthStore
 from shared.contracts.auth import (
-    KEYS_CHANGED,
     VERIFY_KEY,
     WEBHOOK_SECRET,
     GetWebhookSecret,
     KeyIdentity,
-    KeysChanged,
     VerifyKey,
     WebhookSecret,
 )
 from shared.contracts.rpc import Ok
 from shared.errors import ErrorCode, ServiceError
-from shared.messaging import document_publication
 from shared.subjects import Service, queue_group
 
 # Every API request passes through VERIFY_KEY (on a gateway cache miss): answer several at once per replica.
 CONCURRENT_REQUESTS: Final = 16
 
 
-def register_auth_handlers(broker: NatsBroker, store: AuthStore, *, key_hash_secret: str) -> None:
-    document_publication(
-        broker,
-        KEYS_CHANGED,
-        KeysChanged,
-        description="Broadcast (core NATS, no queue group) by the admin CLI after a key's status or a client's "
-        "plan changed: every gateway evicts the cached identity at once.",
-    )
+@dataclass(frozen=True)
+class AuthApi:
+    """What auth answers, each method one request: API keys by keyed hash, clients' webhook secrets."""
 
-    @broker.subscriber(VERIFY_KEY, queue=queue_group(Service.AUTH), max_workers=CONCURRENT_REQUESTS)
-    async def verify_key(request: VerifyKey) -> Ok[KeyIdentity]:
+    broker: NatsBroker
+    store: AuthStore
+    key_hash_secret: str
+
+    async def verify_key(self, request: VerifyKey) -> KeyIdentity:
         if not is_well_formed_api_key(request.api_key):
             raise ServiceError(ErrorCode.UNAUTHORIZED)
-        key = await store.find_api_key_by_hash(hash_api_key(request.api_key, secret=key_hash_secret))
+        key = await self.store.find_api_key_by_hash(hash_api_key(request.api_key, secret=self.key_hash_secret))
         if key is None:
             raise ServiceError(ErrorCode.UNAUTHORIZED)
         require_usable_key(key.status)
-        client = await store.find_client(key.client_id)
+        client = await self.store.find_client(key.client_id)
         if client is None:
             raise ServiceError(ErrorCode.UNAUTHORIZED)
-        return Ok(KeyIdentity(client_id=client.client_id, key_id=key.key_id, plan=client.plan))
+        return KeyIdentity(client_id=client.client_id, key_id=key.key_id, plan=client.plan)
 
-    @broker.subscriber(WEBHOOK_SECRET, queue=queue_group(Service.AUTH), max_workers=CONCURRENT_REQUESTS)
-    async def webhook_secret(request: GetWebhookSecret) -> Ok[WebhookSecret]:
-        client = await store.find_client(request.client_id)
+    async def webhook_secret(self, request: GetWebhookSecret) -> WebhookSecret:
+        client = await self.store.find_client(request.client_id)
         if client is None:
             raise ServiceError(ErrorCode.UNAUTHORIZED, "No client with that id.")
-        return Ok(WebhookSecret(client_id=client.client_id, secret=client.webhook_secret))
+        return WebhookSecret(client_id=client.client_id, secret=client.webhook_secret)
+
+
+def register(api: AuthApi) -> None:
+    broker = api.broker
+    queue = queue_group(Service.AUTH)
+
+    @broker.subscriber(VERIFY_KEY, queue=queue, max_workers=CONCURRENT_REQUESTS)
+    async def verify_key(request: VerifyKey) -> Ok[KeyIdentity]:
+        return Ok(await api.verify_key(request))
+
+    @broker.subscriber(WEBHOOK_SECRET, queue=queue, max_workers=CONCURRENT_REQUESTS)
+    async def webhook_secret(request: GetWebhookSecret) -> Ok[WebhookSecret]:
+        return Ok(await api.webhook_secret(request))

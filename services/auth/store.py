@@ -15,8 +15,10 @@ from pymongo import ASCENDING, IndexModel, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.auth.domain import KeyStatus
+from services.auth.model import ApiKey, Client
 from services.auth.secrets import SecretCipher
 from shared.mongo import Document
+from shared.records import to_document
 
 CLIENTS: Final = "clients"
 API_KEYS: Final = "api_keys"
@@ -31,34 +33,6 @@ INDEXES: Final = {
 }
 
 
-class Client(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    """A client. `webhook_secret` is the plaintext `whsec_` secret here; its document holds it encrypted
-    (services.auth.secrets), because the webhook service must sign with the secret itself."""
-
-    client_id: str = msgspec.field(name="_id")
-    name: str
-    plan: str
-    webhook_secret: str
-    created_at: int  # Unix ms
-    updated_at: int
-
-
-class ApiKey(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    """An `api_keys` document: the key itself is never stored, only its keyed hash."""
-
-    key_id: str = msgspec.field(name="_id")
-    client_id: str
-    key_hash: str
-    status: KeyStatus
-    created_at: int
-    updated_at: int
-
-
-def _document(record: msgspec.Struct) -> Document:
-    document: Document = msgspec.to_builtins(record)
-    return document
-
-
 def _api_key(document: Document | None) -> ApiKey | None:
     return None if document is None else msgspec.convert(document, ApiKey)
 
@@ -70,7 +44,7 @@ class AuthStore:
         self._cipher = cipher
 
     def _client_document(self, client: Client) -> Document:
-        document = _document(client)
+        document = to_document(client)
         document["webhookSecret"] = self._cipher.encrypt(client.webhook_secret)
         return document
 
@@ -83,7 +57,7 @@ class AuthStore:
         await self._clients.insert_one(self._client_document(client))
 
     async def insert_api_key(self, key: ApiKey) -> None:
-        await self._keys.insert_one(_document(key))
+        await self._keys.insert_one(to_document(key))
 
     async def find_client(self, client_id: str) -> Client | None:
         return self._client(await self._clients.find_one({"_id": client_id}))

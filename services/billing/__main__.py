@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from services.billing.domain import parse_plans
-from services.billing.handlers import register_billing_handlers
+from services.billing.handlers import BillingApi, register
 from services.billing.store import INDEXES, UsageStore
 from shared.runtime import ServiceRuntime
 from shared.settings import BillingSettings, load_settings_or_exit
@@ -22,7 +22,7 @@ def build(settings: BillingSettings) -> ServiceRuntime:
     Raises ValueError for a PLANS value the settings pattern cannot catch, such as a plan listed twice."""
     plans = parse_plans(settings.plans)
     runtime = ServiceRuntime(Service.BILLING, settings, indexes=INDEXES)
-    register_billing_handlers(runtime.broker, UsageStore(runtime.db), plans=plans)
+    register(BillingApi(broker=runtime.broker, store=UsageStore(runtime.db), plans=plans))
     return runtime
 
 

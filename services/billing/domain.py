@@ -2,15 +2,14 @@
 
 Design decision: a plan that is not configured has no cap at all rather than some fallback cap, and is
 refused (`UnknownPlan`): silently metering a client against the wrong plan is worse than a loud error an
-operator fixes in `PLANS`. Time comes from an injected clock so tests can cross a month boundary.
+operator fixes in `PLANS`. Time comes from an injected clock (shared.clock) so tests can cross a month boundary.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
-type Clock = Callable[[], datetime]
 # Plan name → monthly cap in cases; None means no cap (configured as 0).
 type PlanCaps = Mapping[str, int | None]
 
@@ -19,10 +18,6 @@ class UnknownPlan(Exception):
     def __init__(self, plan: str) -> None:
         self.plan = plan
         super().__init__(f"plan {plan!r} is not configured in PLANS")
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def parse_plans(spec: str) -> dict[str, int | None]:
@@ -68,7 +63,3 @@ def _in_utc(now: datetime) -> datetime:
 def remaining_units(cap: int | None, used: int) -> int | None:
     """None without a cap; never negative (a cap lowered mid-month can leave usage above it)."""
     return None if cap is None else max(cap - used, 0)
-
-
-def to_unix_ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)

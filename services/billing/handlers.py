@@ -11,23 +11,22 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from typing import Final
 
 from faststream.nats import NatsBroker
 
 from services.billing.domain import (
-    Clock,
     PlanCaps,
     UnknownPlan,
     monthly_cap,
     next_month_start_ms,
     remaining_units,
-    to_unix_ms,
     usage_month,
-    utc_now,
 )
 from services.billing.store import ReserveOutcome, UsageStore
 from shared import metrics
+from shared.clock import Clock, system_clock, unix_ms
 from shared.contracts.billing import (
     RELEASE,
     RESERVE,
@@ -70,78 +69,95 @@ def _cap_of_configured_plan(plans: PlanCaps, plan: str) -> int | None:
         ) from None
 
 
-def register_billing_handlers(
-    broker: NatsBroker, store: UsageStore, *, plans: PlanCaps, clock: Clock = utc_now
-) -> None:
-    queue = queue_group(Service.BILLING)
+@dataclass(frozen=True)
+class BillingApi:
+    """What billing answers, each method one request: plan caps from PLANS, counters in `usage`."""
 
-    @broker.subscriber(RESERVE, queue=queue, max_workers=CONCURRENT_REQUESTS)
-    async def reserve_case_unit(request: ReserveUnit) -> Ok[Reservation]:
-        cap = _cap_of_configured_plan(plans, request.plan)
-        now = clock()
+    broker: NatsBroker
+    store: UsageStore
+    plans: PlanCaps
+    clock: Clock = system_clock
+
+    async def reserve(self, request: ReserveUnit) -> Reservation:
+        cap = _cap_of_configured_plan(self.plans, request.plan)
+        now = self.clock()
         month = usage_month(now)
-        outcome = await store.reserve_unit(
+        outcome = await self.store.reserve_unit(
             client_id=request.client_id,
             month=month,
             reservation_id=request.reservation_id,
             cap=cap,
-            now=to_unix_ms(now),
+            now=unix_ms(now),
         )
         metrics.USAGE_RESERVATIONS.labels(plan=request.plan, outcome=_RESERVATION_OUTCOME[outcome]).inc()
         if outcome is ReserveOutcome.LIMIT_REACHED:
             raise ServiceError(ErrorCode.USAGE_LIMIT_REACHED)
-        return Ok(Reservation(reservation_id=request.reservation_id, month=month))
+        return Reservation(reservation_id=request.reservation_id, month=month)
 
-    @broker.subscriber(RELEASE, queue=queue, max_workers=CONCURRENT_REQUESTS)
-    async def release_case_unit(request: ReleaseUnit) -> Ok[Released]:
-        released = await store.release_unit(
+    async def release(self, request: ReleaseUnit) -> Released:
+        released = await self.store.release_unit(
             client_id=request.client_id,
             month=request.month,
             reservation_id=request.reservation_id,
-            now=to_unix_ms(clock()),
+            now=unix_ms(self.clock()),
         )
         if released:
             metrics.USAGE_RELEASES.inc()
-        return Ok(Released(released=released))
+        return Released(released=released)
+
+    async def usage(self, request: GetUsage) -> Usage:
+        cap = _cap_of_configured_plan(self.plans, request.plan)
+        now = self.clock()
+        month = usage_month(now)
+        used = await self.store.units_used(client_id=request.client_id, month=month)
+        return Usage(
+            month=month,
+            used=used,
+            limit=cap,
+            remaining=remaining_units(cap, used),
+            resets_at=next_month_start_ms(now),
+        )
+
+    async def usage_report(self, request: GetUsageReport) -> UsageReport:
+        month = request.month or usage_month(self.clock())
+        if not re.fullmatch(USAGE_MONTH_PATTERN, month):
+            raise ServiceError(ErrorCode.INVALID_REQUEST, "month: must be a UTC month as YYYY-MM")
+        used = await self.store.units_used_by_client(month=month, client_id=request.client_id)
+        named = set(request.plans) if request.client_id is None else {request.client_id}
+        return UsageReport(
+            month=month,
+            clients=[
+                _client_usage(
+                    client_id,
+                    month=month,
+                    used=used.get(client_id, 0),
+                    plan=request.plans.get(client_id),
+                    plans=self.plans,
+                )
+                for client_id in sorted(named | set(used))
+            ],
+        )
+
+
+def register(api: BillingApi) -> None:
+    broker = api.broker
+    queue = queue_group(Service.BILLING)
+
+    @broker.subscriber(RESERVE, queue=queue, max_workers=CONCURRENT_REQUESTS)
+    async def reserve_case_unit(request: ReserveUnit) -> Ok[Reservation]:
+        return Ok(await api.reserve(request))
+
+    @broker.subscriber(RELEASE, queue=queue, max_workers=CONCURRENT_REQUESTS)
+    async def release_case_unit(request: ReleaseUnit) -> Ok[Released]:
+        return Ok(await api.release(request))
 
     @broker.subscriber(USAGE, queue=queue, max_workers=CONCURRENT_REQUESTS)
     async def report_usage(request: GetUsage) -> Ok[Usage]:
-        cap = _cap_of_configured_plan(plans, request.plan)
-        now = clock()
-        month = usage_month(now)
-        used = await store.units_used(client_id=request.client_id, month=month)
-        return Ok(
-            Usage(
-                month=month,
-                used=used,
-                limit=cap,
-                remaining=remaining_units(cap, used),
-                resets_at=next_month_start_ms(now),
-            )
-        )
+        return Ok(await api.usage(request))
 
     @broker.subscriber(USAGE_REPORT, queue=queue)
     async def report_usage_by_client(request: GetUsageReport) -> Ok[UsageReport]:
-        month = request.month or usage_month(clock())
-        if not re.fullmatch(USAGE_MONTH_PATTERN, month):
-            raise ServiceError(ErrorCode.INVALID_REQUEST, "month: must be a UTC month as YYYY-MM")
-        used = await store.units_used_by_client(month=month, client_id=request.client_id)
-        named = set(request.plans) if request.client_id is None else {request.client_id}
-        return Ok(
-            UsageReport(
-                month=month,
-                clients=[
-                    _client_usage(
-                        client_id,
-                        month=month,
-                        used=used.get(client_id, 0),
-                        plan=request.plans.get(client_id),
-                        plans=plans,
-                    )
-                    for client_id in sorted(named | set(used))
-                ],
-            )
-        )
+        return Ok(await api.usage_report(request))
 
 
 def _client_usage(client_id: str, *, month: str, used: int, plan: str | None, plans: PlanCaps) -> ClientUsage:

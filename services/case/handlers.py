@@ -11,42 +11,36 @@ from __future__ import annotations
 
 import base64
 import binascii
-import datetime as dt
 import hashlib
 import logging
 import os
 import signal
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import get_args
+from dataclasses import dataclass, field
 
 import msgspec
 from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage
 
 from services.case import domain, lifecycle
-from services.case.model import CaseRecord, JudgeReplyCommand, SendEmailCommand
+from services.case.model import CaseRecord
 from services.case.outbox import OutboxRelay
 from services.case.store import CaseStore, IdempotencyStore, PageCursor, WriteConflict
 from services.case.transcript import case_threads, case_transcript, format_transcript, transcript_entries
 from services.case.validation import validate_new_case
 from shared import metrics
-from shared.clock import now_ms
+from shared.clock import Clock, naive_utc, system_clock, unix_ms
 from shared.contracts import agentmail, billing, case
 from shared.contracts.rpc import Ok
 from shared.errors import ErrorCode, ServiceError
 from shared.logs import case_id_var, client_id_var, request_id_var
-from shared.messaging import document_publication, request, request_deadline_ms
+from shared.messaging.rpc import RpcClient, request_deadline_ms
 from shared.settings import CaseSettings
-from shared.subjects import CASE_COMMANDS, CASE_EVENTS, Service, queue_group
+from shared.subjects import Service, queue_group
 from shared.transcript_budget import newest_that_fit
 
 log = logging.getLogger("caseflow.case")
-
-
-def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 @dataclass
@@ -56,7 +50,14 @@ class CaseApi:
     idempotency: IdempotencyStore
     relay: OutboxRelay
     settings: CaseSettings
-    clock: Callable[[], dt.datetime] = utc_now
+    clock: Clock = system_clock
+    rpc: RpcClient = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rpc = RpcClient(self.broker, self.settings.rpc_timeout_seconds)
+
+    def now_ms(self) -> int:
+        return unix_ms(self.clock())
 
     async def _load_owned(self, case_id: str, client_id: str) -> CaseRecord:
         case_id_var.set(case_id)
@@ -79,13 +80,6 @@ class CaseApi:
             raise ServiceError(ErrorCode.CASE_NOT_FOUND)
         return written[1]
 
-    async def _rpc[T](
-        self, subject: str, payload: msgspec.Struct, reply_type: type[T], *, timeout: float | None = None
-    ) -> T:
-        return await request(
-            self.broker, subject, payload, reply_type, timeout=timeout or self.settings.rpc_timeout_seconds
-        )
-
     # ---- create ------------------------------------------------------------------------------------------
 
     async def create(self, command: case.CreateCase, *, deadline_ms: int | None = None) -> case.CreateCaseResult:
@@ -93,7 +87,9 @@ class CaseApi:
         asker's deadline: past it nobody will confirm the case, so nothing is stored."""
         client_id_var.set(command.client_id)
         validate_new_case(command.case, allow_private_webhooks=self.settings.webhook_allow_private)
-        deadline = deadline_ms if deadline_ms is not None else now_ms() + int(self.settings.rpc_timeout_seconds * 1000)
+        deadline = (
+            deadline_ms if deadline_ms is not None else self.now_ms() + int(self.settings.rpc_timeout_seconds * 1000)
+        )
         self._drop_if_late(deadline, "before it started")
         case_id = str(uuid.uuid4())
         key = command.idempotency_key
@@ -110,7 +106,7 @@ class CaseApi:
         return case.CreateCaseResult(case_id=case_id, replayed=False)
 
     def _drop_if_late(self, deadline: int, stage: str) -> None:
-        if now_ms() >= deadline:
+        if self.now_ms() >= deadline:
             # The asker has given up: storing the case now would only leave one that nobody confirms.
             log.warning("create dropped: its deadline passed %s", stage, extra={"deadline": deadline})
             metrics.DEADLINE_DROPS.labels(subject=case.CREATE).inc()
@@ -124,7 +120,7 @@ class CaseApi:
             request_hash=request_hash(command.case),
             case_id=case_id,
             deadline_ms=deadline,
-            now=self.clock(),
+            now=naive_utc(self.clock()),
         )
         if claim.outcome == "new":
             return None
@@ -133,7 +129,7 @@ class CaseApi:
         if claim.case_id is not None and await self._still_there(claim.case_id, deadline=deadline):
             return claim.case_id
         # The earlier request stored no case (yet): it may still, until its deadline has passed.
-        if not self.idempotency.may_take_over(claim.deadline_ms, now_ms=now_ms()):
+        if not self.idempotency.may_take_over(claim.deadline_ms, now_ms=self.now_ms()):
             raise ServiceError(ErrorCode.IDEMPOTENCY_KEY_IN_USE)
         if not await self.idempotency.take_over(
             client_id=command.client_id, key=key, previous_case_id=claim.case_id, case_id=case_id, deadline_ms=deadline
@@ -157,11 +153,11 @@ class CaseApi:
 
     async def _create_reserved(self, command: case.CreateCase, *, case_id: str, deadline: int) -> None:
         case_id_var.set(case_id)
-        reservation = await self._rpc(
+        reservation = await self.rpc(
             billing.RESERVE,
             billing.ReserveUnit(client_id=command.client_id, plan=command.plan, reservation_id=case_id),
             billing.Reservation,
-            timeout=min(self.settings.rpc_timeout_seconds, max(deadline - now_ms(), 1) / 1000),
+            timeout=min(self.settings.rpc_timeout_seconds, max(deadline - self.now_ms(), 1) / 1000),
         )
         try:
             self._drop_if_late(deadline, "before the case was stored")
@@ -172,7 +168,7 @@ class CaseApi:
             case_id=case_id,
             client_id=command.client_id,
             body=command.case,
-            now=now_ms(),
+            now=self.now_ms(),
             confirm_by=deadline + self._confirm_grace_ms,
             usage_month=reservation.month,
         )
@@ -187,7 +183,7 @@ class CaseApi:
             os.kill(os.getpid(), signal.SIGKILL)
 
     async def _release(self, client_id: str, reservation: billing.Reservation) -> None:
-        await release_unit(self.broker, self.settings, client_id=client_id, reservation=reservation)
+        await release_unit(self.rpc, client_id=client_id, reservation=reservation)
 
     # ---- reads -------------------------------------------------------------------------------------------
 
@@ -203,7 +199,7 @@ class CaseApi:
 
         async def thread(thread_id: str) -> list[agentmail.TranscriptMessage]:
             nonlocal omitted
-            found = await self._rpc(
+            found = await self.rpc(
                 agentmail.TRANSCRIPT, agentmail.GetTranscript(thread_id=thread_id), agentmail.Transcript
             )
             # The adapter bounds each thread (newest messages within a byte budget) so the reply fits the bus.
@@ -247,7 +243,7 @@ class CaseApi:
         if meta is None:
             raise ServiceError(ErrorCode.ATTACHMENT_NOT_FOUND)
         try:
-            link = await self._rpc(
+            link = await self.rpc(
                 agentmail.ATTACHMENT_LINK,
                 agentmail.GetAttachmentLink(message_id=meta.message_id, attachment_id=meta.attachment_id),
                 agentmail.AttachmentLink,
@@ -280,7 +276,7 @@ class CaseApi:
         updated = await self._update(
             command.case_id,
             command.client_id,
-            lambda record: lifecycle.apply_request(record, answer, lifecycle.Clock.of(self.settings, now_ms())),
+            lambda record: lifecycle.apply_request(record, answer, lifecycle.Clock.of(self.settings, self.now_ms())),
         )
         await self._publish_soon(updated)
         return case.InputAccepted(case_id=updated.case_id, input_request_id=input_request_id, accepted=True)
@@ -290,7 +286,7 @@ class CaseApi:
             ref.case_id,
             ref.client_id,
             lambda record: lifecycle.apply_request(
-                record, lifecycle.CancelRequested(), lifecycle.Clock.of(self.settings, now_ms())
+                record, lifecycle.CancelRequested(), lifecycle.Clock.of(self.settings, self.now_ms())
             ),
         )
         await self._publish_soon(updated)
@@ -304,56 +300,20 @@ class CaseApi:
             log.warning("publish deferred to the outbox relay", exc_info=True)
 
 
-async def release_unit(
-    broker: NatsBroker, settings: CaseSettings, *, client_id: str, reservation: billing.Reservation
-) -> bool:
+async def release_unit(rpc: RpcClient, *, client_id: str, reservation: billing.Reservation) -> bool:
     """Give a usage unit back (idempotent by reservation id); False, logged, when billing did not answer."""
     try:
-        await request(
-            broker,
+        await rpc(
             billing.RELEASE,
             billing.ReleaseUnit(
                 client_id=client_id, month=reservation.month, reservation_id=reservation.reservation_id
             ),
             billing.Released,
-            timeout=settings.rpc_timeout_seconds,
         )
     except ServiceError:
         log.exception("could not release a usage unit", extra={"reservation_id": reservation.reservation_id})
         return False
     return True
-
-
-def document_outbox_subjects(broker: NatsBroker) -> None:
-    """What the outbox relay publishes (raw JetStream publishes, so the AsyncAPI document learns them here)."""
-    commands = f"Stream {CASE_COMMANDS.name}; Nats-Msg-Id is the command id; relayed from the case's outbox."
-    document_publication(
-        broker,
-        case.CMD_INPUT_PROVIDED,
-        case.InputProvidedCommand,
-        description=f"The client answered the case's input request: the worker resumes the case. {commands}",
-    )
-    document_publication(
-        broker,
-        case.CMD_SEND,
-        SendEmailCommand,
-        description=f"The worker's own queue of emails to send (payload private to the case service). {commands}",
-    )
-    document_publication(
-        broker,
-        case.CMD_JUDGE_REPLY,
-        JudgeReplyCommand,
-        description="The reconciler's request to judge a stored reply that was never judged (payload private "
-        f"to the case service). {commands}",
-    )
-    for event_type in get_args(case.EventType):
-        document_publication(
-            broker,
-            case.event_subject(event_type),
-            case.CaseEvent,
-            description=f"Case event `{event_type}` for the client's webhook. Stream {CASE_EVENTS.name}; "
-            "Nats-Msg-Id is the event id; relayed from the case's outbox.",
-        )
 
 
 def request_hash(body: case.NewCase) -> str:
@@ -377,7 +337,6 @@ def decode_cursor(token: str) -> PageCursor:
 def register(api: CaseApi) -> None:
     broker = api.broker
     queue = queue_group(Service.CASE)
-    document_outbox_subjects(broker)
 
     @broker.subscriber(case.CREATE, queue=queue)
     async def create_case(command: case.CreateCase, message: NatsMessage) -> Ok[case.CreateCaseResult]:

@@ -13,10 +13,7 @@ from typing import Any, Final, Literal
 import msgspec
 
 from shared.contracts.case import AttachmentMeta, CaseStatus, Counterparty, Goal, SenderPersona, StatusChange
-
-
-class Record(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    """Base for stored shapes (camelCase in MongoDB, like the API)."""
+from shared.records import Record
 
 
 class InputRequestRecord(Record, frozen=True):

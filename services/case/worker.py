@@ -21,10 +21,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
-import msgspec
 from faststream.nats import NatsBroker
 from nats.js.errors import NotFoundError
 
@@ -80,7 +79,8 @@ from shared.contracts.case import (
 )
 from shared.errors import ServiceError
 from shared.logs import case_id_var, client_id_var
-from shared.messaging import durable_subscriber, request
+from shared.messaging.jetstream import durable_subscriber
+from shared.messaging.rpc import RpcClient
 from shared.settings import CaseSettings
 from shared.subjects import AGENTMAIL_EVENTS, CASE_COMMANDS, Consumer
 
@@ -97,15 +97,13 @@ class Worker:
     agent: Agent
     settings: CaseSettings
     unmatched: UnmatchedStore
+    rpc: RpcClient = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rpc = RpcClient(self.broker, self.settings.rpc_timeout_seconds)
 
     def clock(self) -> Clock:
         return Clock.of(self.settings, now_ms())
-
-    async def _rpc[T](
-        self, subject: str, payload: msgspec.Struct, reply_type: type[T], *, timeout: float | None = None
-    ) -> T:
-        deadline = timeout or self.settings.rpc_timeout_seconds
-        return await request(self.broker, subject, payload, reply_type, timeout=deadline)
 
     async def apply(self, case_id: str, event_for: EventFor, *, clock: Clock | None = None) -> CaseRecord | None:
         """Load, build the event (I/O allowed: the agent writes or judges, the adapter sends), then transition,
@@ -147,7 +145,7 @@ class Worker:
         """Every thread of the case, merged oldest first, as the agent reads it (bounded: see `for_agent`)."""
 
         async def thread(thread_id: str) -> list[agentmail.TranscriptMessage]:
-            found = await self._rpc(
+            found = await self.rpc(
                 agentmail.TRANSCRIPT, agentmail.GetTranscript(thread_id=thread_id), agentmail.Transcript
             )
             return found.messages
@@ -206,7 +204,7 @@ class Worker:
         outcome: agentmail.Sent | agentmail.Rejected
         try:
             if command.kind == "first" or reply_to is None:
-                outcome = await self._rpc(
+                outcome = await self.rpc(
                     agentmail.SEND,
                     agentmail.SendEmail(
                         case_id=case.case_id,
@@ -219,7 +217,7 @@ class Worker:
                     timeout=self.settings.send_timeout_seconds,
                 )
             else:
-                outcome = await self._rpc(
+                outcome = await self.rpc(
                     agentmail.REPLY,
                     agentmail.ReplyEmail(
                         case_id=case.case_id,
@@ -431,8 +429,7 @@ class Worker:
             return 0  # it changed meanwhile (started, or a replay is confirming it): look again next time
         if record.usage_month is not None:
             await release_unit(
-                self.broker,
-                self.settings,
+                self.rpc,
                 client_id=record.client_id,
                 reservation=Reservation(reservation_id=record.case_id, month=record.usage_month),
             )

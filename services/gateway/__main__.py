@@ -13,7 +13,7 @@ import uvicorn
 from services.gateway.app import create_app
 from services.gateway.http_protocol import ConnectionLimits, EnvelopeH11Protocol
 from shared.logs import configure_logging
-from shared.messaging import create_broker
+from shared.messaging.broker import create_broker
 from shared.metrics import serve_metrics_or_exit
 from shared.runtime import VERSION
 from shared.settings import GatewaySettings, load_settings_or_exit, secret_values

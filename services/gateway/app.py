@@ -33,13 +33,12 @@ from services.gateway.routes import ROUTES
 from services.gateway.routes.docs import ReferenceRenderPlugin, schema_router
 from services.gateway.shared_throttle import SharedKeyThrottle, open_throttle_bucket
 from services.gateway.throttle import KeyThrottle, LocalKeyThrottle, RateLimit, Throttle
-from shared.contracts import case
 from shared.contracts.auth import KEYS_CHANGED, KeysChanged
-from shared.messaging import connect_with_retry, document_publication, nats_client
+from shared.messaging.connection import connect_with_retry, nats_client
+from shared.messaging.rpc import RpcClient
 from shared.mongo import create_mongo_client
 from shared.runtime import VERSION
 from shared.settings import GatewaySettings
-from shared.subjects import CASE_COMMANDS
 
 log = logging.getLogger("caseflow.gateway")
 
@@ -80,21 +79,13 @@ def create_litestar(
     gateway = GatewayContext(
         settings=settings,
         broker=broker,
+        rpc=RpcClient(broker, settings.rpc_timeout_seconds),
         mongo=create_mongo_client(settings, app_name="caseflow-gateway"),
         key_cache=KeyCache(ttl_seconds=settings.auth_cache_seconds, epoch=lambda: _reconnects(broker)),
         throttle=local_throttle,
         key_throttle=_key_throttle(settings, broker, local_throttle),
         trusted_proxies=TrustedProxies(settings.trusted_proxies),
         readiness=Memo(ttl_seconds=settings.readyz_cache_seconds),
-    )
-
-    document_publication(
-        broker,
-        case.CMD_CREATED,
-        case.CaseCreatedCommand,
-        description=f"`case.cmd.created.<caseId>`: a create is confirmed (its 201 is being answered), so the case "
-        f"worker may start it. Stream {CASE_COMMANDS.name}; Nats-Msg-Id `created:<caseId>` (a replay publishes "
-        "it again, deduplicated); a case without one is removed by the case service's reconciler.",
     )
 
     @broker.subscriber(KEYS_CHANGED)

@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import msgspec
 from faststream.nats import NatsBroker
 from pymongo import AsyncMongoClient
 
@@ -22,7 +21,8 @@ from services.gateway.memo import Memo
 from services.gateway.throttle import KeyThrottle, Throttle
 from shared.contracts import case
 from shared.errors import ErrorCode, ServiceError
-from shared.messaging import publish_durable, request
+from shared.messaging.jetstream import publish_durable
+from shared.messaging.rpc import RpcClient
 from shared.mongo import Document
 from shared.settings import GatewaySettings
 from shared.subjects import CASE_COMMANDS
@@ -40,6 +40,8 @@ CONFIRM_PUBLISH_SECONDS: Final = 2.0
 class GatewayContext:
     settings: GatewaySettings
     broker: NatsBroker
+    # Asks the services with RPC_TIMEOUT_SECONDS; their errors arrive as ServiceError.
+    rpc: RpcClient
     # Used only to report MongoDB's readiness; the gateway owns no collections.
     mongo: AsyncMongoClient[Document]
     key_cache: KeyCache
@@ -55,20 +57,11 @@ class GatewayContext:
         """The client's address for per-source throttling (X-Forwarded-For only from TRUSTED_PROXIES)."""
         return source_address(peer, headers.get(FORWARDED_FOR), trusted_proxies=self.trusted_proxies)
 
-    async def rpc[T](self, subject: str, payload: msgspec.Struct, reply_type: type[T]) -> T:
-        """Ask a service with the configured deadline; its errors arrive as ServiceError."""
-        return await request(self.broker, subject, payload, reply_type, timeout=self.settings.rpc_timeout_seconds)
-
     async def create_case(self, command: case.CreateCase) -> case.CreateCaseResult:
         """Ask the case service to store the case, then confirm it (a replay confirms it again, deduplicated by
         its Nats-Msg-Id). A confirmation that cannot be published is a 503: the case never starts."""
-        result = await request(
-            self.broker,
-            case.CREATE,
-            command,
-            case.CreateCaseResult,
-            timeout=self.settings.rpc_timeout_seconds,
-            reply_grace_seconds=CREATE_REPLY_GRACE_SECONDS,
+        result = await self.rpc(
+            case.CREATE, command, case.CreateCaseResult, reply_grace_seconds=CREATE_REPLY_GRACE_SECONDS
         )
         try:
             await publish_durable(

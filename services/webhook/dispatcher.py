@@ -16,9 +16,10 @@ import uuid
 from collections.abc import Sequence
 
 from services.webhook import domain
+from services.webhook.model import AttemptRecord, DeliveryRecord
 from services.webhook.sender import WebhookSender
 from services.webhook.signing import SigningSecrets, signature_headers
-from services.webhook.store import AttemptRecord, DeliveryRecord, DeliveryStore
+from services.webhook.store import DeliveryStore
 from shared import metrics
 from shared.clock import now_ms
 from shared.errors import ErrorCode, ServiceError

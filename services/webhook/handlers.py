@@ -11,19 +11,21 @@ that cannot happen.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from faststream.nats import NatsBroker
 
 from services.webhook import domain
 from services.webhook.dispatcher import Dispatcher
-from services.webhook.store import DeliveryRecord, DeliveryStore
-from shared.clock import now_ms
+from services.webhook.model import DeliveryRecord
+from services.webhook.store import DeliveryStore
+from shared.clock import Clock, system_clock, unix_ms
 from shared.contracts import case, webhook
 from shared.contracts.rpc import Ok
 from shared.errors import ErrorCode, ServiceError
 from shared.logs import case_id_var, client_id_var
-from shared.messaging import durable_subscriber, request
+from shared.messaging.jetstream import durable_subscriber
+from shared.messaging.rpc import RpcClient
 from shared.settings import WebhookSettings
 from shared.subjects import CASE_EVENTS, Consumer, Service, queue_group
 
@@ -69,6 +71,11 @@ class WebhookApi:
     store: DeliveryStore
     dispatcher: Dispatcher
     settings: WebhookSettings
+    clock: Clock = system_clock
+    rpc: RpcClient = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rpc = RpcClient(self.broker, self.settings.rpc_timeout_seconds)
 
     async def record_event(self, event: case.CaseEvent) -> None:
         case_id_var.set(event.data.case_id)
@@ -77,7 +84,10 @@ class WebhookApi:
             log.debug("case has no webhook URL; event not delivered", extra={"event_id": event.event_id})
             return
         record = new_delivery(
-            event, url=event.webhook_url, schedule=self.settings.webhook_retry_schedule_seconds, now=now_ms()
+            event,
+            url=event.webhook_url,
+            schedule=self.settings.webhook_retry_schedule_seconds,
+            now=unix_ms(self.clock()),
         )
         if await self.store.insert_once(record):
             log.info("webhook delivery stored", extra={"event_id": event.event_id, "event_type": event.event_type})
@@ -87,13 +97,7 @@ class WebhookApi:
         """CASE_NOT_FOUND or FORBIDDEN with the case routes' semantics, decided by the case service."""
         case_id_var.set(case_id)
         client_id_var.set(client_id)
-        await request(
-            self.broker,
-            case.CHECK_OWNER,
-            case.CaseRef(client_id=client_id, case_id=case_id),
-            case.OwnerChecked,
-            timeout=self.settings.rpc_timeout_seconds,
-        )
+        await self.rpc(case.CHECK_OWNER, case.CaseRef(client_id=client_id, case_id=case_id), case.OwnerChecked)
 
     async def list_deliveries(self, query: webhook.ListDeliveries) -> webhook.WebhookDeliveries:
         await self._check_owner(client_id=query.client_id, case_id=query.case_id)
@@ -103,7 +107,7 @@ class WebhookApi:
     async def redeliver(self, command: webhook.Redeliver) -> webhook.WebhookDelivery:
         await self._check_owner(client_id=command.client_id, case_id=command.case_id)
         record = await self.store.restart_schedule(
-            event_id=command.event_id, case_id=command.case_id, client_id=command.client_id, now=now_ms()
+            event_id=command.event_id, case_id=command.case_id, client_id=command.client_id, now=unix_ms(self.clock())
         )
         if record is None:
             raise ServiceError(ErrorCode.WEBHOOK_EVENT_NOT_FOUND)

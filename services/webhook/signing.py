@@ -12,7 +12,7 @@ from faststream.nats import NatsBroker
 from standardwebhooks import Webhook
 
 from shared.contracts.auth import WEBHOOK_SECRET, GetWebhookSecret, WebhookSecret
-from shared.messaging import request
+from shared.messaging.rpc import RpcClient
 
 
 def signature_headers(secret: str, *, event_id: str, body: bytes, at: dt.datetime) -> dict[str, str]:
@@ -26,16 +26,9 @@ def signature_headers(secret: str, *, event_id: str, body: bytes, at: dt.datetim
 
 class SigningSecrets:
     def __init__(self, broker: NatsBroker, *, timeout_seconds: float) -> None:
-        self.broker = broker
-        self.timeout_seconds = timeout_seconds
+        self.rpc = RpcClient(broker, timeout_seconds)
 
     async def current(self, client_id: str) -> str:
         """The client's `whsec_` secret as auth holds it now; auth's errors arrive as ServiceError."""
-        reply = await request(
-            self.broker,
-            WEBHOOK_SECRET,
-            GetWebhookSecret(client_id=client_id),
-            WebhookSecret,
-            timeout=self.timeout_seconds,
-        )
+        reply = await self.rpc(WEBHOOK_SECRET, GetWebhookSecret(client_id=client_id), WebhookSecret)
         return reply.secret

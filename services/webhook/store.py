@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-import msgspec
 from pymongo import ASCENDING, IndexModel, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from shared.contracts.case import EventType
+from services.webhook.model import AttemptRecord, DeliveryRecord, from_document
 from shared.contracts.webhook import DeliveryState
 from shared.mongo import Document
+from shared.records import to_document
 
 DELIVERIES: Final = "deliveries"
 # A delivery keeps its newest attempts only (plus the count of all of them): redeliveries and retries could
@@ -33,48 +33,6 @@ INDEXES: Final = {
         IndexModel([("nextAttemptAt", ASCENDING)], name="next_attempt"),
     ],
 }
-
-
-class Record(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
-    """Base for stored shapes (camelCase in MongoDB, like the API)."""
-
-
-class AttemptRecord(Record, frozen=True):
-    at: int
-    status: int | None
-    latency_ms: int
-    error: str | None
-
-
-class DeliveryRecord(Record, frozen=True):
-    event_id: str = msgspec.field(name="_id")
-    case_id: str
-    client_id: str
-    event_type: EventType
-    timestamp: int
-    url: str
-    # The exact bytes every attempt sends and signs (see domain.webhook_body).
-    body: bytes
-    state: DeliveryState
-    created_at: int
-    # Due time of the next attempt while pending (pushed a lease ahead while an attempt is in flight).
-    next_attempt_at: int | None
-    # Attempts since the retry schedule last (re)started: the position in the schedule.
-    round_attempts: int = 0
-    # The newest STORED_ATTEMPTS attempts, oldest first; `attempt_count` counts every attempt ever made.
-    attempts: list[AttemptRecord] = []
-    attempt_count: int = 0
-    # Token of the replica whose attempt is in flight; None when nobody holds the delivery.
-    claim: str | None = None
-
-
-def to_document(record: msgspec.Struct) -> Document:
-    document: Document = msgspec.to_builtins(record, builtin_types=(bytes,))
-    return document
-
-
-def from_document(document: Document) -> DeliveryRecord:
-    return msgspec.convert(document, DeliveryRecord)
 
 
 def _log_attempt(entry: Document) -> Document:

@@ -19,7 +19,7 @@ import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page, Route, ViewportSize, async_playwright
 from playwright.async_api import Request as BrowserRequest
 
-from tests.support.processes import ROOT, NatsServer, Stack
+from deploy.processes import ROOT, NatsServer, Stack
 
 CHROMIUM: Final = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
 # Headless, and nothing of Chromium's own that would phone home (updates, sync, safe browsing lists, first-run).

@@ -9,8 +9,8 @@ from typing import Final
 
 import httpx
 
+from deploy.processes import Stack
 from tests.browser.conftest import SCREENSHOTS, BrowserPage, leaves
-from tests.support.processes import Stack
 
 OPERATIONS_SELECTOR: Final = "#swagger-ui .opblock"
 # The operations a client needs first; every other operation in the document must be rendered too.

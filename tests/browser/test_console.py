@@ -13,9 +13,10 @@ from typing import Any, Final
 import httpx
 from playwright.async_api import Page, expect
 
+from deploy.processes import Stack
+from simulator.cases import case_body
 from tests.browser.conftest import SCREENSHOTS, BrowserPage
-from tests.support.api import case_body, headers, new_client
-from tests.support.processes import Stack
+from tests.support.api import headers, new_client
 from tests.support.receivers import Receiver
 from tests.support.simulator import eventually
 

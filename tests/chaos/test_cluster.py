@@ -28,10 +28,7 @@ import nats.errors
 import pytest
 from nats.js.api import StreamConfig
 
-from shared.subjects import ALL_STREAMS, CASE_COMMANDS
-from tests.faults.conftest import silent_case
-from tests.support.api import headers, new_client
-from tests.support.processes import (
+from deploy.processes import (
     ClusterRoutes,
     EmbeddedMongo,
     ManagedProcess,
@@ -40,6 +37,9 @@ from tests.support.processes import (
     free_port,
     wait_for_port,
 )
+from shared.subjects import ALL_STREAMS, CASE_COMMANDS
+from tests.faults.conftest import silent_case
+from tests.support.api import headers, new_client
 
 NODES = ("nats-1", "nats-2", "nats-3")
 CASES = 200

@@ -9,11 +9,11 @@ import pytest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
+from deploy.processes import NatsServer, Stack
 from shared.mongo import Document
 from shared.settings import AgentMailSettings
 from tests.support.api import ISSUED_SECRETS, new_client
 from tests.support.log_scan import leaked_secrets
-from tests.support.processes import NatsServer, Stack
 
 E2E_DB = "caseflow_e2e"
 

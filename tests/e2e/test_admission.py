@@ -10,9 +10,10 @@ from typing import Any
 import httpx
 from pymongo.asynchronous.database import AsyncDatabase
 
+from deploy.processes import Stack
 from shared.mongo import Document
-from tests.support.api import ExtraGateway, case_body, headers, new_client
-from tests.support.processes import Stack
+from simulator.cases import case_body
+from tests.support.api import ExtraGateway, headers, new_client
 
 
 async def test_a_burst_over_the_in_flight_bound__201s_and_immediate_503s_and_exactly_the_201_cases_exist(

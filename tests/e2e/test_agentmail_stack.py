@@ -9,6 +9,7 @@ from typing import cast
 import httpx
 from faststream.nats import NatsBroker
 
+from deploy.processes import Stack
 from shared.contracts.agentmail import (
     ATTACHMENT_LINK,
     MESSAGE_RECEIVED,
@@ -23,8 +24,7 @@ from shared.contracts.agentmail import (
     Sent,
     Transcript,
 )
-from shared.messaging import request
-from tests.support.processes import Stack
+from shared.messaging.rpc import request
 from tests.support.simulator import SimulatorControl, eventually, published
 
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import httpx
 
+from deploy.processes import Stack
 from tests.support.api import ExtraGateway, admin, headers
-from tests.support.processes import Stack
 
 
 async def status_of(url: str, api_key: str | None) -> tuple[int, str | None]:

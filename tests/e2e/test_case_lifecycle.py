@@ -14,8 +14,9 @@ from typing import Any
 import httpx
 import jsonschema
 
-from tests.support.api import case_body, headers
-from tests.support.processes import Stack
+from deploy.processes import Stack
+from simulator.cases import case_body
+from tests.support.api import headers
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 

@@ -23,6 +23,7 @@ import nats
 import pytest
 from pymongo.asynchronous.database import AsyncDatabase
 
+from deploy.processes import Stack
 from services.case.agent.prompts import DRAFT_SCHEMA_NAME, JUDGEMENT_SCHEMA_NAME, PROBE_SCHEMA_NAME
 from shared.mongo import Document
 from shared.subjects import PARKED
@@ -39,7 +40,6 @@ from tests.support.fake_openai import (
     judgement,
     quote,
 )
-from tests.support.processes import Stack
 from tests.support.simulator import SimulatorControl
 
 type ScenarioTest = Callable[[httpx.AsyncClient, Stack, dict[str, Any]], Awaitable[None]]

@@ -13,10 +13,10 @@ import httpx
 import pytest
 from markupsafe import escape
 
+from deploy.processes import Stack
 from tests.e2e.test_case_lifecycle import Scenario
 from tests.support.api import ExtraGateway, admin, new_client
 from tests.support.console import csrf_of, sign_in
-from tests.support.processes import Stack
 from tests.support.simulator import eventually
 
 HOSTILE = '<script>window.pwned = 1</script> see <a href="javascript:alert(1)">the form</a>'

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from typing import Any, Final
 
-from tests.support.processes import ROOT, Stack
+from deploy.processes import ROOT, Stack
 
 # counterparty -> (final status, resultStatus) for the simulator's scripts.
 EXPECTED: Final = {

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from faststream.nats import NatsBroker
 
+from deploy.processes import ManagedProcess, NatsServer
 from shared.errors import ServiceError
-from shared.messaging import request
-from tests.support.processes import ManagedProcess, NatsServer
+from shared.messaging.rpc import request
 from tests.support.slow_service import SLOW_SUBJECT, SlowReply, SlowRequest
 
 

@@ -36,9 +36,11 @@ from schemathesis.generation import GenerationMode
 from schemathesis.generation.stateful.state_machine import StepInput, StepOutput
 from schemathesis.specs.openapi.checks import content_type_conformance, status_code_conformance
 
+from deploy.processes import Stack
 from services.case.agent.prompts import JUDGEMENT_SCHEMA_NAME
 from shared.mongo import Document
 from shared.settings import GatewaySettings, load_settings
+from simulator.cases import case_body
 from tests.e2e.test_case_lifecycle import TERMINAL, Scenario
 from tests.e2e.test_case_lifecycle_openai import (  # noqa: F401 (fixtures used below)
     OPENAI_LIKE_SERVER,
@@ -46,9 +48,8 @@ from tests.e2e.test_case_lifecycle_openai import (  # noqa: F401 (fixtures used 
     openai_stack,
     without_the_rules_case_service,
 )
-from tests.support.api import case_body, headers, new_client
+from tests.support.api import headers, new_client
 from tests.support.fake_openai import FakeOpenAI, judgement, quote
-from tests.support.processes import Stack
 from tests.support.simulator import SimulatorControl, eventually
 
 # A poll is "stalled" well before the gateway would give up on the case service (its RPC deadline, default 5 s).

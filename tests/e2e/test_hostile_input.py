@@ -12,9 +12,10 @@ import httpx
 import pytest
 from pymongo.asynchronous.database import AsyncDatabase
 
+from deploy.processes import Stack
 from shared.mongo import Document
-from tests.support.api import case_body, headers, new_client
-from tests.support.processes import Stack
+from simulator.cases import case_body
+from tests.support.api import headers, new_client
 
 OPERATOR = {"$gt": ""}
 STRING_FIELDS = [

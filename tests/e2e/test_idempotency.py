@@ -11,11 +11,12 @@ import httpx
 import msgspec
 from pymongo.asynchronous.database import AsyncDatabase
 
+from deploy.processes import Stack
 from services.case.handlers import request_hash
 from shared.contracts.case import NewCase
 from shared.mongo import Document
-from tests.support.api import case_body, headers, new_client
-from tests.support.processes import Stack
+from simulator.cases import case_body
+from tests.support.api import headers, new_client
 
 
 async def used(api: httpx.AsyncClient, client: dict[str, Any]) -> int:

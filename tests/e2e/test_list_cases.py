@@ -7,7 +7,8 @@ from typing import Any
 
 import httpx
 
-from tests.support.api import case_body, headers
+from simulator.cases import case_body
+from tests.support.api import headers
 
 
 async def create_many(api: httpx.AsyncClient, key: dict[str, str], count: int, *, parallel: int = 8) -> list[str]:

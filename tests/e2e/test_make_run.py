@@ -22,7 +22,7 @@ import pytest
 from pymongo import MongoClient
 
 from deploy.local_stack import METRICS_PORTS, metrics_port_variable
-from tests.support.processes import ROOT, free_port
+from deploy.processes import ROOT, free_port
 
 
 def processes_with_env(name: str, value: str) -> list[int]:

@@ -15,12 +15,13 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from deploy.processes import SERVICE_MODULES, Stack
 from shared.contracts.billing import RESERVE
 from shared.contracts.case import CREATE
 from shared.subjects import Consumer
+from simulator.cases import case_body
 from tests.e2e.test_cases_api import create_case
-from tests.support.api import case_body, headers, new_client
-from tests.support.processes import SERVICE_MODULES, Stack
+from tests.support.api import headers, new_client
 from tests.support.receivers import Receiver
 from tests.support.simulator import eventually
 

@@ -22,8 +22,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from deploy.processes import Stack
 from tests.support.api import new_client
-from tests.support.processes import Stack
 
 EXAMPLES_PER_OPERATION_AND_MODE = 25
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]

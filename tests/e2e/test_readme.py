@@ -11,11 +11,11 @@ from pathlib import Path
 
 import msgspec
 
+from deploy.processes import ROOT, Stack, free_port
 from deploy.settings_table import settings_table
 from shared.settings import SETTING_HELP, SETTINGS_BY_SERVICE, CaseSettings, env_var, load_settings
 from tests.support.api import new_client
 from tests.support.fake_openai import BEHAVIOURS
-from tests.support.processes import ROOT, Stack, free_port
 
 README = (ROOT / "README.md").read_text()
 

@@ -9,8 +9,9 @@ from typing import Any
 
 import httpx
 
-from tests.support.api import ExtraReplica, case_body, headers
-from tests.support.processes import Stack
+from deploy.processes import Stack
+from simulator.cases import case_body
+from tests.support.api import ExtraReplica, headers
 
 CASES = 200
 

@@ -16,10 +16,10 @@ import msgspec
 import pytest
 from faststream.nats import NatsBroker
 
+from deploy.processes import Stack
 from services.auth.admin_parked import list_parked
 from tests.e2e.test_cases_api import create_case
 from tests.support.api import headers
-from tests.support.processes import Stack
 from tests.support.receivers import Receiver
 from tests.support.simulator import SimulatorControl, eventually
 from tests.support.webhook import verified

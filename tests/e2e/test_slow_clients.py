@@ -12,8 +12,8 @@ import time
 
 import httpx
 
+from deploy.processes import Stack
 from tests.support.api import ExtraGateway
-from tests.support.processes import Stack
 
 
 async def _read_answer(reader: asyncio.StreamReader, *, timeout: float) -> bytes:

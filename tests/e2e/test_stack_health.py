@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.support.processes import ROOT, Stack
+from deploy.processes import ROOT, Stack
 
 
 async def test_healthz_and_readyz_report_every_component(api: httpx.AsyncClient) -> None:

@@ -7,9 +7,9 @@ from typing import Any
 
 import httpx
 
+from deploy.processes import Stack
 from tests.e2e.test_case_lifecycle import TERMINAL, Scenario
 from tests.support.api import headers, new_client
-from tests.support.processes import Stack
 
 
 async def test_every_case_route_refuses_another_clients_ids(

@@ -6,9 +6,10 @@ from typing import Any
 
 import httpx
 
+from deploy.processes import Stack
+from simulator.cases import case_body
 from tests.e2e.test_metrics import scrape, total, value
-from tests.support.api import ExtraGateway, case_body, headers, new_client
-from tests.support.processes import Stack
+from tests.support.api import ExtraGateway, headers, new_client
 
 
 async def test_the_sixth_request_in_a_burst_of_five_is_refused_with_the_envelope(stack: Stack) -> None:

@@ -9,9 +9,10 @@ import httpx
 from pymongo import ASCENDING, IndexModel
 from pymongo.asynchronous.database import AsyncDatabase
 
+from deploy.processes import Stack
 from shared.mongo import Document
-from tests.support.api import case_body, headers, new_client
-from tests.support.processes import Stack
+from simulator.cases import case_body
+from tests.support.api import headers, new_client
 
 
 async def usage(api: httpx.AsyncClient, client: dict[str, Any]) -> dict[str, Any]:

@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from deploy.processes import Stack
 from tests.e2e.test_cases_api import assert_error, create_case
 from tests.support.api import admin, headers, new_client
-from tests.support.processes import Stack
 from tests.support.receivers import Receiver
 from tests.support.simulator import eventually
 from tests.support.webhook import verified

@@ -13,8 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.api import case_body, headers, new_client
-from tests.support.processes import EmbeddedMongo, NatsServer, Stack
+from deploy.processes import EmbeddedMongo, NatsServer, Stack
+from simulator.cases import case_body
+from tests.support.api import headers, new_client
 
 
 @dataclass

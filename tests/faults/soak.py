@@ -32,9 +32,11 @@ import nats
 from nats.js.errors import NotFoundError
 from pymongo import AsyncMongoClient
 
+from deploy.processes import EmbeddedMongo, ManagedProcess, NatsServer, Stack
 from shared.clock import now_ms
 from shared.contracts.case import CMD_CREATED
 from shared.subjects import CASE_COMMANDS, PARKED
+from simulator.cases import case_body
 from tests.faults.soak_checks import (
     TERMINAL,
     TERMINAL_EVENT,
@@ -46,9 +48,8 @@ from tests.faults.soak_checks import (
     run_checks,
 )
 from tests.faults.soak_plan import Fault, PlannedCase, SoakConfig, SoakPlan, plan, short_config
-from tests.support.api import case_body, new_client
+from tests.support.api import new_client
 from tests.support.fake_openai import ChatCall, FakeOpenAI, Reply, rules_model
-from tests.support.processes import EmbeddedMongo, ManagedProcess, NatsServer, Stack
 from tests.support.receivers import Receiver
 
 type Json = dict[str, Any]

@@ -90,7 +90,7 @@ class SoakConfig:
     @property
     def retry_budget_seconds(self) -> float:
         """Today's whole retry budget: the redelivery delays summed over CONSUMER_MAX_DELIVER deliveries (the
-        last backoff repeats, as shared/messaging.RetryPolicy does)."""
+        last backoff repeats, as shared/messaging/middleware.RetryPolicy does)."""
         backoff = self.consumer_backoff_seconds
         return sum(backoff[min(i, len(backoff) - 1)] for i in range(self.consumer_max_deliver))
 

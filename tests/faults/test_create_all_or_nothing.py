@@ -23,11 +23,11 @@ import pytest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
+from deploy.processes import EmbeddedMongo, ManagedProcess, NatsServer, Stack
 from shared.contracts.case import CMD_INPUT_PROVIDED, CMD_SEND
 from shared.mongo import Document
 from shared.subjects import CASE_COMMANDS
 from tests.faults.conftest import FaultStack, emails_per_address, new_run, silent_case, wait_all_running, wait_ready
-from tests.support.processes import EmbeddedMongo, ManagedProcess, NatsServer, Stack
 
 DB = "caseflow_create_faults"
 RPC_TIMEOUT_SECONDS = 2.0

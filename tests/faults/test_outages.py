@@ -8,6 +8,7 @@ import time
 
 import httpx
 
+from deploy.processes import ManagedProcess
 from tests.faults.conftest import (
     FaultStack,
     create_cases,
@@ -17,7 +18,6 @@ from tests.faults.conftest import (
     wait_all_running,
     wait_ready,
 )
-from tests.support.processes import ManagedProcess
 
 OUTAGE_SECONDS = 10.0
 # "Fast" for a request during an outage: well under the client timeouts people use (and our 30 s here).

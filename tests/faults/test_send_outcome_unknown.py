@@ -19,8 +19,8 @@ import httpx
 import pytest
 from pymongo import AsyncMongoClient
 
+from simulator.cases import case_body
 from tests.faults.conftest import FaultStack, new_run
-from tests.support.api import case_body
 
 # The adapter's AgentMail timeout in the fault stack is 1 s: a reply held open longer never gets its answer.
 HELD_SECONDS = 1.5

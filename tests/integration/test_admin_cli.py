@@ -19,17 +19,17 @@ import pytest
 from cryptography.fernet import Fernet
 from pymongo.asynchronous.database import AsyncDatabase
 
+from deploy.processes import ROOT, NatsServer, free_port, private_nats_server
 from services.auth import admin as admin_cli
 from services.auth.accounts import Accounts
 from services.auth.secrets import SecretCipher
 from services.auth.store import AuthStore
 from shared.contracts.auth import KEYS_CHANGED, KeysChanged
-from shared.messaging import create_broker
+from shared.messaging.broker import create_broker
 from shared.mongo import Document
 from shared.settings import AuthSettings, GatewaySettings, load_settings
 from shared.subjects import Service
 from tests.support.auth import TEST_CIPHER
-from tests.support.processes import ROOT, NatsServer, free_port, private_nats_server
 
 SECRET = "admin-cli-test-key-hash-secret"
 SUBCOMMANDS = (

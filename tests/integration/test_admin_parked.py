@@ -16,13 +16,15 @@ import pytest
 from faststream.nats import NatsBroker
 from nats.js.errors import NotFoundError
 
+from deploy.processes import NatsServer
 from services.auth.admin_parked import replay_msg_id
 from shared.logs import request_id_var
-from shared.messaging import PermanentFailure, create_broker, durable_subscriber, ensure_streams, publish_durable
+from shared.messaging.broker import create_broker
+from shared.messaging.jetstream import durable_subscriber, ensure_streams, publish_durable
+from shared.messaging.middleware import PermanentFailure
 from shared.settings import CommonSettings, load_settings
 from shared.subjects import MSG_ID_HEADER, PARKED, Service, StreamSpec, parked_subject
 from tests.integration.test_admin_cli import Run, admin
-from tests.support.processes import NatsServer
 from tests.support.simulator import eventually
 
 

@@ -18,22 +18,23 @@ import pytest
 from faststream.nats import NatsBroker
 from pymongo.asynchronous.database import AsyncDatabase
 
+from deploy.processes import NatsServer, free_port, private_nats_server
 from services.auth.accounts import Accounts, MonthlyUsage, NewClient
 from services.auth.admin import COMMANDS
 from services.auth.store import AuthStore
 from services.billing.domain import parse_plans
-from services.billing.handlers import register_billing_handlers
+from services.billing.handlers import BillingApi, register
 from services.billing.store import INDEXES, UsageStore
 from shared.contracts.billing import RESERVE, USAGE_REPORT, GetUsageReport, Reservation, ReserveUnit, UsageReport
 from shared.errors import ErrorCode, ServiceError
-from shared.messaging import create_broker, request
+from shared.messaging.broker import create_broker
+from shared.messaging.rpc import request
 from shared.mongo import Document, ensure_indexes
 from shared.settings import BillingSettings, load_settings
 from shared.subjects import Service
 from tests.integration.test_admin_cli import SECRET, admin
 from tests.integration.test_billing_service import SettableClock
 from tests.support.auth import TEST_CIPHER
-from tests.support.processes import NatsServer, free_port, private_nats_server
 
 PLANS = "tiny:10,free:100,unlimited:0"
 
@@ -70,7 +71,7 @@ async def billing(
     settings = load_settings(BillingSettings, {"NATS_URL": nats_server.url, "PLANS": PLANS})
     await ensure_indexes(mongo_db, INDEXES)
     service = create_broker(settings, Service.BILLING)
-    register_billing_handlers(service, UsageStore(mongo_db), plans=parse_plans(settings.plans), clock=clock)
+    register(BillingApi(broker=service, store=UsageStore(mongo_db), plans=parse_plans(settings.plans), clock=clock))
     await service.start()
     yield raw_broker
     await service.stop()

@@ -27,16 +27,17 @@ from prometheus_client import REGISTRY
 from pymongo.asynchronous.database import AsyncDatabase
 from svix.webhooks import Webhook
 
+from deploy.processes import NatsServer, Simulator, free_port
 from services.agentmail_adapter.bounds import MESSAGE_TEXT_MAX_BYTES, SUBJECT_MAX_CHARS
 from services.agentmail_adapter.client import AgentMailClient
-from services.agentmail_adapter.handlers import attempt_label, register_handlers
+from services.agentmail_adapter.handlers import AgentMailApi, attempt_label, register
+from services.agentmail_adapter.model import StoredMessage
 from services.agentmail_adapter.store import (
     HANDLED_EVENT_TTL,
     INBOUND_EVENTS,
     INDEXES,
     MESSAGES,
     MessageStore,
-    StoredMessage,
 )
 from services.agentmail_adapter.webhooks import WebhookVerifier
 from services.gateway.app import create_app
@@ -62,12 +63,13 @@ from shared.contracts.agentmail import (
 )
 from shared.errors import ErrorCode, ServiceError
 from shared.failures import DEPENDENCY_PROBLEMS
-from shared.messaging import create_broker, ensure_streams, request
+from shared.messaging.broker import create_broker
+from shared.messaging.jetstream import ensure_streams
+from shared.messaging.rpc import request
 from shared.mongo import Document, ensure_indexes
 from shared.settings import AgentMailSettings, GatewaySettings, load_settings
 from shared.subjects import AGENTMAIL_EVENTS, AGENTMAIL_INGRESS_BODIES, Service
 from shared.transcript_budget import TRANSCRIPT_MAX_BYTES
-from tests.support.processes import NatsServer, Simulator, free_port
 from tests.support.simulator import (
     INBOX,
     WEBHOOK_SECRET,
@@ -140,8 +142,14 @@ async def adapter(
     broker = create_broker(settings, Service.AGENTMAIL_ADAPTER)
     mail = AgentMailClient(settings)
     store = MessageStore(mongo_db)
-    register_handlers(
-        broker, mail=mail, store=store, verifier=WebhookVerifier(settings.agentmail_webhook_secret), settings=settings
+    register(
+        AgentMailApi(
+            broker=broker,
+            mail=mail,
+            store=store,
+            verifier=WebhookVerifier(settings.agentmail_webhook_secret),
+            settings=settings,
+        )
     )
     await ensure_indexes(mongo_db, INDEXES)
     await broker.connect()

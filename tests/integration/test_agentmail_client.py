@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from deploy.processes import Simulator, free_port
 from services.agentmail_adapter.client import (
-    AgentMailClient,
     AgentMailError,
     AgentMailMisconfigured,
     AgentMailRefused,
@@ -26,7 +26,7 @@ from services.agentmail_adapter.client import (
 from services.agentmail_adapter.models import CreateInbox, CreateWebhook, ReplyMessage, SendMessage, SentMessage
 from shared.failures import DEPENDENCY_PROBLEMS
 from shared.settings import AgentMailSettings, load_settings
-from tests.support.processes import Simulator, free_port
+from tests.support.agentmail_client import AgentMailTestClient
 from tests.support.simulator import INBOX, SimulatorControl, running_simulator
 
 W9 = SendMessage(to=["someone@example.com"], subject="Signed W-9", text="Could you send us your signed W-9?")
@@ -71,20 +71,20 @@ def settings_for(simulator: Simulator, **overrides: str) -> AgentMailSettings:
 
 
 @pytest.fixture
-async def client(simulator: Simulator, waits: RecordedWaits) -> AsyncIterator[AgentMailClient]:
-    mail = AgentMailClient(settings_for(simulator), sleep=waits)
+async def client(simulator: Simulator, waits: RecordedWaits) -> AsyncIterator[AgentMailTestClient]:
+    mail = AgentMailTestClient(settings_for(simulator), sleep=waits)
     yield mail
     await mail.aclose()
 
 
-async def send(mail: AgentMailClient, key: str = "case-1.1") -> SentMessage:
+async def send(mail: AgentMailTestClient, key: str = "case-1.1") -> SentMessage:
     result = await mail.send_message(INBOX, W9, idempotency_key=key)
     assert isinstance(result, SentMessage)
     return result
 
 
 async def test_send_reply_and_read_back_with_message_ids_encoded_in_paths(
-    client: AgentMailClient, sim: SimulatorControl
+    client: AgentMailTestClient, sim: SimulatorControl
 ) -> None:
     sent = await send(client)
     assert sent.message_id.startswith("<")
@@ -107,7 +107,7 @@ async def test_send_reply_and_read_back_with_message_ids_encoded_in_paths(
     assert "%40" in read["raw_path"]
 
 
-async def test_inbox_create_is_idempotent_by_client_id_and_get_finds_it(client: AgentMailClient) -> None:
+async def test_inbox_create_is_idempotent_by_client_id_and_get_finds_it(client: AgentMailTestClient) -> None:
     created = await client.create_inbox(CreateInbox(username="outreach", domain="sim.example", client_id="tenant-1"))
     again = await client.create_inbox(CreateInbox(username="ignored", client_id="tenant-1"))
     assert again.inbox_id == created.inbox_id == "outreach@sim.example"
@@ -117,7 +117,7 @@ async def test_inbox_create_is_idempotent_by_client_id_and_get_finds_it(client: 
     assert (missing.value.status, missing.value.code) == (404, "not_found")
 
 
-async def test_webhook_create_returns_its_signing_secret(client: AgentMailClient) -> None:
+async def test_webhook_create_returns_its_signing_secret(client: AgentMailTestClient) -> None:
     webhook = await client.create_webhook(
         CreateWebhook(url="https://example.com/hooks", event_types=["message.received"], client_id="caseflow")
     )
@@ -126,7 +126,7 @@ async def test_webhook_create_returns_its_signing_secret(client: AgentMailClient
     assert webhook.enabled
 
 
-async def test_attachment_link_downloads_the_real_bytes(client: AgentMailClient, sim: SimulatorControl) -> None:
+async def test_attachment_link_downloads_the_real_bytes(client: AgentMailTestClient, sim: SimulatorControl) -> None:
     injected = await sim.inject(from_="agree@sim.example", text="Attached.", attachments=[{"filename": "w9.pdf"}])
     message = await client.get_message(INBOX, injected["message"]["message_id"])
     attachment = message.attachments[0]
@@ -139,7 +139,7 @@ async def test_attachment_link_downloads_the_real_bytes(client: AgentMailClient,
 
 
 async def test_429_with_retry_after_is_retried_after_exactly_that_wait(
-    client: AgentMailClient, sim: SimulatorControl, waits: RecordedWaits
+    client: AgentMailTestClient, sim: SimulatorControl, waits: RecordedWaits
 ) -> None:
     await sim.arm_fault("send", count=2, status=429, retry_after=2)
     await send(client)
@@ -151,7 +151,7 @@ async def test_429_with_retry_after_is_retried_after_exactly_that_wait(
 
 
 async def test_500_and_503_are_retried_with_bounded_exponential_backoff(
-    client: AgentMailClient, sim: SimulatorControl, waits: RecordedWaits
+    client: AgentMailTestClient, sim: SimulatorControl, waits: RecordedWaits
 ) -> None:
     await sim.arm_fault("get_inbox", count=1, status=500)
     await sim.arm_fault("get_inbox", count=1, status=503)
@@ -164,7 +164,7 @@ async def test_500_and_503_are_retried_with_bounded_exponential_backoff(
 
 async def test_a_timeout_then_a_retry_sends_exactly_one_email(simulator: Simulator, sim: SimulatorControl) -> None:
     await sim.arm_fault("send", latency_seconds=3)
-    mail = AgentMailClient(settings_for(simulator, AGENTMAIL_TIMEOUT_SECONDS="0.5"))
+    mail = AgentMailTestClient(settings_for(simulator, AGENTMAIL_TIMEOUT_SECONDS="0.5"))
     try:
         first = await send(mail)
     finally:
@@ -179,7 +179,7 @@ async def test_a_timeout_then_a_retry_sends_exactly_one_email(simulator: Simulat
 
 @pytest.mark.parametrize("status", [400, 422])
 async def test_400_and_422_are_final_and_not_retried(
-    client: AgentMailClient, sim: SimulatorControl, waits: RecordedWaits, status: int
+    client: AgentMailTestClient, sim: SimulatorControl, waits: RecordedWaits, status: int
 ) -> None:
     await sim.arm_fault("send", count=3, status=status)
     with pytest.raises(AgentMailError) as error:
@@ -192,7 +192,7 @@ async def test_400_and_422_are_final_and_not_retried(
 
 
 async def test_transient_failures_that_outlast_the_retries_are_unavailable(
-    client: AgentMailClient, sim: SimulatorControl
+    client: AgentMailTestClient, sim: SimulatorControl
 ) -> None:
     await sim.arm_fault("send", count=10, status=503)
     with pytest.raises(AgentMailUnavailable):
@@ -201,7 +201,7 @@ async def test_transient_failures_that_outlast_the_retries_are_unavailable(
 
 
 async def test_a_retry_after_beyond_the_maximum_delay_stops_at_once(
-    client: AgentMailClient, sim: SimulatorControl, waits: RecordedWaits
+    client: AgentMailTestClient, sim: SimulatorControl, waits: RecordedWaits
 ) -> None:
     await sim.arm_fault("send", status=429, retry_after=60)
     with pytest.raises(AgentMailUnavailable) as error:
@@ -216,7 +216,7 @@ async def test_an_unreachable_api_is_retried_then_unavailable(waits: RecordedWai
         AgentMailSettings,
         {"AGENTMAIL_BASE_URL": f"http://127.0.0.1:{free_port()}", "AGENTMAIL_MAX_RETRIES": "2"},
     )
-    mail = AgentMailClient(settings, sleep=waits)
+    mail = AgentMailTestClient(settings, sleep=waits)
     try:
         with pytest.raises(AgentMailUnavailable, match="ConnectError"):
             await mail.get_inbox(INBOX)
@@ -226,7 +226,7 @@ async def test_an_unreachable_api_is_retried_then_unavailable(waits: RecordedWai
 
 
 async def test_403_message_rejected_is_a_typed_rejection_and_other_403s_are_errors(
-    client: AgentMailClient, sim: SimulatorControl
+    client: AgentMailTestClient, sim: SimulatorControl
 ) -> None:
     rejected = await client.send_message(
         INBOX, SendMessage(to=["reject@sim.example"], subject="Hi", text="Hello"), idempotency_key="case-2.1"
@@ -248,7 +248,7 @@ async def test_403_message_rejected_is_a_typed_rejection_and_other_403s_are_erro
 
 
 async def test_a_wrong_api_key_is_a_final_401(simulator: Simulator) -> None:
-    mail = AgentMailClient(settings_for(simulator, AGENTMAIL_API_KEY="am_wrong"))
+    mail = AgentMailTestClient(settings_for(simulator, AGENTMAIL_API_KEY="am_wrong"))
     try:
         with pytest.raises(AgentMailMisconfigured) as error:
             await mail.get_inbox(INBOX)
@@ -260,7 +260,7 @@ async def test_a_wrong_api_key_is_a_final_401(simulator: Simulator) -> None:
 
 
 async def test_408_and_409_are_retried_under_the_same_key(
-    client: AgentMailClient, sim: SimulatorControl, waits: RecordedWaits
+    client: AgentMailTestClient, sim: SimulatorControl, waits: RecordedWaits
 ) -> None:
     await sim.arm_fault("send", count=1, status=408)
     await sim.arm_fault("send", count=1, status=409)
@@ -270,7 +270,7 @@ async def test_408_and_409_are_retried_under_the_same_key(
 
 
 async def test_a_50_message_thread_reads_the_same_paged_and_unpaged(
-    client: AgentMailClient, sim: SimulatorControl
+    client: AgentMailTestClient, sim: SimulatorControl
 ) -> None:
     first = await send(client)
     last_id = first.message_id

@@ -28,7 +28,7 @@ from agentmail.inboxes import CreateInboxRequest, Inbox
 from agentmail.webhooks import Webhook
 from svix.webhooks import Webhook as SvixVerifier
 
-from tests.support.processes import Simulator
+from deploy.processes import Simulator
 from tests.support.simulator import API_KEY, SimulatorControl, WebhookSink, eventually, running_simulator
 
 

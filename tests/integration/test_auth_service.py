@@ -14,8 +14,9 @@ import pytest
 from faststream.nats import NatsBroker
 from pymongo.asynchronous.database import AsyncDatabase
 
+from deploy.processes import NatsServer, private_nats_server
 from services.auth.accounts import AccountError, Accounts
-from services.auth.handlers import register_auth_handlers
+from services.auth.handlers import AuthApi, register
 from services.auth.store import API_KEYS, CLIENTS, INDEXES, AuthStore
 from shared.contracts.auth import (
     VERIFY_KEY,
@@ -26,12 +27,12 @@ from shared.contracts.auth import (
     WebhookSecret,
 )
 from shared.errors import ErrorCode, ServiceError
-from shared.messaging import create_broker, request
+from shared.messaging.broker import create_broker
+from shared.messaging.rpc import request
 from shared.mongo import Document, ensure_indexes
 from shared.settings import AuthSettings, load_settings
 from shared.subjects import Service
 from tests.support.auth import TEST_CIPHER
-from tests.support.processes import NatsServer, private_nats_server
 
 SECRET = "integration-test-key-hash-secret"
 
@@ -50,7 +51,7 @@ async def accounts(nats_server: NatsServer, mongo_db: AsyncDatabase[Document]) -
     broker = create_broker(settings, Service.AUTH)
     store = AuthStore(mongo_db, cipher=TEST_CIPHER)
     await ensure_indexes(mongo_db, INDEXES)
-    register_auth_handlers(broker, store, key_hash_secret=settings.key_hash_secret)
+    register(AuthApi(broker=broker, store=store, key_hash_secret=settings.key_hash_secret))
     await broker.start()
     yield Accounts(store, key_hash_secret=SECRET)
     await broker.stop()

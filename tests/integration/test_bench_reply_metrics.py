@@ -13,13 +13,15 @@ import pytest
 from faststream.nats import NatsBroker
 from prometheus_client import REGISTRY
 
+from deploy.processes import NatsServer
 from shared.contracts.rpc import Ok
-from shared.messaging import REPLY_INBOX_PREFIX, create_broker, request
+from shared.messaging.broker import create_broker
+from shared.messaging.connection import REPLY_INBOX_PREFIX
+from shared.messaging.rpc import request
 from shared.settings import CommonSettings, load_settings
 from shared.subjects import Service
 from tests.integration import test_messaging
 from tests.integration.test_messaging import Job
-from tests.support.processes import NatsServer
 
 # test_messaging's responder broker (a service broker, with ServiceMiddleware), used here by name.
 service_broker = test_messaging.service_broker

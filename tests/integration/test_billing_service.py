@@ -18,9 +18,10 @@ import pytest
 from faststream.nats import NatsBroker
 from pymongo.asynchronous.database import AsyncDatabase
 
+from deploy.processes import NatsServer, private_nats_server
 from services.billing import store
 from services.billing.domain import parse_plans
-from services.billing.handlers import register_billing_handlers
+from services.billing.handlers import BillingApi, register
 from services.billing.store import INDEXES, UsageStore
 from shared.contracts.billing import (
     RELEASE,
@@ -34,11 +35,11 @@ from shared.contracts.billing import (
     Usage,
 )
 from shared.errors import ErrorCode, ServiceError
-from shared.messaging import create_broker, request
+from shared.messaging.broker import create_broker
+from shared.messaging.rpc import request
 from shared.mongo import Document, ensure_indexes
 from shared.settings import BillingSettings, load_settings
 from shared.subjects import Service
-from tests.support.processes import NatsServer, private_nats_server
 
 PLANS = "tiny:10,free:100,unlimited:0"
 REPLICAS = 2
@@ -73,7 +74,7 @@ async def billing(
     await ensure_indexes(mongo_db, INDEXES)
     replicas = [create_broker(settings, Service.BILLING) for _ in range(REPLICAS)]
     for replica in replicas:
-        register_billing_handlers(replica, UsageStore(mongo_db), plans=parse_plans(settings.plans), clock=clock)
+        register(BillingApi(broker=replica, store=UsageStore(mongo_db), plans=parse_plans(settings.plans), clock=clock))
         await replica.start()
     yield raw_broker
     for replica in replicas:

@@ -20,8 +20,9 @@ import pytest
 from faststream.nats import NatsBroker
 from pymongo.asynchronous.database import AsyncDatabase
 
+from deploy.processes import NatsServer, private_nats_server
 from services.billing.domain import parse_plans
-from services.billing.handlers import register_billing_handlers
+from services.billing.handlers import BillingApi, register
 from services.billing.store import INDEXES as BILLING_INDEXES
 from services.billing.store import UsageStore
 from services.case import handlers
@@ -34,12 +35,13 @@ from shared.clock import now_ms
 from shared.contracts import billing, case
 from shared.contracts.rpc import Err
 from shared.errors import ErrorCode, ServiceError
-from shared.messaging import create_broker, ensure_streams, publish_durable, request
+from shared.messaging.broker import create_broker
+from shared.messaging.jetstream import ensure_streams, publish_durable
+from shared.messaging.rpc import request
 from shared.mongo import Document, ensure_indexes
 from shared.settings import BillingSettings, CaseSettings, load_settings
 from shared.subjects import CASE_COMMANDS, DEADLINE_HEADER, Service
-from tests.support.api import case_body
-from tests.support.processes import NatsServer, private_nats_server
+from simulator.cases import case_body
 
 RPC_TIMEOUT_SECONDS = 1.0
 CONFIRM_GRACE_SECONDS = 0.5
@@ -75,11 +77,13 @@ async def service(
     billing_settings = load_settings(BillingSettings, env)
     await ensure_indexes(mongo_db, {**CASE_INDEXES, **BILLING_INDEXES})
     billing_broker = create_broker(billing_settings, Service.BILLING)
-    register_billing_handlers(
-        billing_broker,
-        UsageStore(mongo_db),
-        plans=parse_plans(billing_settings.plans),
-        clock=lambda: dt.datetime.now(dt.UTC),
+    register(
+        BillingApi(
+            broker=billing_broker,
+            store=UsageStore(mongo_db),
+            plans=parse_plans(billing_settings.plans),
+            clock=lambda: dt.datetime.now(dt.UTC),
+        )
     )
     case_broker = create_broker(settings, Service.CASE)
     store = CaseStore(mongo_db)

@@ -21,6 +21,7 @@ import pytest
 from prometheus_client import REGISTRY
 from pymongo.asynchronous.database import AsyncDatabase
 
+from deploy.processes import NatsServer
 from services.case.lifecycle import RepairKind
 from services.case.model import InputRequestRecord, UnjudgedReply, to_document
 from services.case.store import UNMATCHED_MESSAGES
@@ -28,12 +29,12 @@ from shared.clock import now_ms
 from shared.contracts import agentmail, case
 from shared.contracts.case import NOTHING_SCHEDULED
 from shared.errors import ErrorCode, ServiceError
-from shared.messaging import publish_durable, request
+from shared.messaging.jetstream import publish_durable
+from shared.messaging.rpc import request
 from shared.mongo import Document
 from shared.subjects import AGENTMAIL_EVENTS, CASE_EVENTS
 from shared.transcript_budget import TRANSCRIPT_MAX_BYTES
 from tests.support.case_service import CLIENT, CaseHarness, case_service
-from tests.support.processes import NatsServer
 
 VENDOR = "maya@vendor.example"
 SIGNED = "Here is the signed W-9, attached."
@@ -139,30 +140,26 @@ async def test_a_fresh_email_from_a_counterparty_with_two_open_cases_is_stored_u
         record = await harness.case(case_id)
         assert (record.handled_message_ids, record.unjudged_replies) == ([], [])
 
+    (row,) = json.loads(await _unmatched_list("json", mongo_url, mongo_db.name))
+    assert (row["messageId"], row["reason"], row["fromAddress"]) == (fresh.message_id, "ambiguous", VENDOR)
+    table = await _unmatched_list("table", mongo_url, mongo_db.name)
+    assert fresh.message_id in table
+    assert "ambiguous" in table
+
+
+async def _unmatched_list(output_format: str, mongo_url: str, db_name: str) -> str:
+    """`services.auth.admin unmatched list` against the test database; its standard output."""
     listed = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "services.auth.admin", "unmatched", "list", "--format", "json"],
-        env={**os.environ, "MONGO_URL": mongo_url, "MONGO_DB": mongo_db.name},
+        [sys.executable, "-m", "services.auth.admin", "unmatched", "list", "--format", output_format],
+        env={**os.environ, "MONGO_URL": mongo_url, "MONGO_DB": db_name},
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     assert listed.returncode == 0, listed.stderr
-    (row,) = json.loads(listed.stdout)
-    assert (row["messageId"], row["reason"], row["fromAddress"]) == (fresh.message_id, "ambiguous", VENDOR)
-    table = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "services.auth.admin", "unmatched", "list", "--format", "table"],
-        env={**os.environ, "MONGO_URL": mongo_url, "MONGO_DB": mongo_db.name},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert table.returncode == 0, table.stderr
-    assert fresh.message_id in table.stdout
-    assert "ambiguous" in table.stdout
+    return listed.stdout
 
 
 async def test_mail_from_an_unknown_sender_is_stored_unmatched(harness: CaseHarness) -> None:

@@ -17,14 +17,15 @@ from litestar import get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, RawBody
 
+from deploy.processes import NatsServer, free_port
 from services.gateway.app import create_app
 from services.gateway.context import GatewayContext
 from services.gateway.envelope import DataEnvelope, ok
 from shared.contracts.rpc import Empty
-from shared.messaging import create_broker, request
+from shared.messaging.broker import create_broker
+from shared.messaging.rpc import request
 from shared.settings import GatewaySettings, load_settings
 from shared.subjects import Service
-from tests.support.processes import NatsServer, free_port
 
 
 class Greeting(msgspec.Struct, frozen=True):

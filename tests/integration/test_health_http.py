@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from deploy.processes import free_port
 from shared.health_http import HealthServer
-from tests.support.processes import free_port
 
 
 class Components:

@@ -14,21 +14,16 @@ from faststream.nats import NatsBroker
 from prometheus_client import REGISTRY
 from pymongo.errors import AutoReconnect
 
+from deploy.processes import NatsServer
 from shared.errors import ErrorCode, ServiceError
 from shared.failures import Misconfigured, Terminal, Transient
 from shared.logs import request_id_var
-from shared.messaging import (
-    PermanentFailure,
-    create_broker,
-    durable_subscriber,
-    ensure_streams,
-    publish_durable,
-    request,
-    retry_policy,
-)
+from shared.messaging.broker import create_broker
+from shared.messaging.jetstream import durable_subscriber, ensure_streams, publish_durable
+from shared.messaging.middleware import PermanentFailure, retry_policy
+from shared.messaging.rpc import request
 from shared.settings import CommonSettings, load_settings
 from shared.subjects import PARKED_MSG_ID_HEADER, Service, StreamSpec
-from tests.support.processes import NatsServer
 
 
 class Job(msgspec.Struct):

@@ -15,14 +15,9 @@ from prometheus_client import REGISTRY
 
 from shared.contracts.rpc import Ok
 from shared.errors import ErrorCode, ServiceError
-from shared.messaging import (
-    PermanentFailure,
-    durable_consumers,
-    durable_subscriber,
-    ensure_streams,
-    publish_durable,
-    request,
-)
+from shared.messaging.jetstream import durable_consumers, durable_subscriber, ensure_streams, publish_durable
+from shared.messaging.middleware import PermanentFailure
+from shared.messaging.rpc import request
 from shared.subjects import StreamSpec
 from tests.integration import test_messaging
 from tests.integration.test_messaging import Job

@@ -16,10 +16,10 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from deploy import nats_config
+from deploy.processes import NatsServer, private_nats_server
 from shared.contracts import auth, case
 from shared.settings import dev_nats_password
 from shared.subjects import Service
-from tests.support.processes import NatsServer, private_nats_server
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,8 @@ HTTP retries and timeouts, the token budget, usage, and the citation check that 
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -32,6 +31,7 @@ from tests.support.fake_openai import (
     ChatCall,
     FakeOpenAI,
     Reply,
+    Sleeps,
     attachment,
     completion,
     error,
@@ -49,35 +49,6 @@ OUR_EMAIL = (
 )
 THEIR_REPLY = "Hi Avery,\n\nPlease find the signed W-9 attached. Our EIN is 12-3456789.\n\nBest regards,\nMaya"
 SIGNED = "Please find the signed W-9 attached."
-
-
-class Sleeps:
-    """Records the waits the client asks for and returns at once (tests assert behaviour, not durations)."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, delay: float) -> None:
-        self.delays.append(delay)
-        await asyncio.sleep(0)
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(server: FakeOpenAI) -> Iterator[FakeOpenAI]:
-    server.reset()
-    yield server
-    DEPENDENCY_PROBLEMS.clear(MODEL)  # one registry per process: a test's report must not leak into the next
-
-
-@pytest.fixture
-def sleeps() -> Sleeps:
-    return Sleeps()
 
 
 def settings_for(fake: FakeOpenAI, **overrides: Any) -> CaseSettings:

@@ -10,7 +10,7 @@ that request only; the probe starts nothing when the model is away and reports w
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -33,6 +33,7 @@ from tests.support.fake_openai import (
     UNSURE_OF_THE_FORMAT,
     FakeOpenAI,
     ServerBehaviour,
+    Sleeps,
     completion,
     error,
 )
@@ -49,34 +50,6 @@ SETTLES_ON: dict[str, tuple[str, str]] = {
     JSON_OBJECT_ONLY.name: ("json_object", "max_tokens"),
     TEXT_ONLY.name: ("text", "max_tokens"),
 }
-
-
-class Sleeps:
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, delay: float) -> None:
-        self.delays.append(delay)
-        await asyncio.sleep(0)
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as fake:
-        yield fake
-
-
-@pytest.fixture
-def fake(server: FakeOpenAI) -> Iterator[FakeOpenAI]:
-    server.reset()
-    yield server
-    server.behaviour = OPENAI_LIKE
-    DEPENDENCY_PROBLEMS.clear(MODEL)
-
-
-@pytest.fixture
-def sleeps() -> Sleeps:
-    return Sleeps()
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ from nats.aio.client import Client as NatsClient
 from nats.js.kv import KeyValue
 from prometheus_client import REGISTRY
 
+from deploy.processes import NatsServer
 from services.gateway.shared_throttle import SharedKeyThrottle, bucket_key, open_throttle_bucket
 from services.gateway.throttle import RateLimit, Throttle
-from tests.support.processes import NatsServer
 
 # Only the burst matters: one token per 1 000 s.
 BURST_ONLY = RateLimit(0.001, 20)

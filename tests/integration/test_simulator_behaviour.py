@@ -17,7 +17,7 @@ import httpx
 import pytest
 from svix.webhooks import Webhook
 
-from tests.support.processes import Simulator
+from deploy.processes import Simulator
 from tests.support.simulator import (
     INBOX,
     WEBHOOK_SECRET,

@@ -21,9 +21,9 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from deploy.processes import free_port
 from shared.contracts.case import CaseEvent
 from shared.mongo import Document
-from tests.support.processes import free_port
 from tests.support.receivers import Receivers, Reply
 from tests.support.simulator import eventually
 from tests.support.webhook import (

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from deploy.processes import free_port
 from services.webhook.domain import AttemptResult
 from services.webhook.sender import WebhookSender
 from services.webhook.ssrf import Resolver
-from tests.support.processes import free_port
 from tests.support.receivers import Receivers, Reply, self_signed_certificate
 
 BODY = b'{"event_id":"evt_1"}'

@@ -6,7 +6,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from services.webhook import domain
 from services.webhook.handlers import delivery_view
-from services.webhook.store import STORED_ATTEMPTS, AttemptRecord, DeliveryRecord, DeliveryStore
+from services.webhook.model import AttemptRecord, DeliveryRecord
+from services.webhook.store import STORED_ATTEMPTS, DeliveryStore
 from shared.contracts.case import CaseEvent, CaseEventData
 from shared.mongo import Document
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 import uuid
 from collections.abc import Mapping
@@ -11,61 +9,21 @@ from typing import Any
 
 import httpx
 
-from tests.support.processes import ROOT, ManagedProcess, Stack, free_port, wait_for_port
+from deploy.processes import ManagedProcess, Stack, free_port, wait_for_port
 
 # Every secret the admin CLI printed during the session: the log scan checks none of them was logged.
 ISSUED_SECRETS: list[str] = []
 
 
 def admin(stack: Stack, *args: str) -> dict[str, Any]:
-    """Run `python -m services.auth.admin ...` against the stack; returns its JSON output."""
-    result = subprocess.run(
-        [sys.executable, "-m", "services.auth.admin", *args],
-        env=stack.env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, f"admin {args} failed: {result.stderr}"
-    output: dict[str, Any] = json.loads(result.stdout) if result.stdout.strip() else {}
+    """Run `python -m services.auth.admin ...` against the stack (Stack.admin), remembering the secrets it printed."""
+    output = stack.admin(*args)
     ISSUED_SECRETS.extend(str(output[k]) for k in ("apiKey", "webhookSecret", "secret") if output.get(k))
     return output
 
 
 def new_client(stack: Stack, *, plan: str = "unlimited") -> dict[str, Any]:
     return admin(stack, "create-client", "--name", f"test-{uuid.uuid4().hex[:8]}", "--plan", plan)
-
-
-def case_body(**overrides: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "clientReferenceId": f"ref-{uuid.uuid4().hex[:8]}",
-        "channel": "EMAIL",
-        "maxAttempts": 3,
-        "followUpDelayHours": 72,
-        "goal": {
-            "objective": "Collect a signed W-9 from the vendor",
-            "knowledge": {"vendorName": "Northstar Supplies", "reason": "AP onboarding"},
-        },
-        "counterparty": {
-            "address": "silent-maya@sim.example",
-            "name": "Maya Chen",
-            "company": "Northstar Supplies",
-            "timezone": "America/Los_Angeles",
-            "customData": {"vendorId": "vendor_2048"},
-        },
-        "senderPersona": {"name": "Avery", "role": "Accounts Payable", "company": "Example Corp"},
-        "constraints": ["Email only", "Do not mention legal action"],
-        "resultSchema": {
-            "type": "object",
-            "properties": {"signedW9Received": {"type": "boolean"}},
-            "required": ["signedW9Received"],
-        },
-        "metadata": {"vendorId": "vendor_2048"},
-    }
-    body.update(overrides)
-    return body
 
 
 def headers(api_key: str, **extra: str) -> dict[str, str]:

@@ -35,7 +35,9 @@ from shared.contracts import case as case_contracts
 from shared.contracts.case import NewCase
 from shared.contracts.rpc import Ok
 from shared.errors import ErrorCode, ServiceError
-from shared.messaging import connect_with_retry, create_broker, ensure_streams, publish_durable
+from shared.messaging.broker import create_broker
+from shared.messaging.connection import connect_with_retry
+from shared.messaging.jetstream import ensure_streams, publish_durable
 from shared.mongo import Document, ensure_indexes
 from shared.settings import CaseSettings, load_settings
 from shared.subjects import AGENTMAIL_EVENTS, CASE_COMMANDS, CASE_EVENTS, PARKED, Service, queue_group

@@ -27,19 +27,22 @@ import json
 import re
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 import msgspec
+import pytest
 
+from deploy.processes import free_port
+from services.case.agent.completions import MODEL
 from services.case.agent.port import ComposeRequest, Judgement, JudgeRequest
 from services.case.agent.prompts import DRAFT_SCHEMA_NAME, JUDGEMENT_SCHEMA_NAME, PROBE_SCHEMA_NAME
 from services.case.agent.rules import RulesAgent
 from services.case.model import CaseRecord
 from shared.contracts.agentmail import AttachmentInfo, TranscriptMessage
 from shared.contracts.case import Counterparty, Goal, SenderPersona
-from tests.support.processes import free_port
+from shared.failures import DEPENDENCY_PROBLEMS
 from tests.support.servers import ThreadedServer
 
 type Json = dict[str, Any]
@@ -192,6 +195,7 @@ class FakeOpenAI:
         self.port = free_port()
         self.model = model or rules_model
         self.behaviour = behaviour
+        self._first_behaviour = behaviour
         self._scripts: list[_Script] = []
         self._calls: list[ChatCall] = []
         self._answered: list[tuple[str | None, int]] = []  # (schema name, status) of each answer sent
@@ -221,6 +225,8 @@ class FakeOpenAI:
         return [call for call in self.calls if text in json.dumps(call.body)]
 
     def reset(self) -> None:
+        """Back to how it started: no scripts, no calls seen, the behaviour it was built with."""
+        self.behaviour = self._first_behaviour
         with self._lock:
             self._scripts.clear()
             self._calls.clear()
@@ -502,3 +508,36 @@ def _answer(decided: Judgement, transcript: list[TranscriptMessage]) -> Json:
         "reply": decided.reply.text if decided.reply else None,
         "question": decided.question,
     }
+
+
+# ---- fixtures of the modules that run the agent against this server (tests/conftest.py loads them) ----------
+
+
+class Sleeps:
+    """Records the waits the client asks for and returns at once (tests assert behaviour, not durations)."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+        await asyncio.sleep(0)
+
+
+@pytest.fixture(scope="module")
+def fake_openai_server() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake(fake_openai_server: FakeOpenAI) -> Iterator[FakeOpenAI]:
+    fake_openai_server.reset()
+    yield fake_openai_server
+    fake_openai_server.reset()
+    DEPENDENCY_PROBLEMS.clear(MODEL)  # one registry per process: a test's report must not leak into the next
+
+
+@pytest.fixture
+def sleeps() -> Sleeps:
+    return Sleeps()

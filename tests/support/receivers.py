@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.processes import free_port
+from deploy.processes import free_port
 from tests.support.servers import ThreadedServer
 from tests.support.simulator import eventually
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import uvicorn
 
-from tests.support.processes import wait_for_port
+from deploy.processes import wait_for_port
 
 
 class ThreadedServer:

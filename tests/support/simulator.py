@@ -19,8 +19,8 @@ from faststream.nats import NatsBroker
 from litestar import Litestar, Request, Response, post
 from nats.js.errors import NotFoundError
 
+from deploy.processes import Simulator, free_port
 from shared.subjects import AGENTMAIL_EVENTS
-from tests.support.processes import Simulator, free_port
 
 API_KEY = "am_dev_simulator_key"
 INBOX = "caseflow@sim.example"

@@ -18,6 +18,7 @@ import msgspec
 from faststream.nats import NatsBroker
 from standardwebhooks import Webhook
 
+from deploy.processes import ManagedProcess, NatsServer, Stack
 from services.case.domain import case_event
 from services.case.model import CaseRecord, InputRequestRecord
 from shared.contracts.case import (
@@ -30,10 +31,9 @@ from shared.contracts.case import (
     SenderPersona,
     event_subject,
 )
-from shared.messaging import publish_durable
+from shared.messaging.jetstream import publish_durable
 from shared.subjects import CASE_EVENTS
 from tests.support.api import admin, new_client
-from tests.support.processes import ManagedProcess, NatsServer, Stack
 from tests.support.receivers import Received
 from tests.support.simulator import eventually
 

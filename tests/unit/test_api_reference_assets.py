@@ -6,7 +6,8 @@ from __future__ import annotations
 import hashlib
 import re
 
-from services.gateway.routes.docs import ASSETS, STATIC_DIR
+from services.gateway.assets import STATIC_DIR
+from services.gateway.routes.docs import ASSETS
 
 PINNED = STATIC_DIR / "swagger-ui"
 

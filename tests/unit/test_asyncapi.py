@@ -1,24 +1,44 @@
-"""The AsyncAPI documents under docs/asyncapi: current with the code, and complete.
+"""The AsyncAPI documents under docs/asyncapi: current with the channel table, complete, and the table true to the code.
 
-Regeneration runs `python -m deploy.asyncapi` in a subprocess, as `make docs` does (it builds every service's
-broker and teaches pydantic about msgspec, which is nothing to do inside the test process).
+Regeneration runs `python -m deploy.asyncapi` in a subprocess, as `make docs` does. The table (shared/channels.py)
+is compared with what every service's broker, built as its process builds it, subscribes to.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, cast, get_args
 from urllib.parse import unquote
 
 import pytest
 import yaml
+from faststream.nats import NatsBroker
 
+from deploy.processes import ROOT
+from services.agentmail_adapter import __main__ as adapter_main
+from services.auth import __main__ as auth_main
+from services.billing import __main__ as billing_main
+from services.case import __main__ as case_main
+from services.gateway.app import create_litestar
+from services.webhook import __main__ as webhook_main
+from shared.channels import CHANNELS
 from shared.contracts import agentmail, auth, billing, case, webhook
 from shared.contracts.case import EventType, event_subject
-from shared.subjects import BACKEND_SERVICES, Consumer, Service, health_subject
-from tests.support.processes import ROOT
+from shared.messaging.broker import create_broker
+from shared.messaging.jetstream import durable_consumers
+from shared.settings import (
+    AgentMailSettings,
+    AuthSettings,
+    BillingSettings,
+    CaseSettings,
+    GatewaySettings,
+    WebhookSettings,
+    load_settings,
+)
+from shared.subjects import BACKEND_SERVICES, Consumer, Service, health_subject, queue_group, stream_of
 
 DOCS = ROOT / "docs" / "asyncapi"
 
@@ -152,6 +172,45 @@ def test_payloads_are_documented_as_they_travel(documents: dict[Service, dict[st
     report = next(
         schema
         for name, schema in documents[Service.BILLING]["components"]["schemas"].items()
-        if name.startswith("ReportUsageByClient:")
+        if name.startswith("GetUsageReport:")
     )
     assert set(report["properties"]) == {"month", "clientId", "plans"}
+
+
+def gateway_broker() -> NatsBroker:
+    settings = load_settings(GatewaySettings, {})
+    broker = create_broker(settings, Service.GATEWAY)
+    create_litestar(settings, broker)
+    return broker
+
+
+# Each service's broker as its process wires it (`__main__.build`), with default settings, never connected.
+BROKERS: dict[Service, Callable[[], NatsBroker]] = {
+    Service.GATEWAY: gateway_broker,
+    Service.AUTH: lambda: auth_main.build(load_settings(AuthSettings, {})).broker,
+    Service.BILLING: lambda: billing_main.build(load_settings(BillingSettings, {})).broker,
+    Service.CASE: lambda: case_main.build(load_settings(CaseSettings, {})).broker,
+    Service.AGENTMAIL_ADAPTER: lambda: adapter_main.build(load_settings(AgentMailSettings, {})).broker,
+    Service.WEBHOOK: lambda: webhook_main.build(load_settings(WebhookSettings, {})).broker,
+}
+
+
+@pytest.mark.parametrize("service", list(Service))
+def test_the_channel_table_receives_what_each_service_subscribes_to(service: Service) -> None:
+    """Subjects with their queue group (request/reply), or with their stream and durable consumer: in the code
+    exactly as in shared/channels.py."""
+    broker = BROKERS[service]()
+    durable = {consumer.subject: (consumer.stream, consumer.durable) for consumer in durable_consumers(broker)}
+    subscribed = {
+        (subscriber.subject.template, subscriber.queue or None, durable.get(subscriber.subject.template))
+        # NATS subscribers (core and JetStream) have a subject and a queue group; the base type declares neither.
+        for subscriber in cast("list[Any]", broker.subscribers)
+    }
+    declared = set()
+    for channel in CHANNELS:
+        if service not in channel.receivers:
+            continue
+        stream = stream_of(channel.subject)
+        consumer = (stream.name, str(channel.consumer)) if stream is not None and channel.consumer else None
+        declared.add((channel.subject, queue_group(service) if channel.reply is not None else None, consumer))
+    assert subscribed == declared

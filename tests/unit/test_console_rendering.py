@@ -12,7 +12,8 @@ import msgspec
 import pytest
 from cryptography.fernet import Fernet
 
-from services.gateway.console.pages import ASSETS, STATIC_DIR
+from services.gateway.assets import STATIC_DIR
+from services.gateway.console.pages import ASSETS
 from services.gateway.console.render import environment, utc_time
 from services.gateway.console.session import ConsoleSession, SessionSealer, tokens_match
 from shared.contracts import case as contract

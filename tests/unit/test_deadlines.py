@@ -1,9 +1,9 @@
-"""The request deadline header (shared.messaging) and the per-case created subject (shared.contracts.case)."""
+"""The request deadline header (shared.messaging.rpc) and the per-case created subject (shared.contracts.case)."""
 
 from __future__ import annotations
 
 from shared.contracts.case import CMD_CREATED, created_msg_id, created_subject
-from shared.messaging import request_deadline_ms
+from shared.messaging.rpc import request_deadline_ms
 from shared.metrics import bounded_subject
 from shared.subjects import DEADLINE_HEADER
 

@@ -10,10 +10,10 @@ import pytest
 from prometheus_client import REGISTRY
 
 from deploy import local_stack
+from deploy.processes import ROOT, free_port
 from shared import metrics
 from shared.settings import SETTINGS_BY_SERVICE, CommonSettings, SettingsError, load_settings
 from shared.subjects import Service
-from tests.support.processes import ROOT, free_port
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.messaging import RetryPolicy
+from shared.messaging.middleware import RetryPolicy
 
 
 @pytest.mark.parametrize(

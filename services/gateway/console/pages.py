@@ -22,12 +22,13 @@ import msgspec
 from litestar import Request, Response, Router, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import FormMultiDict
-from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.exceptions import HTTPException, ValidationException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import PathParameter, QueryParameter
 from litestar.response import Redirect, Template
 from litestar.types import ExceptionHandlersMap
 
+from services.gateway.assets import STATIC_DIR, asset_response
 from services.gateway.console.render import error_page, page_headers
 from services.gateway.console.session import (
     CSRF_FIELD,
@@ -54,7 +55,6 @@ log = logging.getLogger("caseflow.gateway")
 
 PAGE_SIZE: Final = 25
 STATUSES: Final[tuple[str, ...]] = get_args(contract.CaseStatus)
-STATIC_DIR: Final = Path(__file__).resolve().parent.parent / "static"
 # The only files under /console/assets: name → (file, content type); nothing else in the package is reachable.
 ASSETS: Final[dict[str, tuple[Path, str]]] = {
     "htmx.min.js": (STATIC_DIR / "htmx" / "htmx.min.js", "text/javascript; charset=utf-8"),
@@ -440,20 +440,7 @@ async def usage(request: Request[Any, Any, Any]) -> Template:
 
 @get("/assets/{name:str}", opt={"console_public": True}, sync_to_thread=False)
 def console_asset(name: Annotated[str, PathParameter(max_length=64)]) -> Response[bytes]:
-    asset = ASSETS.get(name)
-    if asset is None:
-        raise NotFoundException()
-    path, content_type = asset
-    return Response(
-        _read(path),
-        media_type=content_type,
-        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "public, max-age=3600"},
-    )
-
-
-@functools.cache
-def _read(path: Path) -> bytes:
-    return path.read_bytes()
+    return asset_response(ASSETS, name)
 
 
 # --- errors: the API's codes and messages, as a page ------------------------------------------------------------

@@ -31,7 +31,6 @@ from shared.contracts.agentmail import (
     WebhookAccepted,
 )
 from shared.errors import ErrorCode, ServiceError
-from shared.messaging import request as ask
 from shared.subjects import AGENTMAIL_INGRESS_BODIES
 
 log = logging.getLogger("caseflow.gateway.agentmail")
@@ -92,9 +91,7 @@ async def _forward(gateway: GatewayContext, body: bytes, headers: dict[str, str]
 
 
 async def _ingest(gateway: GatewayContext, forwarded: IngestWebhook) -> WebhookAccepted:
-    return await ask(
-        gateway.broker, INGEST_WEBHOOK, forwarded, WebhookAccepted, timeout=gateway.settings.rpc_timeout_seconds
-    )
+    return await gateway.rpc(INGEST_WEBHOOK, forwarded, WebhookAccepted)
 
 
 async def _read_body(request: Request[Any, Any, Any], *, limit: int) -> bytes:

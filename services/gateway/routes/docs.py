@@ -9,17 +9,16 @@ be made to load anything from elsewhere.
 
 from __future__ import annotations
 
-import functools
 import html
 from pathlib import Path
 from typing import Annotated, Any, Final
 
 from litestar import MediaType, Request, Response, Router, get
-from litestar.exceptions import NotFoundException
 from litestar.openapi.plugins import OpenAPIRenderPlugin
 from litestar.params import PathParameter
 
-STATIC_DIR: Final = Path(__file__).resolve().parent.parent / "static"
+from services.gateway.assets import STATIC_DIR, asset_response
+
 ASSETS_PATH: Final = "/docs/assets"
 
 # The only files served under ASSETS_PATH: name → (file, content type). A fixed table, so nothing else in the
@@ -81,20 +80,7 @@ def api_docs(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 @get(f"{ASSETS_PATH}/{{name:str}}", include_in_schema=False, sync_to_thread=False)
 def docs_asset(name: Annotated[str, PathParameter(max_length=64)]) -> Response[bytes]:
-    asset = ASSETS.get(name)
-    if asset is None:
-        raise NotFoundException()
-    path, content_type = asset
-    return Response(
-        _read(path),
-        media_type=content_type,
-        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "public, max-age=3600"},
-    )
-
-
-@functools.cache
-def _read(path: Path) -> bytes:
-    return path.read_bytes()
+    return asset_response(ASSETS, name)
 
 
 class ReferenceRenderPlugin(OpenAPIRenderPlugin):

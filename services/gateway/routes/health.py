@@ -15,7 +15,7 @@ from services.gateway.envelope import DataEnvelope, ErrorEnvelope, ok
 from shared.contracts.health import ComponentState, HealthReport
 from shared.contracts.rpc import Empty
 from shared.errors import ErrorCode, ServiceError
-from shared.messaging import nats_client, request
+from shared.messaging.connection import nats_client
 from shared.mongo import ping
 from shared.subjects import BACKEND_SERVICES, Service, health_subject
 
@@ -45,12 +45,8 @@ async def healthz() -> DataEnvelope[Liveness]:
 async def _service_state(gateway: GatewayContext, service: Service) -> tuple[ComponentState, dict[str, str]]:
     """A service is ready when it answers and no dependency refuses its configuration."""
     try:
-        report = await request(
-            gateway.broker,
-            health_subject(service),
-            Empty(),
-            HealthReport,
-            timeout=gateway.settings.readiness_timeout_seconds,
+        report = await gateway.rpc(
+            health_subject(service), Empty(), HealthReport, timeout=gateway.settings.readiness_timeout_seconds
         )
     except ServiceError:
         return "down", {}

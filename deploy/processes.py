@@ -1,4 +1,4 @@
-"""Real processes for tests: nats-server, the embedded MongoDB and our services, on free loopback ports.
+"""Real processes on free loopback ports: nats-server, embedded MongoDB, the simulator and our services.
 
 Nothing here is a mock: each piece is the same executable `make run` starts, launched as a child process
 with its output captured to a log file (tests read those files, e.g. to check request ids or secrets).
@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 
@@ -26,7 +26,7 @@ from shared.settings import dev_nats_password
 from shared.subjects import TEST_NATS_USER
 
 BIN = Path(sys.executable).parent
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -303,6 +303,22 @@ class Stack:
 
     def metrics_url(self, service: str) -> str:
         return f"http://127.0.0.1:{self.metrics_ports[service]}/metrics"
+
+    def admin(self, *args: str) -> dict[str, Any]:
+        """Run `python -m services.auth.admin ...` against the stack; returns its JSON output."""
+        result = subprocess.run(
+            [sys.executable, "-m", "services.auth.admin", *args],
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"admin {args} failed: {result.stderr}")
+        output: dict[str, Any] = json.loads(result.stdout) if result.stdout.strip() else {}
+        return output
 
     def start(self) -> None:
         self.simulator.start()

@@ -1,0 +1,49 @@
+"""The broker factory every Caseflow process uses: one FastStream NatsBroker per process, configured alike.
+
+Design decision: every broker decodes with msgspec, reconnects forever, and has ServiceMiddleware installed, so
+retry/park, request-id propagation and per-subject metrics hold for every handler without a handler asking.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+
+from fast_depends.msgspec import MsgSpecSerializer
+from faststream.nats import NatsBroker
+from faststream.security import SASLPlaintext
+
+from shared.messaging.connection import nats_connect_options
+from shared.messaging.middleware import ServiceMiddleware, retry_policy
+from shared.settings import CommonSettings
+from shared.subjects import Service
+
+# STREAM_REPLICAS of the settings each broker was created with: its durable consumers get as many replicas as
+# the streams, so a consumer's state (what is acknowledged) survives the loss of a node like the messages do.
+# Weak keys: a broker that is gone (tests build many) takes its entry with it.
+_consumer_replicas: weakref.WeakKeyDictionary[NatsBroker, int] = weakref.WeakKeyDictionary()
+
+
+def create_broker(settings: CommonSettings, service: Service) -> NatsBroker:
+    options = nats_connect_options(settings, str(service))
+    broker = NatsBroker(
+        options["servers"],
+        security=SASLPlaintext(options["user"], options["password"]) if "user" in options else None,
+        name=f"caseflow-{service}",
+        serializer=MsgSpecSerializer(),
+        graceful_timeout=settings.shutdown_grace_seconds,
+        allow_reconnect=True,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1,
+        connect_timeout=2,
+        logger=logging.getLogger("caseflow.broker"),
+        log_level=logging.DEBUG,
+    )
+    broker.add_middleware(ServiceMiddleware(broker=broker, policy=retry_policy(settings)))
+    _consumer_replicas[broker] = settings.stream_replicas
+    return broker
+
+
+def stream_replicas(broker: NatsBroker) -> int:
+    """STREAM_REPLICAS of the settings `broker` was created with (1 for a broker made elsewhere)."""
+    return _consumer_replicas.get(broker, 1)
