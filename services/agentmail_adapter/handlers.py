@@ -86,6 +86,11 @@ from shared.text import clipped
 log = logging.getLogger("caseflow.agentmail_adapter")
 
 QUEUE: Final = queue_group(Service.AGENTMAIL_ADAPTER)
+# AgentMail sends a webhook or more per email (sent, delivered, replies): one at a time per replica, each a few
+# MongoDB round trips and a replicated publish, they queued past their deadline under load and AgentMail's retries
+# added to the queue. Concurrent handling is safe: replicas already handle events concurrently (deduplicated by
+# event id, the publish by Nats-Msg-Id, the record is an upsert by message id).
+CONCURRENT_WEBHOOKS: Final = 8
 # AgentMail accepts 1-256 characters from this set in an Idempotency-Key.
 _KEY_CHARACTERS: Final = re.compile(r"^[A-Za-z0-9\-._~]{1,256}$")
 
@@ -239,7 +244,7 @@ def register_handlers(
         omitted = await store.thread_size(request.thread_id) - len(newest_first) if cut else 0
         return Ok(Transcript(thread_id=request.thread_id, messages=newest_first[::-1], omitted=omitted))
 
-    @broker.subscriber(INGEST_WEBHOOK, queue=QUEUE)
+    @broker.subscriber(INGEST_WEBHOOK, queue=QUEUE, max_workers=CONCURRENT_WEBHOOKS)
     async def ingest_webhook(request: IngestWebhook) -> Ok[WebhookAccepted]:
         body = request.body
         if request.body_object is not None:
