@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help install run run-cluster status test test-faults test-chaos test-browser soak demo bench lint format docs up down lock clean
+.PHONY: help install run run-cluster status test test-faults test-browser soak demo bench lint format docs up down lock clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -36,17 +36,14 @@ status: $(STAMP)  ## which processes of a running `make run` are up (supervisorc
 	@$(BIN)/python -m deploy.local_stack status
 
 test: $(STAMP)  ## run the test suite (starts its own NATS, MongoDB, simulator and services)
-	$(BIN)/python -m pytest --ignore=tests/faults --ignore=tests/browser --ignore=tests/chaos $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --ignore=tests/faults --ignore=tests/browser $(PYTEST_ARGS)
 
-test-faults: $(STAMP)  ## crash, outage and restart tests and the short chaos soak, on stacks of their own (CI runs them too)
+test-faults: $(STAMP)  ## crash, outage and restart tests, the short chaos soak and the cluster tests, on stacks of their own (CI runs them too)
 	$(BIN)/python -m pytest tests/faults $(PYTEST_ARGS)
 
 test-browser: $(STAMP)  ## headless-Chromium tests (tests/browser); installs Debian's chromium with apt-get if missing
 	@test -x $(CHROMIUM) || { $(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y chromium; }
 	CHROMIUM_PATH=$(CHROMIUM) $(BIN)/python -m pytest tests/browser $(PYTEST_ARGS)
-
-test-chaos: $(STAMP)  ## the three-node cluster tests (long; not yet in CI, see README)
-	$(BIN)/python -m pytest tests/chaos $(PYTEST_ARGS)
 
 soak: $(STAMP)  ## chaos soak: 300 cases under a seeded fault schedule, checked from outside (SEED=n replays one)
 	$(BIN)/python -m tests.faults.soak $(if $(SEED),--seed $(SEED)) --cases $(or $(CASES),300)

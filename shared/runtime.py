@@ -3,8 +3,9 @@
 Start-up order: settings are already parsed (a bad value has exited), logging is configured, NATS is
 connected (waiting for it if it starts after us), streams and indexes are declared idempotently, subscribers
 start, then background loops (scheduler, outbox relay) start. On SIGTERM or SIGINT the background loops are
-cancelled, the broker stops taking messages and waits up to SHUTDOWN_GRACE_SECONDS for in-flight handlers,
-then connections close.
+cancelled, every request/reply subscription leaves its queue group and answers what it was already given
+(`stop_answering_requests`), the broker stops taking messages and waits up to SHUTDOWN_GRACE_SECONDS for
+in-flight handlers, then connections close.
 
 Probes: with HEALTH_PORT set, `shared.health_http` answers /livez and /readyz for this process (Kubernetes).
 
@@ -32,7 +33,7 @@ from shared.contracts.rpc import Empty, Ok
 from shared.failures import DEPENDENCY_PROBLEMS
 from shared.health_http import HealthServer
 from shared.logs import configure_logging
-from shared.messaging.broker import create_broker
+from shared.messaging.broker import create_broker, stop_answering_requests
 from shared.messaging.connection import connect_with_retry, nats_client, nats_credentials
 from shared.messaging.jetstream import durable_consumers, ensure_streams
 from shared.mongo import create_mongo_client, ensure_indexes, ping
@@ -171,6 +172,8 @@ class ServiceRuntime:
 
     async def _stop_loops(self) -> None:
         self.log.info("service stopping")
+        # First, so the other replicas take new requests while this one finishes what it was given.
+        await stop_answering_requests(self.broker, timeout=self.settings.shutdown_grace_seconds)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -6,11 +6,15 @@ retry/park, request-id propagation and per-subject metrics hold for every handle
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import weakref
 
+import nats.errors
 from fast_depends.msgspec import MsgSpecSerializer
 from faststream.nats import NatsBroker
+from faststream.nats.subscriber.usecases.core_subscriber import ConcurrentCoreSubscriber, CoreSubscriber
 from faststream.security import SASLPlaintext
 
 from shared.messaging.connection import nats_connect_options
@@ -47,3 +51,35 @@ def create_broker(settings: CommonSettings, service: Service) -> NatsBroker:
 def stream_replicas(broker: NatsBroker) -> int:
     """STREAM_REPLICAS of the settings `broker` was created with (1 for a broker made elsewhere)."""
     return _consumer_replicas.get(broker, 1)
+
+
+async def stop_answering_requests(broker: NatsBroker, *, timeout: float) -> None:
+    """Before the broker stops (SIGTERM): leave every request/reply queue group, then answer what NATS already
+    delivered to this process. FastStream's own stop marks a subscriber stopped first and unsubscribes only once
+    its in-flight handler returns; requests NATS routes to it in between are dropped unanswered, so their callers
+    time out (503) although the other replica would have answered them. Waits at most `timeout`."""
+    subscribers = [
+        subscriber
+        for subscriber in broker.subscribers
+        if isinstance(subscriber, CoreSubscriber) and subscriber.subscription is not None
+    ]
+
+    async def drain(subscriber: CoreSubscriber) -> None:
+        subscription = subscriber.subscription
+        subscriber.subscription = None  # drained here: FastStream's stop must not unsubscribe it again
+        if subscription is None:
+            return
+        with contextlib.suppress(nats.errors.Error):
+            # No new requests; the ones already delivered are handed to the handler (nats-py leaves it untyped).
+            await subscription.drain()  # type: ignore[no-untyped-call]
+        if isinstance(subscriber, ConcurrentCoreSubscriber):
+            # Its workers take them from an in-memory queue: idle (twice in a row) once all are answered.
+            idle_checks = 0
+            while idle_checks < 2:
+                busy = subscriber.limiter.value < subscriber.max_workers
+                queued = subscriber.receive_stream.statistics().current_buffer_used > 0
+                idle_checks = 0 if busy or queued else idle_checks + 1
+                await asyncio.sleep(0.02)
+
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*(drain(subscriber) for subscriber in subscribers)), timeout)
