@@ -130,8 +130,13 @@ async def wait_all_running(api: httpx.AsyncClient, case_ids: set[str], *, timeou
 
 
 async def emails_per_address(faults: FaultStack, run: str) -> dict[str, int]:
+    return await emails_to_run(faults.stack.simulator.url, run)
+
+
+async def emails_to_run(simulator_url: str, run: str) -> dict[str, int]:
+    """How many emails the simulator's outbox holds for each address of the run (lower-cased)."""
     async with httpx.AsyncClient(timeout=30) as http:
-        outbox = (await http.get(f"{faults.stack.simulator.url}/_sim/outbox", params={"to": f".{run}."})).json()
+        outbox = (await http.get(f"{simulator_url}/_sim/outbox", params={"to": f".{run}."})).json()
     counts: dict[str, int] = {}
     for message in outbox["messages"]:
         for address in message["to"]:

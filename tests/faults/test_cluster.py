@@ -41,7 +41,7 @@ from deploy.processes import (
     wait_for_port,
 )
 from shared.subjects import ALL_STREAMS, CASE_COMMANDS
-from tests.faults.conftest import silent_case
+from tests.faults.conftest import emails_to_run, silent_case
 from tests.support.api import headers, new_client
 
 NODES = ("nats-1", "nats-2", "nats-3")
@@ -277,13 +277,7 @@ async def wait_all_running(gateways: Gateways, case_ids: set[str], *, timeout: f
 
 
 async def emails_per_address(cluster: ClusterStack, run: str) -> dict[str, int]:
-    async with httpx.AsyncClient(timeout=30) as http:
-        outbox = (await http.get(f"{cluster.stack.simulator.url}/_sim/outbox", params={"to": f".{run}."})).json()
-    counts: dict[str, int] = {}
-    for message in outbox["messages"]:
-        for address in message["to"]:
-            counts[address.lower()] = counts.get(address.lower(), 0) + 1
-    return counts
+    return await emails_to_run(cluster.stack.simulator.url, run)
 
 
 async def assert_each_case_emailed_once(cluster: ClusterStack, run: str, outcomes: Outcomes) -> None:
