@@ -42,6 +42,7 @@ from nats.js.api import ConsumerConfig, RetentionPolicy, StorageType, StreamConf
 from nats.js.errors import NotFoundError
 
 from shared import metrics
+from shared.admission import bound_handlers
 from shared.clock import now_ms
 from shared.contracts.rpc import Err, Ok
 from shared.errors import ERROR_SPECS, ErrorCode, ServiceError
@@ -424,6 +425,8 @@ def create_broker(settings: CommonSettings, service: Service) -> NatsBroker:
         poison=PoisonCounts(),
     )
     broker.add_middleware(cast("Any", functools.partial(ServiceMiddleware, handling=handling)))
+    # Inside ServiceMiddleware: a request past its deadline is dropped before it counts toward a handler's bound.
+    bound_handlers(broker, settings)
     _consumer_replicas[broker] = settings.stream_replicas
     return broker
 

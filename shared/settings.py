@@ -56,6 +56,11 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Request/reply deadline between services; FastStream's 0.5 s default is too short for Mongo work.
     rpc_timeout_seconds: PositiveSeconds = 5.0
+    # Requests each RPC handler of this process works on at once (set per service in its own environment); the
+    # next is answered 503 SERVICE_UNAVAILABLE at once, never after the asker's RPC timeout (shared.admission).
+    rpc_max_in_flight: Annotated[int, Meta(ge=1)] = 32
+    # The wait such a shed reply asks for; the gateway sends it as the HTTP Retry-After header.
+    rpc_shed_retry_after_seconds: Annotated[int, Meta(ge=1)] = 1
     # How long a stopping service waits for in-flight messages before exiting.
     shutdown_grace_seconds: PositiveSeconds = 15.0
     # Replicas of every stream and durable consumer (3 on a three-node NATS cluster; 1 on a single server).
@@ -407,6 +412,9 @@ SETTING_HELP: Final[dict[str, str]] = {
     "MONGO_DB": "database name",
     "LOG_LEVEL": "DEBUG, INFO, WARNING or ERROR; one JSON object per line",
     "RPC_TIMEOUT_SECONDS": "deadline of a request between services; a miss is a 503 to the client",
+    "RPC_MAX_IN_FLIGHT": "requests each RPC handler of a service process works on at once (set per service); "
+    "the next is answered 503 at once with Retry-After",
+    "RPC_SHED_RETRY_AFTER_SECONDS": "the Retry-After a service's shed reply asks for (the gateway's header)",
     "SHUTDOWN_GRACE_SECONDS": "how long SIGTERM waits for in-flight work",
     "STREAM_REPLICAS": "replicas of each stream and durable consumer (3 on a three-node NATS cluster)",
     "NATS_USER": "this process's NATS user (default: the service's name; see deploy/nats.conf)",

@@ -49,6 +49,7 @@ from services.agentmail_adapter.webhooks import (
     message_received,
 )
 from shared import metrics
+from shared.admission import rpc_subscriber
 from shared.blobs import object_bucket
 from shared.clock import now_ms
 from shared.contracts.agentmail import (
@@ -178,7 +179,7 @@ def register_handlers(
             await store.record(stored)
             return Ok(_sent(stored))
 
-    @broker.subscriber(SEND, queue=QUEUE)
+    @rpc_subscriber(broker, SEND, queue=QUEUE)
     async def send_email(request: SendEmail) -> Ok[SendOutcome]:
         # Whoever wrote it (the client's objective, the model), a subject goes out single-line and bounded.
         subject = outgoing_subject(request.subject)
@@ -194,7 +195,7 @@ def register_handlers(
         )
         return await send_once(email, lambda key: mail.send_message(inbox_id, message, idempotency_key=key))
 
-    @broker.subscriber(REPLY, queue=QUEUE)
+    @rpc_subscriber(broker, REPLY, queue=QUEUE)
     async def reply_email(request: ReplyEmail) -> Ok[SendOutcome]:
         answered = request.in_reply_to_message_id
         original = await store.find(answered)
@@ -214,7 +215,7 @@ def register_handlers(
             email, lambda key: mail.reply_to_message(reply_inbox, answered, reply, idempotency_key=key)
         )
 
-    @broker.subscriber(ATTACHMENT_LINK, queue=QUEUE)
+    @rpc_subscriber(broker, ATTACHMENT_LINK, queue=QUEUE)
     async def attachment_link(request: GetAttachmentLink) -> Ok[AttachmentLink]:
         stored = await store.find(request.message_id)
         message_inbox = stored.inbox_id if stored is not None else inbox_id
@@ -222,7 +223,7 @@ def register_handlers(
             download = await mail.get_attachment(message_inbox, request.message_id, request.attachment_id)
         return Ok(AttachmentLink(download_url=download.download_url, expires_at=download.expires_at))
 
-    @broker.subscriber(TRANSCRIPT, queue=QUEUE)
+    @rpc_subscriber(broker, TRANSCRIPT, queue=QUEUE)
     async def transcript(request: GetTranscript) -> Ok[Transcript]:
         """The newest messages of the thread that fit TRANSCRIPT_MAX_BYTES (always the newest one), oldest first."""
         newest_first: list[TranscriptMessage] = []
@@ -239,7 +240,7 @@ def register_handlers(
         omitted = await store.thread_size(request.thread_id) - len(newest_first) if cut else 0
         return Ok(Transcript(thread_id=request.thread_id, messages=newest_first[::-1], omitted=omitted))
 
-    @broker.subscriber(INGEST_WEBHOOK, queue=QUEUE)
+    @rpc_subscriber(broker, INGEST_WEBHOOK, queue=QUEUE)
     async def ingest_webhook(request: IngestWebhook) -> Ok[WebhookAccepted]:
         body = request.body
         if request.body_object is not None:

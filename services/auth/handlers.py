@@ -8,12 +8,11 @@ be signed on that client's behalf (NOT_FOUND is the registry's "no such route", 
 
 from __future__ import annotations
 
-from typing import Final
-
 from faststream.nats import NatsBroker
 
 from services.auth.domain import hash_api_key, is_well_formed_api_key, require_usable_key
 from services.auth.store import AuthStore
+from shared.admission import rpc_subscriber
 from shared.contracts.auth import (
     KEYS_CHANGED,
     VERIFY_KEY,
@@ -29,9 +28,6 @@ from shared.errors import ErrorCode, ServiceError
 from shared.messaging import document_publication
 from shared.subjects import Service, queue_group
 
-# Every API request passes through VERIFY_KEY (on a gateway cache miss): answer several at once per replica.
-CONCURRENT_REQUESTS: Final = 16
-
 
 def register_auth_handlers(broker: NatsBroker, store: AuthStore, *, key_hash_secret: str) -> None:
     document_publication(
@@ -42,7 +38,7 @@ def register_auth_handlers(broker: NatsBroker, store: AuthStore, *, key_hash_sec
         "plan changed: every gateway evicts the cached identity at once.",
     )
 
-    @broker.subscriber(VERIFY_KEY, queue=queue_group(Service.AUTH), max_workers=CONCURRENT_REQUESTS)
+    @rpc_subscriber(broker, VERIFY_KEY, queue=queue_group(Service.AUTH))
     async def verify_key(request: VerifyKey) -> Ok[KeyIdentity]:
         if not is_well_formed_api_key(request.api_key):
             raise ServiceError(ErrorCode.UNAUTHORIZED)
@@ -55,7 +51,7 @@ def register_auth_handlers(broker: NatsBroker, store: AuthStore, *, key_hash_sec
             raise ServiceError(ErrorCode.UNAUTHORIZED)
         return Ok(KeyIdentity(client_id=client.client_id, key_id=key.key_id, plan=client.plan))
 
-    @broker.subscriber(WEBHOOK_SECRET, queue=queue_group(Service.AUTH), max_workers=CONCURRENT_REQUESTS)
+    @rpc_subscriber(broker, WEBHOOK_SECRET, queue=queue_group(Service.AUTH))
     async def webhook_secret(request: GetWebhookSecret) -> Ok[WebhookSecret]:
         client = await store.find_client(request.client_id)
         if client is None:

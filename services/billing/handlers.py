@@ -28,6 +28,7 @@ from services.billing.domain import (
 )
 from services.billing.store import ReserveOutcome, UsageStore
 from shared import metrics
+from shared.admission import rpc_subscriber
 from shared.contracts.billing import (
     RELEASE,
     RESERVE,
@@ -50,8 +51,6 @@ from shared.subjects import Service, queue_group
 
 log = logging.getLogger("caseflow.billing")
 
-# Every POST /cases reserves a unit: answer several at once per replica (the database arbitrates the cap).
-CONCURRENT_REQUESTS: Final = 16
 # The metrics' outcome of a reservation.
 _RESERVATION_OUTCOME: Final = {
     ReserveOutcome.RESERVED: "granted",
@@ -75,7 +74,7 @@ def register_billing_handlers(
 ) -> None:
     queue = queue_group(Service.BILLING)
 
-    @broker.subscriber(RESERVE, queue=queue, max_workers=CONCURRENT_REQUESTS)
+    @rpc_subscriber(broker, RESERVE, queue=queue)
     async def reserve_case_unit(request: ReserveUnit) -> Ok[Reservation]:
         cap = _cap_of_configured_plan(plans, request.plan)
         now = clock()
@@ -92,7 +91,7 @@ def register_billing_handlers(
             raise ServiceError(ErrorCode.USAGE_LIMIT_REACHED)
         return Ok(Reservation(reservation_id=request.reservation_id, month=month))
 
-    @broker.subscriber(RELEASE, queue=queue, max_workers=CONCURRENT_REQUESTS)
+    @rpc_subscriber(broker, RELEASE, queue=queue)
     async def release_case_unit(request: ReleaseUnit) -> Ok[Released]:
         released = await store.release_unit(
             client_id=request.client_id,
@@ -104,7 +103,7 @@ def register_billing_handlers(
             metrics.USAGE_RELEASES.inc()
         return Ok(Released(released=released))
 
-    @broker.subscriber(USAGE, queue=queue, max_workers=CONCURRENT_REQUESTS)
+    @rpc_subscriber(broker, USAGE, queue=queue)
     async def report_usage(request: GetUsage) -> Ok[Usage]:
         cap = _cap_of_configured_plan(plans, request.plan)
         now = clock()
@@ -120,7 +119,7 @@ def register_billing_handlers(
             )
         )
 
-    @broker.subscriber(USAGE_REPORT, queue=queue)
+    @rpc_subscriber(broker, USAGE_REPORT, queue=queue)
     async def report_usage_by_client(request: GetUsageReport) -> Ok[UsageReport]:
         month = request.month or usage_month(clock())
         if not re.fullmatch(USAGE_MONTH_PATTERN, month):

@@ -32,6 +32,7 @@ from services.case.store import CaseStore, IdempotencyStore, PageCursor, WriteCo
 from services.case.transcript import case_threads, case_transcript, format_transcript, transcript_entries
 from services.case.validation import validate_new_case
 from shared import metrics
+from shared.admission import rpc_subscriber
 from shared.clock import now_ms
 from shared.contracts import agentmail, billing, case
 from shared.contracts.rpc import Ok
@@ -376,30 +377,30 @@ def register(api: CaseApi) -> None:
     queue = queue_group(Service.CASE)
     document_outbox_subjects(broker)
 
-    @broker.subscriber(case.CREATE, queue=queue)
+    @rpc_subscriber(broker, case.CREATE, queue=queue)
     async def create_case(command: case.CreateCase, message: NatsMessage) -> Ok[case.CreateCaseResult]:
         return Ok(await api.create(command, deadline_ms=request_deadline_ms(message.headers)))
 
-    @broker.subscriber(case.GET, queue=queue)
+    @rpc_subscriber(broker, case.GET, queue=queue)
     async def get_case(query: case.GetCase) -> Ok[case.CaseView]:
         return Ok(await api.get(query))
 
-    @broker.subscriber(case.LIST, queue=queue)
+    @rpc_subscriber(broker, case.LIST, queue=queue)
     async def list_cases(query: case.ListCases) -> Ok[case.CasePage]:
         return Ok(await api.list(query))
 
-    @broker.subscriber(case.PROVIDE_INPUT, queue=queue)
+    @rpc_subscriber(broker, case.PROVIDE_INPUT, queue=queue)
     async def provide_input(command: case.ProvideInput) -> Ok[case.InputAccepted]:
         return Ok(await api.provide_input(command))
 
-    @broker.subscriber(case.CANCEL, queue=queue)
+    @rpc_subscriber(broker, case.CANCEL, queue=queue)
     async def cancel_case(ref: case.CaseRef) -> Ok[case.CaseView]:
         return Ok(await api.cancel(ref))
 
-    @broker.subscriber(case.ATTACHMENT, queue=queue)
+    @rpc_subscriber(broker, case.ATTACHMENT, queue=queue)
     async def get_attachment(query: case.GetAttachment) -> Ok[case.AttachmentDownload]:
         return Ok(await api.attachment(query))
 
-    @broker.subscriber(case.CHECK_OWNER, queue=queue)
+    @rpc_subscriber(broker, case.CHECK_OWNER, queue=queue)
     async def check_owner(ref: case.CaseRef) -> Ok[case.OwnerChecked]:
         return Ok(await api.check_owner(ref))

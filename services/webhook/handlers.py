@@ -18,6 +18,7 @@ from faststream.nats import NatsBroker
 from services.webhook import domain
 from services.webhook.dispatcher import Dispatcher
 from services.webhook.store import DeliveryRecord, DeliveryStore
+from shared.admission import rpc_subscriber
 from shared.clock import now_ms
 from shared.contracts import case, webhook
 from shared.contracts.rpc import Ok
@@ -127,10 +128,10 @@ def register(api: WebhookApi) -> None:
     async def record_case_event(event: case.CaseEvent) -> None:
         await api.record_event(event)
 
-    @broker.subscriber(webhook.LIST_DELIVERIES, queue=queue)
+    @rpc_subscriber(broker, webhook.LIST_DELIVERIES, queue=queue)
     async def list_deliveries(query: webhook.ListDeliveries) -> Ok[webhook.WebhookDeliveries]:
         return Ok(await api.list_deliveries(query))
 
-    @broker.subscriber(webhook.REDELIVER, queue=queue)
+    @rpc_subscriber(broker, webhook.REDELIVER, queue=queue)
     async def redeliver(command: webhook.Redeliver) -> Ok[webhook.WebhookDelivery]:
         return Ok(await api.redeliver(command))
