@@ -58,7 +58,9 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     rpc_timeout_seconds: PositiveSeconds = 5.0
     # Requests each RPC handler of this process works on at once (set per service in its own environment); the
     # next is answered 503 SERVICE_UNAVAILABLE at once, never after the asker's RPC timeout (shared.admission).
-    rpc_max_in_flight: Annotated[int, Meta(ge=1)] = 32
+    # Sized above one gateway's own bounds for a route (MAX_IN_FLIGHT_CREATE 32; a burst of reads), so a service
+    # sheds only when more is asked of it than a gateway admits, e.g. by several gateways at once.
+    rpc_max_in_flight: Annotated[int, Meta(ge=1)] = 128
     # The wait such a shed reply asks for; the gateway sends it as the HTTP Retry-After header.
     rpc_shed_retry_after_seconds: Annotated[int, Meta(ge=1)] = 1
     # How long a stopping service waits for in-flight messages before exiting.
@@ -209,6 +211,11 @@ class CaseSettings(CommonSettings, frozen=True, kw_only=True):
     send_timeout_seconds: PositiveSeconds = 45.0
     # How often the scheduler looks for due cases (follow-ups are precise to about this).
     scheduler_interval_seconds: PositiveSeconds = 1.0
+    # With timers on JetStream (services/case/timers.py) the due-case scan is only the safety net for a timer that
+    # was lost (a crash between a case write and its arm): it runs this often. Its cost is one scan of the
+    # scheduled cases (indexed on MongoDB; the whole collection on the embedded server), so a lost timer is late
+    # by at most this long.
+    scheduler_safety_scan_seconds: PositiveSeconds = 60.0
     # Leases of the steps that wait for a message (real time, not scaled by FOLLOW_UP_HOUR_SECONDS): once one
     # passes, the scheduler's reconciler requests the step again from the case document. Each must exceed the
     # step's normal duration (a send: SEND_TIMEOUT_SECONDS; an answer or a reply: one judgement by the model).
@@ -474,7 +481,10 @@ SETTING_HELP: Final[dict[str, str]] = {
     "CREATE_CONFIRM_GRACE_SECONDS": "how long after its deadline a create the gateway never confirmed is removed "
     "(unit released) and its Idempotency-Key may be taken over",
     "SEND_TIMEOUT_SECONDS": "deadline for the adapter to send one email, its retries included",
-    "SCHEDULER_INTERVAL_SECONDS": "how often due follow-ups are looked for",
+    "SCHEDULER_INTERVAL_SECONDS": "how often the scheduler's loop runs (unconfirmed creates; the due-case scan "
+    "when no timers are armed on JetStream)",
+    "SCHEDULER_SAFETY_SCAN_SECONDS": "how often the due-case scan runs behind the JetStream timers (a lost timer is "
+    "late by at most this; each scan reads the scheduled cases)",
     "SEND_LEASE_SECONDS": "a requested email not confirmed within this is requested again (same attempt)",
     "INPUT_LEASE_SECONDS": "a resolved input request not applied within this is queued again",
     "REPLY_LEASE_SECONDS": "a stored reply not judged within this is judged again",

@@ -29,6 +29,7 @@ from services.case import domain, lifecycle
 from services.case.model import CaseRecord, JudgeReplyCommand, SendEmailCommand
 from services.case.outbox import OutboxRelay
 from services.case.store import CaseStore, IdempotencyStore, PageCursor, WriteConflict
+from services.case.timers import CaseTimers
 from services.case.transcript import case_threads, case_transcript, format_transcript, transcript_entries
 from services.case.validation import validate_new_case
 from shared import metrics
@@ -57,6 +58,8 @@ class CaseApi:
     relay: OutboxRelay
     settings: CaseSettings
     clock: Callable[[], dt.datetime] = utc_now
+    # Arms a case's timer after a write that changed its due time (an answer's lease); None: the scan only.
+    timers: CaseTimers | None = None
 
     async def _load_owned(self, case_id: str, client_id: str) -> CaseRecord:
         case_id_var.set(case_id)
@@ -77,7 +80,10 @@ class CaseApi:
             ) from None
         if written is None:
             raise ServiceError(ErrorCode.CASE_NOT_FOUND)
-        return written[1]
+        before, after = written
+        if self.timers is not None and after is not before:
+            await self.timers.follow(before, after)
+        return after
 
     async def _rpc[T](
         self, subject: str, payload: msgspec.Struct, reply_type: type[T], *, timeout: float | None = None
