@@ -1,19 +1,22 @@
 """Admission control inside a service: a bound on the requests each RPC handler of this process has in flight.
 
-When a handler is at RPC_MAX_IN_FLIGHT, the next request is answered at once with 503 SERVICE_UNAVAILABLE and
-`retry_after_seconds` (RPC_SHED_RETRY_AFTER_SECONDS, which the gateway sends as its HTTP Retry-After), instead of
-queueing until its asker's RPC timeout.
+In flight means admitted: running (at most the handler's `concurrency`, declared with it) or waiting for a
+turn. When a handler has RPC_MAX_IN_FLIGHT in flight, the next request is answered at once with 503
+SERVICE_UNAVAILABLE and `retry_after_seconds` (RPC_SHED_RETRY_AFTER_SECONDS, which the gateway sends as its HTTP
+Retry-After), instead of queueing until its asker's RPC timeout. A request whose deadline passed while it waited
+for its turn is dropped when its turn comes, before it runs.
 
 Design decision a reader must know: a plain FastStream core subscriber takes one message at a time, and the
 queue behind it sits inside nats-py where no middleware sees it. So every RPC subscriber is declared through
-`rpc_subscriber`, with FastStream's `max_workers` set to the bound plus SHED_HEADROOM: the overflow reaches
-`HandlerAdmission` concurrently, which counts what each handler (by subject) has in flight and refuses the
-excess without running it. Only a burst beyond bound + headroom still waits in nats-py, and only as long as
-sheds take (microseconds each).
+`rpc_subscriber`, with FastStream's `max_workers` set to the bound plus SHED_HEADROOM: every request reaches
+`HandlerAdmission` at once, which keeps the queue itself (a semaphore of `concurrency` per handler), counts what
+each handler (by subject) has in flight and refuses the excess without running it. Only a burst beyond bound +
+headroom still waits in nats-py, and only as long as sheds take (microseconds each).
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import weakref
@@ -26,9 +29,11 @@ from faststream.middlewares import BaseMiddleware
 from faststream.nats import NatsBroker
 
 from shared import metrics
+from shared.clock import now_ms
 from shared.contracts.rpc import Err
 from shared.errors import ErrorCode
 from shared.settings import CommonSettings
+from shared.subjects import DEADLINE_HEADER
 
 if TYPE_CHECKING:
     from faststream._internal.context.repository import ContextRepo
@@ -49,7 +54,8 @@ class HandlerBounds:
 
     max_in_flight: int
     retry_after_seconds: int
-    subjects: set[str] = field(default_factory=set)
+    # The turns of each bounded handler: how many of its admitted requests run at once.
+    turns: dict[str, asyncio.Semaphore] = field(default_factory=dict)
     in_flight: Counter[str] = field(default_factory=Counter)
 
     def shed_reply(self, subject: str) -> Err:
@@ -80,13 +86,22 @@ class HandlerAdmission(BaseMiddleware):
         raw = cast("Msg", msg.raw_message)
         subject = raw.subject
         # Only requests (a reply subject, not a JetStream ack subject) to a handler declared bounded.
-        if subject not in self.bounds.subjects or not raw.reply or raw.reply.startswith("$JS.ACK."):
+        turns = self.bounds.turns.get(subject)
+        if turns is None or not raw.reply or raw.reply.startswith("$JS.ACK."):
             return await call_next(msg)
         if self.bounds.in_flight[subject] >= self.bounds.max_in_flight:
             return self.bounds.shed_reply(subject)
         self.bounds.in_flight[subject] += 1
         try:
-            return await call_next(msg)
+            async with turns:
+                deadline = msg.headers.get(DEADLINE_HEADER, "")
+                if deadline.isdigit() and now_ms() >= int(deadline):
+                    metrics.DEADLINE_DROPS.labels(subject=metrics.bounded_subject(subject)).inc()
+                    log.info("request dropped: its deadline passed while it waited", extra={"subject": subject})
+                    return Err(
+                        code=ErrorCode.SERVICE_UNAVAILABLE, message="The request's deadline passed.", kind="transient"
+                    )
+                return await call_next(msg)
         finally:
             self.bounds.in_flight[subject] -= 1
 
@@ -98,14 +113,21 @@ def bound_handlers(broker: NatsBroker, settings: CommonSettings) -> None:
     broker.add_middleware(cast("Any", functools.partial(HandlerAdmission, bounds=bounds)))
 
 
+def handler_in_flight(broker: NatsBroker, subject: str) -> int:
+    """How many requests the handler of `subject` on `broker` has admitted (running or waiting) right now."""
+    bounds = _bounds.get(broker)
+    return bounds.in_flight[subject] if bounds is not None else 0
+
+
 def rpc_subscriber(
-    broker: NatsBroker, subject: str, *, queue: str
+    broker: NatsBroker, subject: str, *, queue: str, concurrency: int = 1
 ) -> Callable[[Callable[..., Awaitable[Any]]], object]:
-    """A request/reply subscriber (core NATS, queue group) whose in-flight work is bounded by RPC_MAX_IN_FLIGHT."""
+    """A request/reply subscriber (core NATS, queue group) running `concurrency` requests at once, with at most
+    RPC_MAX_IN_FLIGHT admitted (running or waiting); more are shed at once."""
     bounds = _bounds.get(broker)
     if bounds is None:
         raise RuntimeError("rpc_subscriber needs a broker made by shared.messaging.create_broker")
-    bounds.subjects.add(subject)
+    bounds.turns[subject] = asyncio.Semaphore(max(1, min(concurrency, bounds.max_in_flight)))
     subscriber: Callable[[Callable[..., Awaitable[Any]]], object] = broker.subscriber(
         subject, queue=queue, max_workers=bounds.max_in_flight + SHED_HEADROOM
     )

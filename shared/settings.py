@@ -56,11 +56,12 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Request/reply deadline between services; FastStream's 0.5 s default is too short for Mongo work.
     rpc_timeout_seconds: PositiveSeconds = 5.0
-    # Requests each RPC handler of this process works on at once (set per service in its own environment); the
-    # next is answered 503 SERVICE_UNAVAILABLE at once, never after the asker's RPC timeout (shared.admission).
-    # Sized above one gateway's own bounds for a route (MAX_IN_FLIGHT_CREATE 32; a burst of reads), so a service
-    # sheds only when more is asked of it than a gateway admits, e.g. by several gateways at once.
-    rpc_max_in_flight: Annotated[int, Meta(ge=1)] = 128
+    # Requests each RPC handler of this process has admitted at once, running (as many as the handler runs
+    # concurrently, 1 for most) or waiting their turn; set per service in its own environment. The next is answered
+    # 503 SERVICE_UNAVAILABLE at once, never after the asker's RPC timeout (shared.admission). Sized above one
+    # gateway's bound for creates (MAX_IN_FLIGHT_CREATE 32), so a service sheds when it is asked for more than a
+    # gateway admits (several gateways, or a burst of reads).
+    rpc_max_in_flight: Annotated[int, Meta(ge=1)] = 64
     # The wait such a shed reply asks for; the gateway sends it as the HTTP Retry-After header.
     rpc_shed_retry_after_seconds: Annotated[int, Meta(ge=1)] = 1
     # How long a stopping service waits for in-flight messages before exiting.
@@ -419,8 +420,8 @@ SETTING_HELP: Final[dict[str, str]] = {
     "MONGO_DB": "database name",
     "LOG_LEVEL": "DEBUG, INFO, WARNING or ERROR; one JSON object per line",
     "RPC_TIMEOUT_SECONDS": "deadline of a request between services; a miss is a 503 to the client",
-    "RPC_MAX_IN_FLIGHT": "requests each RPC handler of a service process works on at once (set per service); "
-    "the next is answered 503 at once with Retry-After",
+    "RPC_MAX_IN_FLIGHT": "requests each RPC handler of a service process admits at once, running or waiting its "
+    "turn (set per service); the next is answered 503 at once with Retry-After",
     "RPC_SHED_RETRY_AFTER_SECONDS": "the Retry-After a service's shed reply asks for (the gateway's header)",
     "SHUTDOWN_GRACE_SECONDS": "how long SIGTERM waits for in-flight work",
     "STREAM_REPLICAS": "replicas of each stream and durable consumer (3 on a three-node NATS cluster)",

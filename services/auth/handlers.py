@@ -8,6 +8,8 @@ be signed on that client's behalf (NOT_FOUND is the registry's "no such route", 
 
 from __future__ import annotations
 
+from typing import Final
+
 from faststream.nats import NatsBroker
 
 from services.auth.domain import hash_api_key, is_well_formed_api_key, require_usable_key
@@ -28,6 +30,9 @@ from shared.errors import ErrorCode, ServiceError
 from shared.messaging import document_publication
 from shared.subjects import Service, queue_group
 
+# Every API request passes through VERIFY_KEY (on a gateway cache miss): answer several at once per replica.
+CONCURRENT_REQUESTS: Final = 16
+
 
 def register_auth_handlers(broker: NatsBroker, store: AuthStore, *, key_hash_secret: str) -> None:
     document_publication(
@@ -38,7 +43,7 @@ def register_auth_handlers(broker: NatsBroker, store: AuthStore, *, key_hash_sec
         "plan changed: every gateway evicts the cached identity at once.",
     )
 
-    @rpc_subscriber(broker, VERIFY_KEY, queue=queue_group(Service.AUTH))
+    @rpc_subscriber(broker, VERIFY_KEY, queue=queue_group(Service.AUTH), concurrency=CONCURRENT_REQUESTS)
     async def verify_key(request: VerifyKey) -> Ok[KeyIdentity]:
         if not is_well_formed_api_key(request.api_key):
             raise ServiceError(ErrorCode.UNAUTHORIZED)
@@ -51,7 +56,7 @@ def register_auth_handlers(broker: NatsBroker, store: AuthStore, *, key_hash_sec
             raise ServiceError(ErrorCode.UNAUTHORIZED)
         return Ok(KeyIdentity(client_id=client.client_id, key_id=key.key_id, plan=client.plan))
 
-    @rpc_subscriber(broker, WEBHOOK_SECRET, queue=queue_group(Service.AUTH))
+    @rpc_subscriber(broker, WEBHOOK_SECRET, queue=queue_group(Service.AUTH), concurrency=CONCURRENT_REQUESTS)
     async def webhook_secret(request: GetWebhookSecret) -> Ok[WebhookSecret]:
         client = await store.find_client(request.client_id)
         if client is None:

@@ -69,12 +69,16 @@ def _cap_of_configured_plan(plans: PlanCaps, plan: str) -> int | None:
         ) from None
 
 
+# Every POST /cases reserves a unit: answer several at once per replica (the database arbitrates the cap).
+CONCURRENT_REQUESTS: Final = 16
+
+
 def register_billing_handlers(
     broker: NatsBroker, store: UsageStore, *, plans: PlanCaps, clock: Clock = utc_now
 ) -> None:
     queue = queue_group(Service.BILLING)
 
-    @rpc_subscriber(broker, RESERVE, queue=queue)
+    @rpc_subscriber(broker, RESERVE, queue=queue, concurrency=CONCURRENT_REQUESTS)
     async def reserve_case_unit(request: ReserveUnit) -> Ok[Reservation]:
         cap = _cap_of_configured_plan(plans, request.plan)
         now = clock()
@@ -91,7 +95,7 @@ def register_billing_handlers(
             raise ServiceError(ErrorCode.USAGE_LIMIT_REACHED)
         return Ok(Reservation(reservation_id=request.reservation_id, month=month))
 
-    @rpc_subscriber(broker, RELEASE, queue=queue)
+    @rpc_subscriber(broker, RELEASE, queue=queue, concurrency=CONCURRENT_REQUESTS)
     async def release_case_unit(request: ReleaseUnit) -> Ok[Released]:
         released = await store.release_unit(
             client_id=request.client_id,
@@ -103,7 +107,7 @@ def register_billing_handlers(
             metrics.USAGE_RELEASES.inc()
         return Ok(Released(released=released))
 
-    @rpc_subscriber(broker, USAGE, queue=queue)
+    @rpc_subscriber(broker, USAGE, queue=queue, concurrency=CONCURRENT_REQUESTS)
     async def report_usage(request: GetUsage) -> Ok[Usage]:
         cap = _cap_of_configured_plan(plans, request.plan)
         now = clock()

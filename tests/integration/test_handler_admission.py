@@ -1,7 +1,7 @@
 """A service's RPC handler at its in-flight bound sheds the next request at once, against a real nats-server.
 
 The handlers are held open by an event, so "at once" is shown by the order of events, not by a clock: the extra
-request is answered 503 with Retry-After while every admitted one is still held.
+request is answered 503 with Retry-After while every admitted one is still held (running, or waiting its turn).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 from faststream.nats import NatsBroker
 from prometheus_client import REGISTRY
 
-from shared.admission import rpc_subscriber
+from shared.admission import handler_in_flight, rpc_subscriber
 from shared.contracts.rpc import Ok
 from shared.errors import ErrorCode, ServiceError
 from shared.messaging import create_broker, request
@@ -32,6 +32,23 @@ class Job(msgspec.Struct):
 
 class Done(msgspec.Struct):
     job_id: str
+
+
+PROBE = "probe"
+
+
+async def started(broker: NatsBroker, asker: NatsBroker, *subjects: str) -> None:
+    """Start the broker and wait until each subject answers a probe (a concurrent subscriber subscribes from
+    its own task, so `start()` can return before the server routes requests to it)."""
+    await broker.start()
+    for subject in subjects:
+        for _ in range(200):
+            try:
+                await request(asker, subject, Job(PROBE), Done, timeout=5)
+            except ServiceError:
+                await asyncio.sleep(0.02)
+            else:
+                break
 
 
 @pytest.fixture
@@ -57,16 +74,17 @@ async def test_the_request_beyond_the_bound_is_answered_503_with_retry_after_whi
     entered: list[str] = []
     all_entered = asyncio.Event()
 
-    @rpc_subscriber(bounded_broker, subject, queue="held")
+    @rpc_subscriber(bounded_broker, subject, queue="held", concurrency=BOUND)
     async def held(job: Job) -> Ok[Done]:
+        if job.job_id == PROBE:
+            return Ok(Done(job.job_id))
         entered.append(job.job_id)
         if len(entered) == BOUND:
             all_entered.set()
         await release.wait()
         return Ok(Done(job.job_id))
 
-    await bounded_broker.start()
-    await bounded_broker.connection.flush()
+    await started(bounded_broker, raw_broker, subject)
     shed_before = REGISTRY.get_sample_value("caseflow_rpc_shed_requests_total", {"subject": subject}) or 0.0
 
     admitted = [
@@ -99,8 +117,10 @@ async def test_each_handler_has_its_own_bound(
     entered: list[str] = []
     all_entered = asyncio.Event()
 
-    @rpc_subscriber(bounded_broker, held_subject, queue="held")
+    @rpc_subscriber(bounded_broker, held_subject, queue="held", concurrency=BOUND)
     async def held(job: Job) -> Ok[Done]:
+        if job.job_id == PROBE:
+            return Ok(Done(job.job_id))
         entered.append(job.job_id)
         if len(entered) == BOUND:
             all_entered.set()
@@ -111,8 +131,7 @@ async def test_each_handler_has_its_own_bound(
     async def other(job: Job) -> Ok[Done]:
         return Ok(Done(job.job_id))
 
-    await bounded_broker.start()
-    await bounded_broker.connection.flush()
+    await started(bounded_broker, raw_broker, held_subject, other_subject)
     admitted = [
         asyncio.create_task(request(raw_broker, held_subject, Job(f"job-{n}"), Done, timeout=30)) for n in range(BOUND)
     ]
@@ -121,3 +140,45 @@ async def test_each_handler_has_its_own_bound(
     assert (await request(raw_broker, other_subject, Job("free"), Done, timeout=30)).job_id == "free"
     release.set()
     await asyncio.gather(*admitted)
+
+
+async def test_requests_waiting_their_turn_count_toward_the_bound_and_run_in_turn(
+    bounded_broker: NatsBroker, raw_broker: NatsBroker, subject_prefix: str
+) -> None:
+    subject = f"{subject_prefix}.rpc.serial"
+    release = asyncio.Event()
+    entered: list[str] = []
+    first_entered = asyncio.Event()
+
+    @rpc_subscriber(bounded_broker, subject, queue="serial")
+    async def serial(job: Job) -> Ok[Done]:
+        if job.job_id == PROBE:
+            return Ok(Done(job.job_id))
+        entered.append(job.job_id)
+        first_entered.set()
+        await release.wait()
+        return Ok(Done(job.job_id))
+
+    await started(bounded_broker, raw_broker, subject)
+    running = asyncio.create_task(request(raw_broker, subject, Job("running"), Done, timeout=30))
+    await asyncio.wait_for(first_entered.wait(), timeout=10)
+    waiting = [
+        asyncio.create_task(request(raw_broker, subject, Job(f"waiting-{n}"), Done, timeout=30))
+        for n in range(BOUND - 1)
+    ]
+    # One runs (concurrency 1) and BOUND - 1 wait their turn (counted, not timed): the handler is full.
+    for _ in range(200):
+        if handler_in_flight(bounded_broker, subject) == BOUND:
+            break
+        await asyncio.sleep(0.05)
+    assert handler_in_flight(bounded_broker, subject) == BOUND
+    with pytest.raises(ServiceError) as shed:
+        await request(raw_broker, subject, Job("overflow"), Done, timeout=30)
+    assert shed.value.code is ErrorCode.SERVICE_UNAVAILABLE
+    assert shed.value.retry_after_seconds == RETRY_AFTER_SECONDS
+    assert entered == ["running"]
+    assert not running.done()
+    release.set()
+    assert (await running).job_id == "running"
+    assert sorted(done.job_id for done in await asyncio.gather(*waiting)) == [f"waiting-{n}" for n in range(BOUND - 1)]
+    assert sorted(entered) == sorted(["running", *(f"waiting-{n}" for n in range(BOUND - 1))])
