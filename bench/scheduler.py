@@ -1,4 +1,5 @@
-"""Scheduler scan: 100 000 scheduled cases, some due; how long the case service takes to find and claim them.
+"""Scheduler scan: 100 000 scheduled cases, some due; how long the case service takes to find and claim them, and
+what its scheduler costs while nothing is due (timers armed on JetStream, the safety scan behind them).
 
 Key design decision: the scan and the claims run in this process with the case service's own code
 (`CaseStore.due_case_ids`, `Worker.run_due`, the lifecycle's `transition`, `OutboxRelay`) against a real
@@ -7,11 +8,14 @@ that times the find and the claims separately (a process only shows the sum) and
 scheduler from racing the measurement. The server is `bench.scheduler_server` (mongoeco's memory engine, the
 embedded default), which writes the 100 000 documents in-process before it listens, because over the wire
 every single-document insert costs O(collection size) in mongoeco, which would take hours; that setup time
-is reported apart.
+is reported apart. The idle phase arms every scheduled case's timer (services/case/timers.py) on the real
+nats-server, then runs the worker's own `schedule_forever` and the outbox relay for IDLE_WINDOW_S seconds: its CPU
+per second is the idle share of a core, to which the summary adds one safety scan per SCHEDULER_SAFETY_SCAN_SECONDS.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import random
@@ -28,14 +32,16 @@ import msgspec
 
 from bench.cpu import CpuMeter
 from bench.report import Phase, Scenario, phase_of
+from bench.runner import new_case_body
 from bench.stats import summarise
 from deploy.processes import ManagedProcess, NatsServer, free_port, wait_for_port
 from services.case import domain
 from services.case.agent.rules import RulesAgent
-from services.case.lifecycle import Clock
-from services.case.model import CaseRecord, to_document
+from services.case.lifecycle import Clock, due_at
+from services.case.model import CaseRecord, from_document, to_document
 from services.case.outbox import OutboxRelay
 from services.case.store import CaseStore, UnmatchedStore
+from services.case.timers import CaseTimers
 from services.case.worker import EventFor, Worker
 from shared.clock import now_ms
 from shared.contracts.case import NOTHING_SCHEDULED, NewCase
@@ -44,11 +50,14 @@ from shared.messaging.connection import connect_with_retry
 from shared.messaging.jetstream import ensure_streams
 from shared.mongo import create_mongo_client
 from shared.settings import CaseSettings
-from shared.subjects import CASE_COMMANDS, CASE_EVENTS, Service
+from shared.subjects import CASE_COMMANDS, CASE_EVENTS, CASE_TIMERS, Service
 
 SCHEDULER_DB = "caseflow_scheduler"
 HOUR_MS = 3_600_000
 BATCH = 5000
+# Length of the idle phase's window (seconds), and how many timers are armed at once while setting it up.
+IDLE_WINDOW_S = 10
+ARM_CONCURRENCY = 500
 
 
 def scheduled_documents(*, count: int, due: int, now: int, body: NewCase, seed: int = 7) -> list[dict[str, Any]]:
@@ -105,6 +114,43 @@ class TimedWorker(Worker):
             self.claim_ms.append((time.perf_counter() - started) * 1000)
 
 
+class _ScanCounter:
+    """Counts the due-case scans a store makes (`first` is set by the first one)."""
+
+    def __init__(self, store: CaseStore) -> None:
+        self.calls = 0
+        self.first = asyncio.Event()
+        scan = store.due_case_ids
+
+        async def counted(*, now: int, limit: int) -> list[str]:
+            try:
+                return await scan(now=now, limit=limit)
+            finally:
+                self.calls += 1
+                self.first.set()
+
+        store.due_case_ids = counted  # type: ignore[method-assign]
+
+
+async def _arm_every_timer(documents: list[dict[str, Any]], timers: CaseTimers, *, after: int) -> int:
+    """Arm the timer of every case due after `after`, as the case writes would have (ARM_CONCURRENCY at once).
+    The documents are the ones the server was seeded with (regenerated from the same seed: reading 100 000 back
+    over the wire from a loaded embedded server outlives the driver's timeout)."""
+    armed = 0
+    pending: set[asyncio.Task[None]] = set()
+    for document in documents:
+        at = due_at(from_document(document))
+        if at is None or at <= after:
+            continue
+        pending.add(asyncio.create_task(timers.arm(str(document["_id"]), at)))
+        armed += 1
+        if len(pending) >= ARM_CONCURRENCY:
+            _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+    if pending:
+        await asyncio.gather(*pending)
+    return armed
+
+
 def _self_cpu() -> float:
     times = os.times()
     return times.user + times.system
@@ -123,7 +169,8 @@ async def run_scheduler(
         group="scheduler",
         description=(
             f"{cases:,} scheduled cases, {due:,} due: find the due ones (CaseStore.due_case_ids, limit 200) and "
-            "claim them all (Worker.run_due until none is due), in-process against the embedded MongoDB server."
+            "claim them all (Worker.run_due until none is due), in-process against the embedded MongoDB server; then "
+            "every case's timer armed on JetStream and the scheduler and outbox relay left idle for a window."
         ),
         baseline="baseline: MongoDB find_one",
         context={"cases": cases, "due": due, "batch_limit": 200},
@@ -147,7 +194,10 @@ async def run_scheduler(
             assert nats_server.process is not None
             mongo_url = f"mongodb://127.0.0.1:{port}/?directConnection=true"
             meter = CpuMeter({"mongodb": mongo_server.process.pid, "nats": nats_server.process.pid})
-            settings = CaseSettings(nats_url=nats_server.url, mongo_url=mongo_url, mongo_db=SCHEDULER_DB)
+            # A measurement, not a service: a scan on a loaded machine may take longer than a request may wait.
+            settings = CaseSettings(
+                nats_url=nats_server.url, mongo_url=mongo_url, mongo_db=SCHEDULER_DB, mongo_timeout_seconds=120.0
+            )
             broker = create_broker(settings, Service.CASE)
             mongo = create_mongo_client(settings, app_name="bench-scheduler")
             store = CaseStore(mongo[SCHEDULER_DB])
@@ -161,7 +211,7 @@ async def run_scheduler(
             )
             try:
                 await connect_with_retry(broker)
-                await ensure_streams(broker, (CASE_COMMANDS, CASE_EVENTS), replicas=1)
+                await ensure_streams(broker, (CASE_COMMANDS, CASE_EVENTS, CASE_TIMERS), replicas=1)
                 # Connection set-up and the driver's handshake belong to no phase.
                 await store.cases.find_one({"_id": "warm-up"})
 
@@ -198,6 +248,46 @@ async def run_scheduler(
                 scenario.phases.append(await measure("claim", f"{due:,} due cases", claim_load))
                 scenario.phases.append(await measure("idle scan", f"{scans} scans, none due", scan_load))
                 scenario.context["still_due"] = len(await store.due_case_ids(now=now_ms(), limit=200))
+
+                armed_at = time.perf_counter()
+                seeded = scheduled_documents(
+                    count=cases, due=due, now=now, body=msgspec.convert(new_case_body("scheduler"), NewCase)
+                )
+                scenario.context["timers_armed"] = await _arm_every_timer(seeded, CaseTimers(broker), after=now)
+                del seeded
+                scenario.context["timers_arm_s"] = round(time.perf_counter() - armed_at, 1)
+                scan_counter = _ScanCounter(store)
+                worker.timers = CaseTimers(broker)
+                loops = [asyncio.create_task(worker.schedule_forever())]
+                try:
+                    # The loop's start-up scan (cases scheduled before timers existed) is the safety scan, measured
+                    # above as the idle scan; the window starts once it is done.
+                    await asyncio.wait_for(scan_counter.first.wait(), timeout=setup_timeout_s)
+
+                    async def idle_load() -> Any:
+                        begun = time.perf_counter()
+                        await asyncio.sleep(IDLE_WINDOW_S)
+                        # One "request" per second of the window: CPU per request is CPU per second (share of a core).
+                        return summarise([1000.0] * IDLE_WINDOW_S, failed=0, duration_s=time.perf_counter() - begun)
+
+                    window_scans = scan_counter.calls
+                    # The scheduler alone (its loop: the create reconciler; the timers on nats-server), then with
+                    # the case service's other timed loop, the outbox relay, which also queries `cases` each second.
+                    scenario.phases.append(
+                        await measure("idle", f"{IDLE_WINDOW_S} s, timers armed, none due", idle_load)
+                    )
+                    scenario.context["idle_window_scans"] = scan_counter.calls - window_scans
+                    loops.append(asyncio.create_task(worker.relay.relay_forever()))
+                    scenario.phases.append(
+                        await measure("idle + outbox relay", f"{IDLE_WINDOW_S} s, the relay polling too", idle_load)
+                    )
+                finally:
+                    for loop in loops:
+                        loop.cancel()
+                    for loop in loops:
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await loop
+                scenario.context["safety_scan_seconds"] = settings.scheduler_safety_scan_seconds
             finally:
                 with contextlib.suppress(Exception):
                     await broker.stop()

@@ -20,11 +20,14 @@ from shared.subjects import (
     BACKEND_SERVICES,
     CASE_COMMANDS,
     CASE_EVENTS,
+    CASE_TIMERS,
+    TIMERS_DUE,
     Consumer,
     Service,
     health_subject,
     parked_subject,
     stream_of,
+    timer_schedule_subject,
 )
 
 
@@ -127,6 +130,23 @@ CHANNELS: Final[tuple[Channel, ...]] = (
         consumer=Consumer.CASE_JUDGE_REPLY,
         description="The reconciler's request to judge a stored reply that was never judged (payload private "
         f"to the case service). {_COMMANDS}",
+    ),
+    # ---- case timers (CASE_TIMERS) ----
+    Channel(
+        timer_schedule_subject("*"),
+        "services.case.timers:TimerFired",
+        senders=(Service.CASE,),
+        description=f"A case's timer (stream {CASE_TIMERS.name}, one message per case): a JetStream message "
+        "schedule (`Nats-Schedule: @at <RFC3339>`) that nats-server publishes to "
+        f"`{TIMERS_DUE}` when the case's next action is due (payload private to the case service).",
+    ),
+    Channel(
+        TIMERS_DUE,
+        "services.case.timers:TimerFired",
+        receivers=(Service.CASE,),
+        consumer=Consumer.CASE_TIMERS,
+        description=f"A case's timer fired by nats-server from its schedule on {CASE_TIMERS.name}: the case worker "
+        "applies FollowUpDue (a case not due yet, a stale timer, is left as it is).",
     ),
     # ---- durable events (CASE_EVENTS, AGENTMAIL_EVENTS) ----
     *(

@@ -101,6 +101,7 @@ class ServiceError(Exception):
         *,
         details: dict[str, object] | None = None,
         kind: FailureKind | None = None,
+        retry_after_seconds: int | None = None,
     ) -> None:
         self.code = code
         self.message = message or ERROR_SPECS[code].default_message
@@ -108,4 +109,6 @@ class ServiceError(Exception):
         self.details = details
         # Whether retrying can help (shared.failures); the code's default unless the raiser knows better.
         self.kind: FailureKind | None = kind or default_kind(code)
+        # The wait the failing service asked for (None: the gateway's RETRY_AFTER_SECONDS for a 503).
+        self.retry_after_seconds = retry_after_seconds
         super().__init__(f"{code}: {self.message}")

@@ -126,6 +126,15 @@ THROTTLE_STORE_FALLBACKS: Final = Counter(
     ["reason"],
 )
 CASES: Final = Gauge("caseflow_cases", "Cases by status (all clients).", ["status"])
+TIMER_ARM_FAILURES: Final = Counter(
+    "caseflow_case_timer_arm_failures",
+    "Case timers that could not be armed on JetStream after a write (the scheduler's safety scan covers them).",
+)
+RPC_SHED_REQUESTS: Final = Counter(
+    "caseflow_rpc_shed_requests",
+    "Requests a service answered 503 at once because their handler was at RPC_MAX_IN_FLIGHT, by subject.",
+    ["subject"],
+)
 DEADLINE_DROPS: Final = Counter(
     "caseflow_deadline_drops",
     "Requests dropped before committing anything because the asker's deadline had passed, by subject.",

@@ -56,6 +56,14 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Request/reply deadline between services; FastStream's 0.5 s default is too short for Mongo work.
     rpc_timeout_seconds: PositiveSeconds = 5.0
+    # Requests each RPC handler of this process has admitted at once, running (as many as the handler runs
+    # concurrently, 1 for most) or waiting their turn; set per service in its own environment. The next is answered
+    # 503 SERVICE_UNAVAILABLE at once, never after the asker's RPC timeout (shared.messaging.admission). Sized above one
+    # gateway's bound for creates (MAX_IN_FLIGHT_CREATE 32), so a service sheds when it is asked for more than a
+    # gateway admits (several gateways, or a burst of reads).
+    rpc_max_in_flight: Annotated[int, Meta(ge=1)] = 64
+    # The wait such a shed reply asks for; the gateway sends it as the HTTP Retry-After header.
+    rpc_shed_retry_after_seconds: Annotated[int, Meta(ge=1)] = 1
     # How long a stopping service waits for in-flight messages before exiting.
     shutdown_grace_seconds: PositiveSeconds = 15.0
     # Replicas of every stream and durable consumer (3 on a three-node NATS cluster; 1 on a single server).
@@ -204,6 +212,11 @@ class CaseSettings(CommonSettings, frozen=True, kw_only=True):
     send_timeout_seconds: PositiveSeconds = 45.0
     # How often the scheduler looks for due cases (follow-ups are precise to about this).
     scheduler_interval_seconds: PositiveSeconds = 1.0
+    # With timers on JetStream (services/case/timers.py) the due-case scan is only the safety net for a timer that
+    # was lost (a crash between a case write and its arm): it runs this often. Its cost is one scan of the
+    # scheduled cases (indexed on MongoDB; the whole collection on the embedded server), so a lost timer is late
+    # by at most this long.
+    scheduler_safety_scan_seconds: PositiveSeconds = 60.0
     # Leases of the steps that wait for a message (real time, not scaled by FOLLOW_UP_HOUR_SECONDS): once one
     # passes, the scheduler's reconciler requests the step again from the case document. Each must exceed the
     # step's normal duration (a send: SEND_TIMEOUT_SECONDS; an answer or a reply: one judgement by the model).
@@ -407,6 +420,9 @@ SETTING_HELP: Final[dict[str, str]] = {
     "MONGO_DB": "database name",
     "LOG_LEVEL": "DEBUG, INFO, WARNING or ERROR; one JSON object per line",
     "RPC_TIMEOUT_SECONDS": "deadline of a request between services; a miss is a 503 to the client",
+    "RPC_MAX_IN_FLIGHT": "requests each RPC handler of a service process admits at once, running or waiting its "
+    "turn (set per service); the next is answered 503 at once with Retry-After",
+    "RPC_SHED_RETRY_AFTER_SECONDS": "the Retry-After a service's shed reply asks for (the gateway's header)",
     "SHUTDOWN_GRACE_SECONDS": "how long SIGTERM waits for in-flight work",
     "STREAM_REPLICAS": "replicas of each stream and durable consumer (3 on a three-node NATS cluster)",
     "NATS_USER": "this process's NATS user (default: the service's name; see deploy/nats.conf)",
@@ -466,7 +482,10 @@ SETTING_HELP: Final[dict[str, str]] = {
     "CREATE_CONFIRM_GRACE_SECONDS": "how long after its deadline a create the gateway never confirmed is removed "
     "(unit released) and its Idempotency-Key may be taken over",
     "SEND_TIMEOUT_SECONDS": "deadline for the adapter to send one email, its retries included",
-    "SCHEDULER_INTERVAL_SECONDS": "how often due follow-ups are looked for",
+    "SCHEDULER_INTERVAL_SECONDS": "how often the scheduler's loop runs (unconfirmed creates; the due-case scan "
+    "when no timers are armed on JetStream)",
+    "SCHEDULER_SAFETY_SCAN_SECONDS": "how often the due-case scan runs behind the JetStream timers (a lost timer is "
+    "late by at most this; each scan reads the scheduled cases)",
     "SEND_LEASE_SECONDS": "a requested email not confirmed within this is requested again (same attempt)",
     "INPUT_LEASE_SECONDS": "a resolved input request not applied within this is queued again",
     "REPLY_LEASE_SECONDS": "a stored reply not judged within this is judged again",

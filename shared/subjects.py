@@ -54,6 +54,10 @@ class StreamSpec:
     # Window in which a repeated Nats-Msg-Id is dropped by the server.
     duplicate_window_seconds: float = 120.0
     description: str = ""
+    # JetStream message schedules (`Nats-Schedule`) and per-message TTLs (`Nats-TTL`), nats-server 2.12+.
+    allow_msg_schedules: bool = False
+    # Messages kept per subject (-1: no limit); 1 makes a new publish replace the subject's previous message.
+    max_msgs_per_subject: int = -1
 
 
 DAY: Final = 86_400.0
@@ -87,7 +91,32 @@ PARKED: Final = StreamSpec(
     description="Poison messages parked after the consumer's maximum poison failures (never for an outage).",
 )
 
-ALL_STREAMS: Final = (CASE_COMMANDS, CASE_EVENTS, AGENTMAIL_EVENTS, PARKED)
+# Follow-up and lease timers: one scheduled message per case on `case.timer.at.<caseId>` (the newest replaces the
+# previous one), which nats-server publishes to `case.timer.due.<caseId>` at the case's due time.
+CASE_TIMERS: Final = StreamSpec(
+    name="CASE_TIMERS",
+    subjects=("case.timer.>",),
+    # No age limit: a schedule may be weeks out. Fired messages carry their own TTL (TIMER_DUE_TTL).
+    max_age_seconds=0.0,
+    description="Per-case timers: a JetStream message schedule per case, fired when its next action is due.",
+    allow_msg_schedules=True,
+    max_msgs_per_subject=1,
+)
+TIMER_SCHEDULES: Final = "case.timer.at.*"
+TIMERS_DUE: Final = "case.timer.due.*"
+# How long a fired timer waits for the case service before it expires (the safety scan then finds the case).
+TIMER_DUE_TTL: Final = "24h"
+
+
+def timer_schedule_subject(case_id: str) -> str:
+    return f"case.timer.at.{case_id}"
+
+
+def timer_due_subject(case_id: str) -> str:
+    return f"case.timer.due.{case_id}"
+
+
+ALL_STREAMS: Final = (CASE_COMMANDS, CASE_EVENTS, AGENTMAIL_EVENTS, PARKED, CASE_TIMERS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +165,7 @@ class Consumer(StrEnum):
     CASE_JUDGE_REPLY = "case-judge-reply"
     CASE_MESSAGES = "case-agentmail-messages"
     CASE_DELIVERIES = "case-agentmail-deliveries"
+    CASE_TIMERS = "case-timers"
     WEBHOOK_CASE_EVENTS = "webhook-case-events"
 
 

@@ -75,6 +75,7 @@ from shared.contracts.agentmail import (
 from shared.contracts.rpc import Ok
 from shared.errors import ErrorCode, ServiceError
 from shared.logs import case_id_var
+from shared.messaging.admission import rpc_subscriber
 from shared.messaging.jetstream import publish_durable
 from shared.settings import AgentMailSettings
 from shared.subjects import AGENTMAIL_EVENTS, AGENTMAIL_INGRESS_BODIES, Service, queue_group
@@ -333,23 +334,23 @@ class AgentMailApi:
 def register(api: AgentMailApi) -> None:
     broker = api.broker
 
-    @broker.subscriber(SEND, queue=QUEUE, max_workers=CONCURRENT_REQUESTS)
+    @rpc_subscriber(broker, SEND, queue=QUEUE, concurrency=CONCURRENT_REQUESTS)
     async def send_email(request: SendEmail) -> Ok[SendOutcome]:
         return Ok(await api.send(request))
 
-    @broker.subscriber(REPLY, queue=QUEUE, max_workers=CONCURRENT_REQUESTS)
+    @rpc_subscriber(broker, REPLY, queue=QUEUE, concurrency=CONCURRENT_REQUESTS)
     async def reply_email(request: ReplyEmail) -> Ok[SendOutcome]:
         return Ok(await api.reply(request))
 
-    @broker.subscriber(ATTACHMENT_LINK, queue=QUEUE, max_workers=CONCURRENT_REQUESTS)
+    @rpc_subscriber(broker, ATTACHMENT_LINK, queue=QUEUE, concurrency=CONCURRENT_REQUESTS)
     async def attachment_link(request: GetAttachmentLink) -> Ok[AttachmentLink]:
         return Ok(await api.attachment_link(request))
 
-    @broker.subscriber(TRANSCRIPT, queue=QUEUE, max_workers=CONCURRENT_REQUESTS)
+    @rpc_subscriber(broker, TRANSCRIPT, queue=QUEUE, concurrency=CONCURRENT_REQUESTS)
     async def transcript(request: GetTranscript) -> Ok[Transcript]:
         return Ok(await api.transcript(request))
 
-    @broker.subscriber(INGEST_WEBHOOK, queue=QUEUE, max_workers=CONCURRENT_REQUESTS)
+    @rpc_subscriber(broker, INGEST_WEBHOOK, queue=QUEUE, concurrency=CONCURRENT_REQUESTS)
     async def ingest_webhook(request: IngestWebhook) -> Ok[WebhookAccepted]:
         return Ok(await api.ingest_webhook(request))
 

@@ -25,6 +25,7 @@ from shared.contracts.auth import (
 )
 from shared.contracts.rpc import Ok
 from shared.errors import ErrorCode, ServiceError
+from shared.messaging.admission import rpc_subscriber
 from shared.subjects import Service, queue_group
 
 # Every API request passes through VERIFY_KEY (on a gateway cache miss): answer several at once per replica.
@@ -62,10 +63,10 @@ def register(api: AuthApi) -> None:
     broker = api.broker
     queue = queue_group(Service.AUTH)
 
-    @broker.subscriber(VERIFY_KEY, queue=queue, max_workers=CONCURRENT_REQUESTS)
+    @rpc_subscriber(broker, VERIFY_KEY, queue=queue, concurrency=CONCURRENT_REQUESTS)
     async def verify_key(request: VerifyKey) -> Ok[KeyIdentity]:
         return Ok(await api.verify_key(request))
 
-    @broker.subscriber(WEBHOOK_SECRET, queue=queue, max_workers=CONCURRENT_REQUESTS)
+    @rpc_subscriber(broker, WEBHOOK_SECRET, queue=queue, concurrency=CONCURRENT_REQUESTS)
     async def webhook_secret(request: GetWebhookSecret) -> Ok[WebhookSecret]:
         return Ok(await api.webhook_secret(request))

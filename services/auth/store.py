@@ -24,11 +24,16 @@ CLIENTS: Final = "clients"
 API_KEYS: Final = "api_keys"
 
 INDEXES: Final = {
-    CLIENTS: [IndexModel([("name", ASCENDING)], name="name")],
+    CLIENTS: [
+        IndexModel([("name", ASCENDING)], name="name"),
+        # The admin CLI lists clients and keys in creation order: read in index order, not sorted in memory.
+        IndexModel([("createdAt", ASCENDING), ("_id", ASCENDING)], name="created"),
+    ],
     API_KEYS: [
         # Lookups are by hash; uniqueness makes a hash collision a write error, never a shared key.
         IndexModel([("keyHash", ASCENDING)], name="keyHash_unique", unique=True),
         IndexModel([("clientId", ASCENDING)], name="clientId"),
+        IndexModel([("createdAt", ASCENDING), ("_id", ASCENDING)], name="created"),
     ],
 }
 

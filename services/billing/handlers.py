@@ -45,6 +45,7 @@ from shared.contracts.billing import (
 )
 from shared.contracts.rpc import Ok
 from shared.errors import ErrorCode, ServiceError
+from shared.messaging.admission import rpc_subscriber
 from shared.subjects import Service, queue_group
 
 log = logging.getLogger("caseflow.billing")
@@ -143,19 +144,19 @@ def register(api: BillingApi) -> None:
     broker = api.broker
     queue = queue_group(Service.BILLING)
 
-    @broker.subscriber(RESERVE, queue=queue, max_workers=CONCURRENT_REQUESTS)
+    @rpc_subscriber(broker, RESERVE, queue=queue, concurrency=CONCURRENT_REQUESTS)
     async def reserve_case_unit(request: ReserveUnit) -> Ok[Reservation]:
         return Ok(await api.reserve(request))
 
-    @broker.subscriber(RELEASE, queue=queue, max_workers=CONCURRENT_REQUESTS)
+    @rpc_subscriber(broker, RELEASE, queue=queue, concurrency=CONCURRENT_REQUESTS)
     async def release_case_unit(request: ReleaseUnit) -> Ok[Released]:
         return Ok(await api.release(request))
 
-    @broker.subscriber(USAGE, queue=queue, max_workers=CONCURRENT_REQUESTS)
+    @rpc_subscriber(broker, USAGE, queue=queue, concurrency=CONCURRENT_REQUESTS)
     async def report_usage(request: GetUsage) -> Ok[Usage]:
         return Ok(await api.usage(request))
 
-    @broker.subscriber(USAGE_REPORT, queue=queue)
+    @rpc_subscriber(broker, USAGE_REPORT, queue=queue)
     async def report_usage_by_client(request: GetUsageReport) -> Ok[UsageReport]:
         return Ok(await api.usage_report(request))
 

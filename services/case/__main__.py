@@ -12,11 +12,12 @@ from services.case.agent.port import Agent
 from services.case.agent.rules import RulesAgent
 from services.case.outbox import OutboxRelay
 from services.case.store import INDEXES, CaseStore, IdempotencyStore, UnmatchedStore
+from services.case.timers import CaseTimers
 from shared import metrics
 from shared.contracts.case import CaseStatus
 from shared.runtime import ServiceRuntime
 from shared.settings import CaseSettings, load_settings_or_exit
-from shared.subjects import AGENTMAIL_EVENTS, CASE_COMMANDS, CASE_EVENTS, Service
+from shared.subjects import AGENTMAIL_EVENTS, CASE_COMMANDS, CASE_EVENTS, CASE_TIMERS, Service
 
 
 def build_agent(settings: CaseSettings, runtime: ServiceRuntime) -> Agent:
@@ -33,10 +34,11 @@ def build_agent(settings: CaseSettings, runtime: ServiceRuntime) -> Agent:
 def build(settings: CaseSettings) -> ServiceRuntime:
     """The service wired up and ready to run (also used to generate the AsyncAPI documents)."""
     runtime = ServiceRuntime(
-        Service.CASE, settings, streams=(CASE_COMMANDS, CASE_EVENTS, AGENTMAIL_EVENTS), indexes=INDEXES
+        Service.CASE, settings, streams=(CASE_COMMANDS, CASE_EVENTS, AGENTMAIL_EVENTS, CASE_TIMERS), indexes=INDEXES
     )
     store = CaseStore(runtime.db)
     relay = OutboxRelay(runtime.broker, store)
+    timers = CaseTimers(runtime.broker)
     handlers.register(
         handlers.CaseApi(
             broker=runtime.broker,
@@ -48,6 +50,7 @@ def build(settings: CaseSettings) -> ServiceRuntime:
             ),
             relay=relay,
             settings=settings,
+            timers=timers,
         )
     )
     case_worker = worker.Worker(
@@ -57,6 +60,7 @@ def build(settings: CaseSettings) -> ServiceRuntime:
         agent=build_agent(settings, runtime),
         settings=settings,
         unmatched=UnmatchedStore(runtime.db),
+        timers=timers,
     )
     worker.register(case_worker)
     runtime.add_background_loop(relay.relay_forever)

@@ -27,6 +27,7 @@ from services.case import domain, lifecycle
 from services.case.model import CaseRecord
 from services.case.outbox import OutboxRelay
 from services.case.store import CaseStore, IdempotencyStore, PageCursor, WriteConflict
+from services.case.timers import CaseTimers
 from services.case.transcript import case_threads, case_transcript, format_transcript, transcript_entries
 from services.case.validation import validate_new_case
 from shared import metrics
@@ -35,6 +36,7 @@ from shared.contracts import agentmail, billing, case
 from shared.contracts.rpc import Ok
 from shared.errors import ErrorCode, ServiceError
 from shared.logs import case_id_var, client_id_var, request_id_var
+from shared.messaging.admission import rpc_subscriber
 from shared.messaging.rpc import RpcClient, request_deadline_ms
 from shared.settings import CaseSettings
 from shared.subjects import Service, queue_group
@@ -59,6 +61,9 @@ class CaseApi:
     def now_ms(self) -> int:
         return unix_ms(self.clock())
 
+    # Arms a case's timer after a write that changed its due time (an answer's lease); None: the scan only.
+    timers: CaseTimers | None = None
+
     async def _load_owned(self, case_id: str, client_id: str) -> CaseRecord:
         case_id_var.set(case_id)
         client_id_var.set(client_id)
@@ -78,7 +83,10 @@ class CaseApi:
             ) from None
         if written is None:
             raise ServiceError(ErrorCode.CASE_NOT_FOUND)
-        return written[1]
+        before, after = written
+        if self.timers is not None and after is not before:
+            await self.timers.follow(before, after)
+        return after
 
     # ---- create ------------------------------------------------------------------------------------------
 
@@ -338,30 +346,30 @@ def register(api: CaseApi) -> None:
     broker = api.broker
     queue = queue_group(Service.CASE)
 
-    @broker.subscriber(case.CREATE, queue=queue)
+    @rpc_subscriber(broker, case.CREATE, queue=queue)
     async def create_case(command: case.CreateCase, message: NatsMessage) -> Ok[case.CreateCaseResult]:
         return Ok(await api.create(command, deadline_ms=request_deadline_ms(message.headers)))
 
-    @broker.subscriber(case.GET, queue=queue)
+    @rpc_subscriber(broker, case.GET, queue=queue)
     async def get_case(query: case.GetCase) -> Ok[case.CaseView]:
         return Ok(await api.get(query))
 
-    @broker.subscriber(case.LIST, queue=queue)
+    @rpc_subscriber(broker, case.LIST, queue=queue)
     async def list_cases(query: case.ListCases) -> Ok[case.CasePage]:
         return Ok(await api.list(query))
 
-    @broker.subscriber(case.PROVIDE_INPUT, queue=queue)
+    @rpc_subscriber(broker, case.PROVIDE_INPUT, queue=queue)
     async def provide_input(command: case.ProvideInput) -> Ok[case.InputAccepted]:
         return Ok(await api.provide_input(command))
 
-    @broker.subscriber(case.CANCEL, queue=queue)
+    @rpc_subscriber(broker, case.CANCEL, queue=queue)
     async def cancel_case(ref: case.CaseRef) -> Ok[case.CaseView]:
         return Ok(await api.cancel(ref))
 
-    @broker.subscriber(case.ATTACHMENT, queue=queue)
+    @rpc_subscriber(broker, case.ATTACHMENT, queue=queue)
     async def get_attachment(query: case.GetAttachment) -> Ok[case.AttachmentDownload]:
         return Ok(await api.attachment(query))
 
-    @broker.subscriber(case.CHECK_OWNER, queue=queue)
+    @rpc_subscriber(broker, case.CHECK_OWNER, queue=queue)
     async def check_owner(ref: case.CaseRef) -> Ok[case.OwnerChecked]:
         return Ok(await api.check_owner(ref))

@@ -223,6 +223,15 @@ class Clock:
 # ---- guards the worker, the scheduler and the API ask ------------------------------------------------------
 
 
+def due_at(case: CaseRecord) -> int | None:
+    """When the scheduler must next look at the case (Unix ms): its next action if it can be scheduled, or
+    the end of a lease, whichever comes first; None when nothing is due ever (the store's due query, as a time)."""
+    times = [case.repair_at] if case.repair_at is not None else []
+    if case.status in SCHEDULABLE_STATUSES and case.next_action_at != NOTHING_SCHEDULED:
+        times.append(case.next_action_at)
+    return min(times, default=None)
+
+
 def is_open(case: CaseRecord) -> bool:
     return case.status in OPEN_STATUSES
 

@@ -6,10 +6,12 @@ version check, then relay the outbox. A conflicting write (another handler or re
 re-runs the whole step on the fresh case; repeats are harmless because transitions ignore duplicates and
 sends are idempotent by (case, attempt) at the adapter.
 
-The scheduler finds due cases through the `nextActionAt` index, and (the reconciler) cases whose awaited
-step outlived its lease through `repairAt`; claiming is the same versioned write, so with several case-service
-replicas each follow-up or repair is requested once. No inbound message is discarded: one that no case takes
-(after a bounded wait for its thread to be recorded) is stored in `unmatched_messages` for an operator.
+A case's next follow-up or lease end fires as its JetStream timer (services/case/timers.py) onto the timer
+consumer here; the scheduler's scan of `nextActionAt` and (the reconciler) `repairAt` is the safety net behind
+the timers, run every SCHEDULER_SAFETY_SCAN_SECONDS. Claiming is the same versioned write either way, so with
+several case-service replicas each follow-up or repair is requested once. No inbound message is discarded: one
+that no case takes (after a bounded wait for its thread to be recorded) is stored in `unmatched_messages` for an
+operator.
 It also settles creates nobody confirmed
 (`reconcile_creates`): a case is started only by its created command, which the gateway publishes before it
 answers 201, so a case without one past its confirmation time was never accepted and is removed.
@@ -62,6 +64,7 @@ from services.case.lifecycle import (
 from services.case.model import CaseRecord, JudgeReplyCommand, SendEmailCommand
 from services.case.outbox import OutboxRelay
 from services.case.store import CaseStore, MessageMatch, UnmatchedMessage, UnmatchedStore
+from services.case.timers import CaseTimers, TimerFired
 from services.case.transcript import case_transcript, for_agent
 from shared import metrics
 from shared.clock import now_ms
@@ -82,7 +85,7 @@ from shared.logs import case_id_var, client_id_var
 from shared.messaging.jetstream import durable_subscriber
 from shared.messaging.rpc import RpcClient
 from shared.settings import CaseSettings
-from shared.subjects import AGENTMAIL_EVENTS, CASE_COMMANDS, Consumer
+from shared.subjects import AGENTMAIL_EVENTS, CASE_COMMANDS, CASE_TIMERS, TIMERS_DUE, Consumer
 
 log = logging.getLogger("caseflow.case.worker")
 
@@ -101,6 +104,9 @@ class Worker:
 
     def __post_init__(self) -> None:
         self.rpc = RpcClient(self.broker, self.settings.rpc_timeout_seconds)
+
+    # None: no timers on JetStream (unit and integration harnesses), so the scan runs every tick as before.
+    timers: CaseTimers | None = None
 
     def clock(self) -> Clock:
         return Clock.of(self.settings, now_ms())
@@ -139,6 +145,8 @@ class Worker:
                 await self.relay.publish(updated)
             except Exception:
                 log.warning("publish deferred to the outbox relay", exc_info=True)
+            if self.timers is not None:
+                await self.timers.follow(before, updated)
         return updated
 
     async def transcript(self, case: CaseRecord) -> list[agentmail.TranscriptMessage]:
@@ -384,24 +392,28 @@ class Worker:
         returns how many cases changed."""
         changed = 0
         for case_id in await self.store.due_case_ids(now=now_ms(), limit=limit):
-
-            async def due(_: CaseRecord) -> Event:
-                return FollowUpDue()
-
-            clock = self.clock()
             try:
-                before = await self.store.get(case_id)
-                after = await self.apply(case_id, due, clock=clock)
+                changed += await self.claim_due(case_id)
             except Exception:
                 log.exception("scheduling a due case failed; it stays due", extra={"case_id": case_id})
-                continue
-            if before is None or after is None or after.version == before.version:
-                continue
-            changed += 1
-            for kind in repairs_due(before, clock):
-                metrics.RECONCILER_REPAIRS.labels(kind=kind).inc()
-                log.warning("reconciler requested a step again", extra={"case_id": case_id, "repair": kind})
         return changed
+
+    async def claim_due(self, case_id: str) -> int:
+        """Apply `FollowUpDue` to one case (found by the scan or fired by its timer); 1 when it changed. A case
+        not due yet (a stale timer) is left as it is."""
+
+        async def due(_: CaseRecord) -> Event:
+            return FollowUpDue()
+
+        clock = self.clock()
+        before = await self.store.get(case_id)
+        after = await self.apply(case_id, due, clock=clock)
+        if before is None or after is None or after.version == before.version:
+            return 0
+        for kind in repairs_due(before, clock):
+            metrics.RECONCILER_REPAIRS.labels(kind=kind).inc()
+            log.warning("reconciler requested a step again", extra={"case_id": case_id, "repair": kind})
+        return 1
 
     async def reconcile_creates(self, *, limit: int = 100) -> int:
         """Settle every create whose confirmation time has passed unconfirmed: start it if its created command
@@ -448,12 +460,21 @@ class Worker:
         # Unconfirmed creates wait out a grace of many seconds anyway: looking for them every quarter of it, not
         # on every tick, keeps the scheduler's idle cost where it was.
         reconcile_every = max(self.settings.scheduler_interval_seconds, self.settings.create_confirm_grace_seconds / 4)
-        next_reconcile = 0.0
+        # Timers on JetStream fire each due case; the scan behind them is the safety net for a lost timer, run at
+        # start-up (cases scheduled before timers existed) and then every SCHEDULER_SAFETY_SCAN_SECONDS.
+        scan_every = (
+            self.settings.scheduler_safety_scan_seconds
+            if self.timers is not None
+            else self.settings.scheduler_interval_seconds
+        )
+        next_reconcile = next_scan = 0.0
         while True:
             if time.monotonic() >= next_reconcile:
                 await self.reconcile_creates()
                 next_reconcile = time.monotonic() + reconcile_every
-            await self.run_due()
+            if time.monotonic() >= next_scan:
+                await self.run_due()
+                next_scan = time.monotonic() + scan_every
             await asyncio.sleep(self.settings.scheduler_interval_seconds)
 
 
@@ -484,6 +505,12 @@ def as_transcript_message(message: agentmail.MessageReceived) -> agentmail.Trans
 
 def register(worker: Worker) -> None:
     broker = worker.broker
+
+    if worker.timers is not None:
+
+        @durable_subscriber(broker, subject=TIMERS_DUE, stream=CASE_TIMERS, durable=Consumer.CASE_TIMERS, max_workers=8)
+        async def timer_fired(fired: TimerFired) -> None:
+            await worker.claim_due(fired.case_id)
 
     @durable_subscriber(broker, subject=CMD_CREATED, stream=CASE_COMMANDS, durable=Consumer.CASE_CREATED, max_workers=4)
     async def case_created(command: CaseCreatedCommand) -> None:

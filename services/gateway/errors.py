@@ -38,15 +38,18 @@ class ErrorResponder:
     def __init__(self, *, retry_after_seconds: int) -> None:
         self.retry_after_seconds = retry_after_seconds
 
-    def _retry_headers(self, code: ErrorCode) -> dict[str, str] | None:
+    def _retry_headers(self, code: ErrorCode, asked_seconds: int | None = None) -> dict[str, str] | None:
+        """Retry-After for a 503: the wait the service asked for (a handler at its bound), else ours."""
         if code is ErrorCode.SERVICE_UNAVAILABLE:
-            return {"Retry-After": str(self.retry_after_seconds)}
+            return {"Retry-After": str(asked_seconds or self.retry_after_seconds)}
         return None
 
     def service_error(self, _: Request[Any, Any, Any], exc: ServiceError) -> Response[ErrorEnvelope]:
         if exc.code is ErrorCode.INTERNAL_ERROR:
             log.error("service reported an internal error", extra={"error": exc.message})
-        return error_response(exc.code, exc.message, details=exc.details, headers=self._retry_headers(exc.code))
+        return error_response(
+            exc.code, exc.message, details=exc.details, headers=self._retry_headers(exc.code, exc.retry_after_seconds)
+        )
 
     def rate_limited(self, _: Request[Any, Any, Any], exc: RateLimited) -> Response[ErrorEnvelope]:
         return error_response(ErrorCode.RATE_LIMITED, headers=exc.decision.headers())

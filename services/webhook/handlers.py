@@ -24,6 +24,7 @@ from shared.contracts import case, webhook
 from shared.contracts.rpc import Ok
 from shared.errors import ErrorCode, ServiceError
 from shared.logs import case_id_var, client_id_var
+from shared.messaging.admission import rpc_subscriber
 from shared.messaging.jetstream import durable_subscriber
 from shared.messaging.rpc import RpcClient
 from shared.settings import WebhookSettings
@@ -131,10 +132,10 @@ def register(api: WebhookApi) -> None:
     async def record_case_event(event: case.CaseEvent) -> None:
         await api.record_event(event)
 
-    @broker.subscriber(webhook.LIST_DELIVERIES, queue=queue)
+    @rpc_subscriber(broker, webhook.LIST_DELIVERIES, queue=queue)
     async def list_deliveries(query: webhook.ListDeliveries) -> Ok[webhook.WebhookDeliveries]:
         return Ok(await api.list_deliveries(query))
 
-    @broker.subscriber(webhook.REDELIVER, queue=queue)
+    @rpc_subscriber(broker, webhook.REDELIVER, queue=queue)
     async def redeliver(command: webhook.Redeliver) -> Ok[webhook.WebhookDelivery]:
         return Ok(await api.redeliver(command))

@@ -22,13 +22,18 @@ class Err(msgspec.Struct, frozen=True, tag="err"):
     code: ErrorCode
     message: str
     kind: FailureKind | None = None
+    # How long the asker should wait before retrying (a handler at its in-flight bound says so); the gateway
+    # sends it as the HTTP Retry-After.
+    retry_after_seconds: int | None = None
 
     @classmethod
     def of(cls, error: ServiceError) -> Err:
-        return cls(code=error.code, message=error.message, kind=error.kind)
+        return cls(
+            code=error.code, message=error.message, kind=error.kind, retry_after_seconds=error.retry_after_seconds
+        )
 
     def to_exception(self) -> ServiceError:
-        return ServiceError(self.code, self.message, kind=self.kind)
+        return ServiceError(self.code, self.message, kind=self.kind, retry_after_seconds=self.retry_after_seconds)
 
 
 class Empty(msgspec.Struct, frozen=True):

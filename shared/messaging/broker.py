@@ -17,6 +17,7 @@ from faststream.nats import NatsBroker
 from faststream.nats.subscriber.usecases.core_subscriber import ConcurrentCoreSubscriber, CoreSubscriber
 from faststream.security import SASLPlaintext
 
+from shared.messaging.admission import bound_handlers
 from shared.messaging.connection import nats_connect_options
 from shared.messaging.middleware import ServiceMiddleware, retry_policy
 from shared.settings import CommonSettings
@@ -44,6 +45,8 @@ def create_broker(settings: CommonSettings, service: Service) -> NatsBroker:
         log_level=logging.DEBUG,
     )
     broker.add_middleware(ServiceMiddleware(broker=broker, policy=retry_policy(settings)))
+    # Inside ServiceMiddleware: a request past its deadline is dropped before it counts toward a handler's bound.
+    bound_handlers(broker, settings)
     _consumer_replicas[broker] = settings.stream_replicas
     return broker
 

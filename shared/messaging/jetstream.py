@@ -109,6 +109,10 @@ def _stream_config(spec: StreamSpec, replicas: int) -> StreamConfig:
         max_age=spec.max_age_seconds,
         duplicate_window=spec.duplicate_window_seconds,
         num_replicas=replicas,
+        max_msgs_per_subject=spec.max_msgs_per_subject,
+        # Schedules fire messages with a TTL, so both are allowed together (None leaves other streams as they are).
+        allow_msg_schedules=spec.allow_msg_schedules or None,
+        allow_msg_ttl=spec.allow_msg_schedules or None,
     )
 
 

@@ -28,6 +28,7 @@ from services.case.agent.rules import RulesAgent
 from services.case.model import CaseRecord
 from services.case.outbox import OutboxRelay
 from services.case.store import INDEXES, CaseStore, IdempotencyStore, UnmatchedStore
+from services.case.timers import CaseTimers
 from services.case.worker import Worker, register
 from shared.clock import now_ms
 from shared.contracts import agentmail
@@ -40,7 +41,7 @@ from shared.messaging.connection import connect_with_retry
 from shared.messaging.jetstream import ensure_streams, publish_durable
 from shared.mongo import Document, ensure_indexes
 from shared.settings import CaseSettings, load_settings
-from shared.subjects import AGENTMAIL_EVENTS, CASE_COMMANDS, CASE_EVENTS, PARKED, Service, queue_group
+from shared.subjects import AGENTMAIL_EVENTS, CASE_COMMANDS, CASE_EVENTS, CASE_TIMERS, PARKED, Service, queue_group
 
 INBOX = "caseflow@stub.example"
 CLIENT = "client-1"
@@ -236,9 +237,23 @@ class CaseHarness:
         )
 
 
-@contextlib.asynccontextmanager
-async def case_service(
+def case_service(
     nats_url: str, mongo_url: str, db: AsyncDatabase[Document], **overrides: str
+) -> contextlib.AbstractAsyncContextManager[CaseHarness]:
+    """The case service without timers on JetStream: tests call `worker.run_due()` themselves."""
+    return _case_service(nats_url, mongo_url, db, overrides, with_timers=False)
+
+
+def timed_case_service(
+    nats_url: str, mongo_url: str, db: AsyncDatabase[Document], **overrides: str
+) -> contextlib.AbstractAsyncContextManager[CaseHarness]:
+    """The case service arming each case's timer on JetStream and consuming the fired ones, as it runs."""
+    return _case_service(nats_url, mongo_url, db, overrides, with_timers=True)
+
+
+@contextlib.asynccontextmanager
+async def _case_service(
+    nats_url: str, mongo_url: str, db: AsyncDatabase[Document], overrides: dict[str, str], *, with_timers: bool
 ) -> AsyncIterator[CaseHarness]:
     environment = {
         "NATS_URL": nats_url,
@@ -256,10 +271,12 @@ async def case_service(
     await connect_with_retry(broker)
     js = broker.connection.jetstream()
     # Each test starts from empty streams and consumers (the server is shared by the module's tests).
-    for spec in STREAMS:
+    streams = (*STREAMS, CASE_TIMERS) if with_timers else STREAMS
+    for spec in streams:
         with contextlib.suppress(Exception):
             await js.delete_stream(spec.name)
-    await ensure_streams(broker, STREAMS, replicas=1)
+    await ensure_streams(broker, streams, replicas=1)
+    timers = CaseTimers(broker) if with_timers else None
     await ensure_indexes(db, INDEXES, attempts=1)
     store = CaseStore(db)
     relay = OutboxRelay(broker, store)
@@ -272,10 +289,17 @@ async def case_service(
             ),
             relay=relay,
             settings=settings,
+            timers=timers,
         )
     )
     worker = Worker(
-        broker=broker, store=store, relay=relay, agent=RulesAgent(), settings=settings, unmatched=UnmatchedStore(db)
+        broker=broker,
+        store=store,
+        relay=relay,
+        agent=RulesAgent(),
+        settings=settings,
+        unmatched=UnmatchedStore(db),
+        timers=timers,
     )
     register(worker)
     adapter = StubAdapter()

@@ -143,6 +143,7 @@ def test_every_durable_subject_is_documented_by_its_publisher(documents: dict[Se
             ("AGENTMAIL_EVENTS", Consumer.CASE_MESSAGES),
             ("AGENTMAIL_EVENTS", Consumer.CASE_DELIVERIES),
             ("CASE_EVENTS", Consumer.WEBHOOK_CASE_EVENTS),
+            ("CASE_TIMERS", Consumer.CASE_TIMERS),
         )
     }
 

@@ -241,3 +241,22 @@ def test_burst_counts_only_503_with_retry_after_as_an_expected_5xx() -> None:
     assert counts == {"201": 1, "429": 1, "503": 2, "other": 2, "5xx_unexpected": 2, "429_without_retry_after": 0}
     assert done.load(ok=[201, 429, 503]).failed == 2
     assert done.context()["max_latency_ms"] == 60_000.0
+
+
+def test_with_timers_the_scheduler_goal_is_an_idle_second_plus_one_safety_scan_per_interval() -> None:
+    scan = Phase(mode="idle scan", offered="", load=load(), cpu_s_per_request={"mongodb": 0.6})
+    scan.stack_cpu_s_per_request = 0.6
+    window = Phase(mode="idle", offered="", load=load(), cpu_s_per_request={"mongodb": 0.004, "nats": 0.006})
+    window.stack_cpu_s_per_request = 0.01
+    scheduler = Scenario(
+        name="scheduler scan (100,000 cases)",
+        group="scheduler",
+        description="",
+        phases=[scan, window],
+        context={"safety_scan_seconds": 60.0},
+    )
+    by_name = {goal.name: goal for goal in goals(Results(started_at="", scenarios=[scheduler]))}
+    goal = by_name["scheduler idle, none due: share of a core"]
+    assert goal.value is not None
+    assert round(goal.value, 6) == 0.02  # 10 ms per idle second + 600 ms every 60 s
+    assert (goal.met, goal.spender) == (True, None)

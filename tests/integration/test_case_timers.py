@@ -1,0 +1,141 @@
+"""Case timers on JetStream message schedules (services/case/timers.py), on a real nats-server and MongoDB.
+
+What is shown: a follow-up fires from its case's timer with no scan of the cases at all; a stale timer changes
+nothing; a case whose timer was lost is found by the safety scan; and the scheduler's loop, with timers on,
+scans only at start-up and then every SCHEDULER_SAFETY_SCAN_SECONDS (counted calls, not time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from pymongo.asynchronous.database import AsyncDatabase
+
+from deploy.processes import NatsServer
+from services.case.lifecycle import due_at
+from services.case.timers import TimerFired
+from shared.clock import now_ms
+from shared.mongo import Document
+from shared.subjects import CASE_TIMERS, Consumer, timer_due_subject
+from tests.support.case_service import CaseHarness, timed_case_service
+
+VENDOR = "vendor@example.com"
+
+
+@pytest.fixture(scope="module")
+def nats(log_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    server = NatsServer(log_dir=log_dir, store_dir=tmp_path_factory.mktemp("case_timers_jetstream"))
+    server.log_path = log_dir / "nats_case_timers.log"
+    server.start()
+    yield server
+    server.stop()
+
+
+class CountedCalls:
+    """Counts calls of one store method (a scan is a behaviour: one query of the scheduled cases)."""
+
+    def __init__(self, target: Any, name: str) -> None:
+        self.calls = 0
+        self._called = asyncio.Event()
+        original = getattr(target, name)
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            self._called.set()
+            return await original(*args, **kwargs)
+
+        setattr(target, name, counted)
+
+    async def at_least(self, calls: int) -> None:
+        while self.calls < calls:
+            self._called.clear()
+            await self._called.wait()
+
+
+@pytest.fixture
+async def timed(nats: NatsServer, mongo_url: str, mongo_db: AsyncDatabase[Document]) -> AsyncIterator[CaseHarness]:
+    """One follow-up hour is one second; timers on."""
+    async with timed_case_service(nats.url, mongo_url, mongo_db, FOLLOW_UP_HOUR_SECONDS="1") as running:
+        yield running
+
+
+async def test_a_follow_up_fires_from_its_timer_without_any_scan(timed: CaseHarness) -> None:
+    scans = CountedCalls(timed.store, "due_case_ids")
+    case_id = await timed.running(VENDOR, followUpDelayHours=1)
+    first = await timed.case(case_id)
+    armed_for = due_at(first)
+    assert armed_for is not None
+    assert armed_for == first.next_action_at
+    # The timer the first email's write armed is on the stream, for the case's due time.
+    stored = await timed.broker.connection.jetstream().get_last_msg(CASE_TIMERS.name, f"case.timer.at.{case_id}")
+    assert msgspec.json.decode(stored.data or b"", type=TimerFired) == TimerFired(case_id=case_id, due_at=armed_for)
+    followed = await timed.until(case_id, lambda record: record.attempt_count == 2)
+    assert followed.status == "RUNNING"
+    assert timed.adapter.attempts(case_id) == [1, 2]
+    # Nothing looked through the cases: the follow-up came from the timer alone.
+    assert scans.calls == 0
+
+
+async def test_a_stale_timer_changes_nothing(timed: CaseHarness) -> None:
+    case_id = await timed.running(VENDOR, followUpDelayHours=3600)
+    before = await timed.case(case_id)
+    # A timer fired for a time the case no longer has (it was rescheduled later): the case is not due yet.
+    assert await timed.worker.claim_due(case_id) == 0
+    js = timed.broker.connection.jetstream()
+    fired = await js.publish(
+        timer_due_subject(case_id),
+        msgspec.json.encode(TimerFired(case_id=case_id, due_at=now_ms())),
+        stream=CASE_TIMERS.name,
+    )
+    # Once the timer consumer has acknowledged the fired timer, it has been handled.
+    for _ in range(300):
+        if (await js.consumer_info(CASE_TIMERS.name, Consumer.CASE_TIMERS)).ack_floor.stream_seq >= fired.seq:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the fired timer was never acknowledged")
+    after = await timed.case(case_id)
+    assert (after.version, after.attempt_count, after.next_action_at) == (
+        before.version,
+        before.attempt_count,
+        before.next_action_at,
+    )
+
+
+async def test_a_case_whose_timer_was_lost_is_found_by_the_safety_scan(timed: CaseHarness) -> None:
+    case_id = await timed.running(VENDOR, followUpDelayHours=3600)
+    # The timer is lost (as if the process died between the write and the arm): only the case says it is due.
+    await timed.broker.connection.jetstream().purge_stream(CASE_TIMERS.name)
+    await timed.store.cases.update_one({"_id": case_id}, {"$set": {"nextActionAt": now_ms() - 1}})
+    assert await timed.worker.run_due() == 1
+    followed = await timed.until(case_id, lambda record: record.attempt_count == 2)
+    assert timed.adapter.attempts(case_id) == [1, 2]
+    assert followed.status == "RUNNING"
+
+
+async def test_with_timers_the_loop_scans_at_start_up_and_then_only_every_safety_interval(
+    nats: NatsServer, mongo_url: str, mongo_db: AsyncDatabase[Document]
+) -> None:
+    settings = {
+        "SCHEDULER_INTERVAL_SECONDS": "0.02",
+        "CREATE_CONFIRM_GRACE_SECONDS": "0.04",
+        "SCHEDULER_SAFETY_SCAN_SECONDS": "3600",
+    }
+    async with timed_case_service(nats.url, mongo_url, mongo_db, **settings) as running:
+        scans = CountedCalls(running.store, "due_case_ids")
+        ticks = CountedCalls(running.store, "unconfirmed_creates")
+        loop = asyncio.create_task(running.worker.schedule_forever())
+        try:
+            # Counted, not timed: wait for many loop ticks (each looks for unconfirmed creates).
+            await asyncio.wait_for(ticks.at_least(10), timeout=30)
+            assert scans.calls == 1
+        finally:
+            loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
