@@ -37,7 +37,7 @@ from bench.stats import summarise
 from deploy.processes import ManagedProcess, NatsServer, free_port, wait_for_port
 from services.case import domain
 from services.case.agent.rules import RulesAgent
-from services.case.lifecycle import Clock, due_at
+from services.case.lifecycle import Timing, due_at
 from services.case.model import CaseRecord, from_document, to_document
 from services.case.outbox import OutboxRelay
 from services.case.store import CaseStore, UnmatchedStore
@@ -106,7 +106,7 @@ class TimedWorker(Worker):
 
     claim_ms: list[float] = field(default_factory=list)
 
-    async def apply(self, case_id: str, event_for: EventFor, *, clock: Clock | None = None) -> CaseRecord | None:
+    async def apply(self, case_id: str, event_for: EventFor, *, clock: Timing | None = None) -> CaseRecord | None:
         started = time.perf_counter()
         try:
             return await super().apply(case_id, event_for, clock=clock)

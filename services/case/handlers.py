@@ -284,7 +284,7 @@ class CaseApi:
         updated = await self._update(
             command.case_id,
             command.client_id,
-            lambda record: lifecycle.apply_request(record, answer, lifecycle.Clock.of(self.settings, self.now_ms())),
+            lambda record: lifecycle.apply_request(record, answer, lifecycle.Timing.of(self.settings, self.now_ms())),
         )
         await self._publish_soon(updated)
         return case.InputAccepted(case_id=updated.case_id, input_request_id=input_request_id, accepted=True)
@@ -294,7 +294,7 @@ class CaseApi:
             ref.case_id,
             ref.client_id,
             lambda record: lifecycle.apply_request(
-                record, lifecycle.CancelRequested(), lifecycle.Clock.of(self.settings, self.now_ms())
+                record, lifecycle.CancelRequested(), lifecycle.Timing.of(self.settings, self.now_ms())
             ),
         )
         await self._publish_soon(updated)

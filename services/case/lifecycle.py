@@ -201,7 +201,10 @@ DELIVERY_RESULT_STATUS = {"bounced": "BOUNCED", "complained": "COMPLAINED", "rej
 
 
 @dataclass(frozen=True, slots=True)
-class Clock:
+class Timing:
+    """The moment a transition happens and the timing rules it applies (follow-up hour, leases). The moment
+    comes from the caller's injected shared.clock.Clock: the table itself never reads the time."""
+
     now: int  # Unix ms
     hour_ms: int  # one follow-up "hour" (FOLLOW_UP_HOUR_SECONDS, scaled for tests and demos)
     send_lease_ms: int = SEND_LEASE_MS
@@ -209,7 +212,7 @@ class Clock:
     reply_lease_ms: int = REPLY_LEASE_MS
 
     @classmethod
-    def of(cls, settings: CaseSettings, now: int) -> Clock:
+    def of(cls, settings: CaseSettings, now: int) -> Timing:
         """The service's clock at `now`: its follow-up hour and its leases."""
         return cls(
             now=now,
@@ -271,7 +274,7 @@ def request_refusal(case: CaseRecord, event: InputProvided | CancelRequested) ->
             return None
 
 
-def apply_request(case: CaseRecord, event: InputProvided | CancelRequested, clock: Clock) -> CaseRecord:
+def apply_request(case: CaseRecord, event: InputProvided | CancelRequested, clock: Timing) -> CaseRecord:
     """A client's request through the table: the contract's ServiceError when it does not apply."""
     refusal = request_refusal(case, event)
     if refusal is not None:
@@ -293,7 +296,7 @@ def _answer_unapplied(case: CaseRecord) -> InputRequestRecord | None:
     return None
 
 
-def _leases(case: CaseRecord, clock: Clock) -> list[tuple[RepairKind, int]]:
+def _leases(case: CaseRecord, clock: Timing) -> list[tuple[RepairKind, int]]:
     """Each step of the case that waits for a message, with the time its lease ends."""
     if not is_open(case):
         return []
@@ -307,7 +310,7 @@ def _leases(case: CaseRecord, clock: Clock) -> list[tuple[RepairKind, int]]:
     return leases
 
 
-def repairs_due(case: CaseRecord, clock: Clock) -> list[RepairKind]:
+def repairs_due(case: CaseRecord, clock: Timing) -> list[RepairKind]:
     """The steps that were requested and not confirmed within their lease, read from the case alone."""
     return [kind for kind, ends in _leases(case, clock) if ends <= clock.now]
 
@@ -315,7 +318,7 @@ def repairs_due(case: CaseRecord, clock: Clock) -> list[RepairKind]:
 # ---- the table ---------------------------------------------------------------------------------------------
 
 
-def transition(case: CaseRecord, event: Event, clock: Clock) -> CaseRecord:
+def transition(case: CaseRecord, event: Event, clock: Timing) -> CaseRecord:
     """The case after `event`; unchanged when the event is a repeat, late, or not applicable."""
     if case.status in TERMINAL_STATUSES:
         return case
@@ -386,7 +389,7 @@ def _usage_of(event: Event) -> TokenUsage:
             return TokenUsage()
 
 
-def _transition(case: CaseRecord, event: Event, clock: Clock) -> CaseRecord:
+def _transition(case: CaseRecord, event: Event, clock: Timing) -> CaseRecord:
     match event:
         case CaseStarted():
             return _started(case, clock)
@@ -429,7 +432,7 @@ def _transition(case: CaseRecord, event: Event, clock: Clock) -> CaseRecord:
 # ---- transitions -----------------------------------------------------------------------------------------
 
 
-def _touch(case: CaseRecord, clock: Clock, **changes: Any) -> CaseRecord:
+def _touch(case: CaseRecord, clock: Timing, **changes: Any) -> CaseRecord:
     """A client-visible change: updatedAt strictly increases, so every event id is unique."""
     return msgspec.structs.replace(case, updated_at=max(clock.now, case.updated_at + 1), **changes)
 
@@ -457,7 +460,7 @@ def _with_thread(case: CaseRecord, thread_id: str | None) -> dict[str, Any]:
     }
 
 
-def _send_command(case: CaseRecord, clock: Clock) -> CaseRecord:
+def _send_command(case: CaseRecord, clock: Timing) -> CaseRecord:
     """Owe the worker `case.cmd.send` for the email in flight (its first request or a repeat after the lease)."""
     attempt, kind = case.awaiting_send, case.awaiting_kind
     if attempt is None or kind is None:
@@ -485,7 +488,7 @@ def _send_command(case: CaseRecord, clock: Clock) -> CaseRecord:
 
 def _request_send(
     case: CaseRecord,
-    clock: Clock,
+    clock: Timing,
     *,
     kind: EmailKind,
     in_reply_to: str | None,
@@ -514,14 +517,14 @@ def _request_send(
     return _send_command(requested, clock)
 
 
-def _started(case: CaseRecord, clock: Clock) -> CaseRecord:
+def _started(case: CaseRecord, clock: Timing) -> CaseRecord:
     if case.status != "CREATED" or case.awaiting_send is not None or case.attempt_count > 0:
         return case
     started = msgspec.structs.replace(case, pending_create=False)
     return _request_send(started, clock, kind="first", in_reply_to=None)
 
 
-def _email_sent(case: CaseRecord, event: EmailSent, clock: Clock) -> CaseRecord:
+def _email_sent(case: CaseRecord, event: EmailSent, clock: Timing) -> CaseRecord:
     if event.attempt != case.awaiting_send:
         return case  # a repeated confirmation, or of an email that was never the one in flight
     follow_ups = case.follow_ups_since_reply + (1 if event.kind == "follow_up" else 0)
@@ -554,7 +557,7 @@ def _email_sent(case: CaseRecord, event: EmailSent, clock: Clock) -> CaseRecord:
     )
 
 
-def _repair(case: CaseRecord, kinds: list[RepairKind], clock: Clock) -> CaseRecord:
+def _repair(case: CaseRecord, kinds: list[RepairKind], clock: Timing) -> CaseRecord:
     """Request again, from the case alone, every step whose lease has passed (each renews its lease)."""
     repaired = case
     if "send_unconfirmed" in kinds:
@@ -582,7 +585,7 @@ def _repair(case: CaseRecord, kinds: list[RepairKind], clock: Clock) -> CaseReco
     return repaired
 
 
-def _follow_up_due(case: CaseRecord, clock: Clock) -> CaseRecord:
+def _follow_up_due(case: CaseRecord, clock: Timing) -> CaseRecord:
     kinds = repairs_due(case, clock)
     if kinds:
         return _repair(case, kinds, clock)
@@ -601,7 +604,7 @@ def _follow_up_due(case: CaseRecord, clock: Clock) -> CaseRecord:
     return _request_send(case, clock, kind="follow_up", in_reply_to=case.last_message_id)
 
 
-def _fail(case: CaseRecord, result_status: str, reason: str | None, clock: Clock) -> CaseRecord:
+def _fail(case: CaseRecord, result_status: str, reason: str | None, clock: Timing) -> CaseRecord:
     failed = _touch(
         case,
         clock,
@@ -615,7 +618,7 @@ def _fail(case: CaseRecord, result_status: str, reason: str | None, clock: Clock
     return with_outbox(failed, [case_event(failed, "case.failed")], now=clock.now)
 
 
-def _cancelled(case: CaseRecord, clock: Clock) -> CaseRecord:
+def _cancelled(case: CaseRecord, clock: Timing) -> CaseRecord:
     cancelled = _touch(
         case,
         clock,
@@ -632,7 +635,7 @@ def _remember(ids: list[str], new_id: str) -> list[str]:
     return [*ids, new_id][-HANDLED_MEMORY:]
 
 
-def _reply_received(case: CaseRecord, message: InboundEmail, clock: Clock) -> CaseRecord:
+def _reply_received(case: CaseRecord, message: InboundEmail, clock: Timing) -> CaseRecord:
     threads = _with_thread(case, message.thread_id)
     known = message.message_id in case.handled_message_ids or any(
         reply.message_id == message.message_id for reply in case.unjudged_replies
@@ -648,7 +651,7 @@ def _reply_received(case: CaseRecord, message: InboundEmail, clock: Clock) -> Ca
     return msgspec.structs.replace(case, **threads, unjudged_replies=[*case.unjudged_replies, unjudged])
 
 
-def _reply_judged(case: CaseRecord, event: ReplyJudged, clock: Clock) -> CaseRecord:
+def _reply_judged(case: CaseRecord, event: ReplyJudged, clock: Timing) -> CaseRecord:
     message = event.message
     if message.message_id in case.handled_message_ids:
         return case
@@ -667,7 +670,7 @@ def _reply_judged(case: CaseRecord, event: ReplyJudged, clock: Clock) -> CaseRec
     return _apply_judgement(seen, event.judgement, clock, reply_to=message.message_id, source=message.message_id)
 
 
-def _queue_answer(case: CaseRecord, request: InputRequestRecord, provided_context: str, clock: Clock) -> CaseRecord:
+def _queue_answer(case: CaseRecord, request: InputRequestRecord, provided_context: str, clock: Timing) -> CaseRecord:
     """Owe the worker the client's answer (`case.cmd.input_provided`); a repeat after the lease gets a new id."""
     first = request.answer_queued_at is None
     command = outbox_message(
@@ -684,14 +687,14 @@ def _queue_answer(case: CaseRecord, request: InputRequestRecord, provided_contex
     return with_outbox(msgspec.structs.replace(case, input_request=queued), [command], now=clock.now)
 
 
-def _input_provided(case: CaseRecord, event: InputProvided, clock: Clock) -> CaseRecord:
+def _input_provided(case: CaseRecord, event: InputProvided, clock: Timing) -> CaseRecord:
     request = case.input_request
     if request_refusal(case, event) is not None or request is None:
         return case
     return _queue_answer(_touch(case, clock), request, event.provided_context, clock)
 
 
-def _input_judged(case: CaseRecord, event: InputJudged, clock: Clock) -> CaseRecord:
+def _input_judged(case: CaseRecord, event: InputJudged, clock: Timing) -> CaseRecord:
     request = case.input_request
     if not input_awaits_judgement(case, event.input_request_id) or request is None:
         return case
@@ -721,7 +724,7 @@ def with_human_context(case: CaseRecord, provided_context: str) -> CaseRecord:
 
 
 def _apply_judgement(
-    case: CaseRecord, judgement: Judgement, clock: Clock, *, reply_to: str | None, source: str
+    case: CaseRecord, judgement: Judgement, clock: Timing, *, reply_to: str | None, source: str
 ) -> CaseRecord:
     match judgement.outcome:
         case "GOAL_ACHIEVED":
@@ -772,7 +775,7 @@ def _apply_judgement(
             return _touch(case, clock, status="RUNNING")
 
 
-def _need_input(case: CaseRecord, question: str, clock: Clock, *, source: str) -> CaseRecord:
+def _need_input(case: CaseRecord, question: str, clock: Timing, *, source: str) -> CaseRecord:
     request = InputRequestRecord(
         # Derived from what caused it, so recomputing the same transition gives the same id.
         id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"caseflow:{case.case_id}:{source}")),

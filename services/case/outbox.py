@@ -16,14 +16,17 @@ from faststream.nats import NatsBroker
 from services.case.domain import RELAY_GRACE_MS
 from services.case.model import CaseRecord
 from services.case.store import CaseStore
-from shared.clock import now_ms
+from shared.clock import Clock, system_clock, unix_ms
 from shared.subjects import MSG_ID_HEADER, REQUEST_ID_HEADER
 
 log = logging.getLogger("caseflow.case.outbox")
 
 
 class OutboxRelay:
-    def __init__(self, broker: NatsBroker, store: CaseStore, *, interval_seconds: float = 1.0) -> None:
+    def __init__(
+        self, broker: NatsBroker, store: CaseStore, *, interval_seconds: float = 1.0, clock: Clock = system_clock
+    ) -> None:
+        self.clock = clock
         self.broker = broker
         self.store = store
         self.interval_seconds = interval_seconds
@@ -41,7 +44,7 @@ class OutboxRelay:
         await self.store.mark_relayed(record.case_id, [message.msg_id for message in record.outbox])
 
     async def relay_due(self) -> int:
-        cutoff = now_ms() - RELAY_GRACE_MS
+        cutoff = unix_ms(self.clock()) - RELAY_GRACE_MS
         records = await self.store.with_pending_outbox(older_than=cutoff, limit=100)
         for record in records:
             try:

@@ -42,7 +42,6 @@ from services.case.handlers import release_unit
 from services.case.lifecycle import (
     AgentStuck,
     CaseStarted,
-    Clock,
     DeliveryFailed,
     EmailSent,
     Event,
@@ -54,6 +53,7 @@ from services.case.lifecycle import (
     SendFailed,
     SendRejected,
     SendStarted,
+    Timing,
     input_awaits_judgement,
     repairs_due,
     reply_awaits_judgement,
@@ -67,7 +67,7 @@ from services.case.store import CaseStore, MessageMatch, UnmatchedMessage, Unmat
 from services.case.timers import CaseTimers, TimerFired
 from services.case.transcript import case_transcript, for_agent
 from shared import metrics
-from shared.clock import now_ms
+from shared.clock import Clock, system_clock, unix_ms
 from shared.contracts import agentmail
 from shared.contracts.billing import Reservation
 from shared.contracts.case import (
@@ -100,18 +100,21 @@ class Worker:
     agent: Agent
     settings: CaseSettings
     unmatched: UnmatchedStore
+    # None: no timers on JetStream (unit and integration harnesses), so the scan runs every tick as before.
+    timers: CaseTimers | None = None
+    clock: Clock = system_clock
     rpc: RpcClient = field(init=False)
 
     def __post_init__(self) -> None:
         self.rpc = RpcClient(self.broker, self.settings.rpc_timeout_seconds)
 
-    # None: no timers on JetStream (unit and integration harnesses), so the scan runs every tick as before.
-    timers: CaseTimers | None = None
+    def now_ms(self) -> int:
+        return unix_ms(self.clock())
 
-    def clock(self) -> Clock:
-        return Clock.of(self.settings, now_ms())
+    def timing(self) -> Timing:
+        return Timing.of(self.settings, self.now_ms())
 
-    async def apply(self, case_id: str, event_for: EventFor, *, clock: Clock | None = None) -> CaseRecord | None:
+    async def apply(self, case_id: str, event_for: EventFor, *, clock: Timing | None = None) -> CaseRecord | None:
         """Load, build the event (I/O allowed: the agent writes or judges, the adapter sends), then transition,
         store under a version check and relay.
 
@@ -133,7 +136,7 @@ class Worker:
         # backoff) onto a calmer case.
         sent = isinstance(event, EmailSent | SendRejected | SendFailed)
         written = await self.store.write_change(
-            case_id, lambda current: transition(current, event, clock or self.clock()), loaded=None if sent else case
+            case_id, lambda current: transition(current, event, clock or self.timing()), loaded=None if sent else case
         )
         if written is None:
             return None
@@ -323,7 +326,7 @@ class Worker:
                 received_at=message.received_at,
                 reason=reason,
                 candidate_case_ids=list(match.candidates),
-                stored_at=now_ms(),
+                stored_at=self.now_ms(),
             )
         )
         metrics.UNMATCHED_MESSAGES.labels(reason=reason).inc()
@@ -391,7 +394,7 @@ class Worker:
         """Request the follow-ups (or failures) of every due case and repair every step past its lease;
         returns how many cases changed."""
         changed = 0
-        for case_id in await self.store.due_case_ids(now=now_ms(), limit=limit):
+        for case_id in await self.store.due_case_ids(now=self.now_ms(), limit=limit):
             try:
                 changed += await self.claim_due(case_id)
             except Exception:
@@ -405,7 +408,7 @@ class Worker:
         async def due(_: CaseRecord) -> Event:
             return FollowUpDue()
 
-        clock = self.clock()
+        clock = self.timing()
         before = await self.store.get(case_id)
         after = await self.apply(case_id, due, clock=clock)
         if before is None or after is None or after.version == before.version:
@@ -420,7 +423,7 @@ class Worker:
         exists after all (the consumer will have been slow), else remove it and release its unit — its client
         was never answered 201 (the gateway publishes the command before answering). Returns cases settled."""
         settled = 0
-        for record in await self.store.unconfirmed_creates(now=now_ms(), limit=limit):
+        for record in await self.store.unconfirmed_creates(now=self.now_ms(), limit=limit):
             case_id_var.set(record.case_id)
             client_id_var.set(record.client_id)
             try:

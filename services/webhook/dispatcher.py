@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import uuid
 from collections.abc import Sequence
@@ -21,7 +20,7 @@ from services.webhook.sender import WebhookSender
 from services.webhook.signing import SigningSecrets, signature_headers
 from services.webhook.store import DeliveryStore
 from shared import metrics
-from shared.clock import now_ms
+from shared.clock import Clock, system_clock, unix_ms
 from shared.errors import ErrorCode, ServiceError
 from shared.logs import case_id_var, client_id_var
 
@@ -50,7 +49,9 @@ class Dispatcher:
         poll_seconds: float,
         concurrency: int,
         drain_seconds: float,
+        clock: Clock = system_clock,
     ) -> None:
+        self.clock = clock
         self.store = store
         self.secrets = secrets
         self.sender = sender
@@ -61,6 +62,9 @@ class Dispatcher:
         self._slots = asyncio.Semaphore(concurrency)
         self._wake = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
+
+    def now_ms(self) -> int:
+        return unix_ms(self.clock())
 
     def wake(self) -> None:
         """Look for due work now (a delivery was just stored or became due)."""
@@ -75,7 +79,7 @@ class Dispatcher:
                 await self._slots.acquire()
                 claim = uuid.uuid4().hex
                 try:
-                    record = await self.store.claim_due(now=now_ms(), lease_ms=self.lease_ms, claim=claim)
+                    record = await self.store.claim_due(now=self.now_ms(), lease_ms=self.lease_ms, claim=claim)
                 except BaseException:
                     self._slots.release()
                     raise
@@ -121,7 +125,7 @@ class Dispatcher:
             if exc.code in (ErrorCode.SERVICE_UNAVAILABLE, ErrorCode.INTERNAL_ERROR):
                 log.warning("signing secret unavailable; delivery postponed", extra={"event_id": record.event_id})
                 await self.store.release(
-                    record.event_id, claim=claim, next_attempt_at=now_ms() + SECRET_UNAVAILABLE_RETRY_MS
+                    record.event_id, claim=claim, next_attempt_at=self.now_ms() + SECRET_UNAVAILABLE_RETRY_MS
                 )
                 return
             # Auth says the client cannot have webhooks (e.g. it no longer exists): nothing to retry for.
@@ -132,18 +136,18 @@ class Dispatcher:
                 refused=True,
                 detail=f"no signing secret: {exc.message}",
             )
-            await self._record(record, claim, at=now_ms(), result=result)
+            await self._record(record, claim, at=self.now_ms(), result=result)
             return
-        started = dt.datetime.now(dt.UTC)
+        started = self.clock()
         headers = signature_headers(secret, event_id=record.event_id, body=record.body, at=started)
         result = await self.sender.send(record.url, record.body, headers)
-        await self._record(record, claim, at=int(started.timestamp() * 1000), result=result)
+        await self._record(record, claim, at=unix_ms(started), result=result)
 
     async def _record(self, record: DeliveryRecord, claim: str, *, at: int, result: domain.AttemptResult) -> None:
         attempt = record.round_attempts + 1
         metrics.WEBHOOK_ATTEMPTS.labels(result=_ATTEMPT_RESULT[domain.verdict(result)]).inc()
         step = domain.after_attempt(self.schedule, attempt=attempt, result=result)
-        next_attempt_at = None if step.delay_seconds is None else now_ms() + int(step.delay_seconds * 1000)
+        next_attempt_at = None if step.delay_seconds is None else self.now_ms() + int(step.delay_seconds * 1000)
         kept = await self.store.record_attempt(
             record.event_id,
             claim=claim,

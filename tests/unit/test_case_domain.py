@@ -7,7 +7,7 @@ import msgspec
 import pytest
 
 from services.case import domain
-from services.case.lifecycle import CancelRequested, Clock, InputProvided, apply_request
+from services.case.lifecycle import CancelRequested, InputProvided, Timing, apply_request
 from services.case.model import CaseRecord, InputRequestRecord, from_document, to_document
 from shared.contracts.case import (
     CMD_INPUT_PROVIDED,
@@ -31,8 +31,8 @@ BODY = msgspec.convert(
 )
 
 
-def at(now: int) -> Clock:
-    return Clock(now=now, hour_ms=1_000)
+def at(now: int) -> Timing:
+    return Timing(now=now, hour_ms=1_000)
 
 
 def created() -> CaseRecord:

@@ -15,7 +15,6 @@ from services.case.lifecycle import (
     AgentStuck,
     CancelRequested,
     CaseStarted,
-    Clock,
     DeliveryFailed,
     EmailSent,
     Event,
@@ -28,6 +27,7 @@ from services.case.lifecycle import (
     SendFailed,
     SendRejected,
     SendStarted,
+    Timing,
     apply_request,
     repairs_due,
     request_refusal,
@@ -71,8 +71,8 @@ PDF = AttachmentMeta(
 )
 
 
-def clock(now: int = T0) -> Clock:
-    return Clock(now=now, hour_ms=HOUR)
+def clock(now: int = T0) -> Timing:
+    return Timing(now=now, hour_ms=HOUR)
 
 
 def new(**changes: Any) -> CaseRecord:
@@ -682,8 +682,8 @@ def test_cancel_of_a_terminal_case_is_409(status: str) -> None:
 # ---- the reconciler: leases read from the case alone, each repair once ---------------------------------------
 
 
-def lease_clock(now: int) -> Clock:
-    return Clock(now=now, hour_ms=HOUR, send_lease_ms=1_000, input_lease_ms=2_000, reply_lease_ms=3_000)
+def lease_clock(now: int) -> Timing:
+    return Timing(now=now, hour_ms=HOUR, send_lease_ms=1_000, input_lease_ms=2_000, reply_lease_ms=3_000)
 
 
 def answered() -> CaseRecord:
