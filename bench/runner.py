@@ -36,7 +36,8 @@ from bench.report import Group, Phase, ProfileSummary, Scenario, compare, phase_
 from bench.stack import Target
 from bench.stats import LoadResult, ratio
 from services.case import domain
-from services.case.model import to_document
+from services.case.model import InputRequestRecord, to_document
+from services.case.store import CaseStore
 from shared.clock import now_ms
 from shared.contracts.case import NOTHING_SCHEDULED, NewCase
 from shared.mongo import Document, create_mongo_client
@@ -552,39 +553,36 @@ def list_case_ids(target: Target, *, limit: int) -> list[str]:
 
 
 async def prepare_input_cases(target: Target, case_ids: Sequence[str]) -> int:
-    """Put settled cases in INPUT_NEEDED with a pending input request, as the worker would have (`update_many`
-    in MongoDB, 250 cases at a time: writing them through the lifecycle would need a counterparty per case)."""
+    """Put settled cases in INPUT_NEEDED with a pending input request, as the worker would have: each case read
+    and written back as a `CaseRecord` through the case service's own store (a versioned replace), not through
+    the lifecycle, which would need a counterparty per case to get there."""
     assert target.mongo_url is not None
     mongo = setup_client(target.mongo_url)
+    store = CaseStore(mongo[target.mongo_db])
     modified = 0
     try:
         now = now_ms()
-        for start in range(0, len(case_ids), 250):
-            modified += await _put_in_input_needed(mongo, target.mongo_db, case_ids[start : start + 250], now)
+        for case_id in case_ids:
+            record = await store.get(case_id)
+            if record is None or record.status != "RUNNING" or record.awaiting_send is not None:
+                continue
+            waiting = msgspec.structs.replace(
+                record,
+                status="INPUT_NEEDED",
+                next_action_at=NOTHING_SCHEDULED,
+                input_request=InputRequestRecord(
+                    id=INPUT_REQUEST_ID,
+                    question="Which vendor id should I give them?",
+                    status="PENDING",
+                    requested_at=now,
+                ),
+                updated_at=now,
+                version=record.version + 1,
+            )
+            modified += await store.replace(waiting, expected_version=record.version)
         return modified
     finally:
         await mongo.close()
-
-
-async def _put_in_input_needed(mongo: AsyncMongoClient[Document], db: str, case_ids: Sequence[str], now: int) -> int:
-    result = await mongo[db]["cases"].update_many(
-        {"_id": {"$in": list(case_ids)}, "status": "RUNNING", "awaitingSend": None},
-        {
-            "$set": {
-                "status": "INPUT_NEEDED",
-                "nextActionAt": NOTHING_SCHEDULED,
-                "inputRequest": {
-                    "id": INPUT_REQUEST_ID,
-                    "question": "Which vendor id should I give them?",
-                    "status": "PENDING",
-                    "requestedAt": now,
-                },
-                "updatedAt": now,
-            },
-            "$inc": {"version": 1},
-        },
-    )
-    return int(result.modified_count)
 
 
 async def pending_input_case_ids(target: Target) -> list[str]:

@@ -25,7 +25,7 @@ from urllib.parse import quote
 import httpx
 import msgspec
 
-from services.agentmail_adapter.models import (
+from services.agentmail_adapter.payloads import (
     AttachmentDownload,
     ErrorResponse,
     Message,

@@ -35,7 +35,7 @@ from services.agentmail_adapter.client import (
     SendResult,
 )
 from services.agentmail_adapter.model import HandledEvent, StoredAttachment, StoredMessage
-from services.agentmail_adapter.models import Delivery, Message, ReplyMessage, SendMessage, SentMessage
+from services.agentmail_adapter.payloads import Delivery, Message, ReplyMessage, SendMessage, SentMessage
 from services.agentmail_adapter.store import MessageStore
 from services.agentmail_adapter.webhooks import (
     MESSAGE_RECEIVED_TYPE,

@@ -1,7 +1,7 @@
 """The adapter's records: the messages it sent or received (`messages`) and the webhook events it handled.
 
 Design decision: these are the adapter's own view of AgentMail's mail, kept so transcripts and send idempotency
-never need AgentMail; AgentMail's JSON bodies themselves are in `models.py` and never stored as they come.
+never need AgentMail; AgentMail's JSON bodies themselves are in `payloads.py` and never stored as they come.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import msgspec
 from svix.webhooks import Webhook as SvixVerifier
 from svix.webhooks import WebhookVerificationError
 
-from services.agentmail_adapter.models import Message, MessageRef, WebhookEvent
+from services.agentmail_adapter.payloads import Message, MessageRef, WebhookEvent
 from shared.clock import unix_ms
 from shared.contracts.agentmail import AttachmentInfo, DeliveryEvent, MessageReceived
 from shared.errors import ErrorCode, ServiceError

@@ -23,7 +23,7 @@ from services.agentmail_adapter.client import (
     AgentMailUnavailable,
     MessageRejected,
 )
-from services.agentmail_adapter.models import CreateInbox, CreateWebhook, ReplyMessage, SendMessage, SentMessage
+from services.agentmail_adapter.payloads import CreateInbox, CreateWebhook, ReplyMessage, SendMessage, SentMessage
 from shared.failures import DEPENDENCY_PROBLEMS
 from shared.settings import AgentMailSettings, load_settings
 from tests.support.agentmail_client import AgentMailTestClient

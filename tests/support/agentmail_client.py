@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Final
 
 from services.agentmail_adapter.client import AgentMailClient, path_segment
-from services.agentmail_adapter.models import CreateInbox, CreateWebhook, Inbox, Message, Thread, Webhook
+from services.agentmail_adapter.payloads import CreateInbox, CreateWebhook, Inbox, Message, Thread, Webhook
 
 # The largest page AgentMail serves (`limit`).
 MAX_PAGE: Final = 100

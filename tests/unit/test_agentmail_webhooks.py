@@ -13,7 +13,7 @@ import pytest
 from svix.webhooks import Webhook
 
 from services.agentmail_adapter.handlers import attempt_label, attempt_of_labels, idempotency_key
-from services.agentmail_adapter.models import Message, WebhookEvent
+from services.agentmail_adapter.payloads import Message, WebhookEvent
 from services.agentmail_adapter.webhooks import (
     WebhookVerifier,
     body_text,
