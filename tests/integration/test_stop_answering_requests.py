@@ -97,8 +97,9 @@ async def test_a_stopping_replica_leaves_its_queue_group_and_answers_what_it_was
     ]
     await raw_broker.connection.flush()
     stop = asyncio.create_task(stop_like_the_runtime())
-    while any(subscriber.subscription is not None for subscriber in stopping.subscribers):
-        await asyncio.sleep(0.01)  # the stop has begun: the replica is leaving its queue group
+    # The stop has begun once the replica lets go of its subscription (FastStream's state: no event to wait on).
+    while any(subscriber.subscription is not None for subscriber in stopping.subscribers):  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
     asks += [
         asyncio.create_task(request(raw_broker, subject, Ask(), Answer, timeout=10))
         for _ in range(REQUESTS_DURING_THE_STOP)
