@@ -98,7 +98,7 @@ async def test_a_stopping_replica_leaves_its_queue_group_and_answers_what_it_was
     await raw_broker.connection.flush()
     stop = asyncio.create_task(stop_like_the_runtime())
     # The stop has begun once the replica lets go of its subscription (FastStream's state: no event to wait on).
-    while any(subscriber.subscription is not None for subscriber in stopping.subscribers):  # noqa: ASYNC110
+    while any(getattr(subscriber, "subscription", None) is not None for subscriber in stopping.subscribers):  # noqa: ASYNC110
         await asyncio.sleep(0.01)
     asks += [
         asyncio.create_task(request(raw_broker, subject, Ask(), Answer, timeout=10))
