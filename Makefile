@@ -63,8 +63,11 @@ format: $(STAMP)  ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-docs: $(STAMP)  ## regenerate docs/asyncapi: AsyncAPI documents of every NATS subject, stream and payload
+docs: $(STAMP)  ## regenerate every generated file: docs/asyncapi, the README's settings table, deploy/nats.conf and Helm values, deploy/k8s
 	$(BIN)/python -m deploy.asyncapi
+	$(BIN)/python -m deploy.settings_table
+	$(BIN)/python -m deploy.nats_config
+	$(BIN)/python -m deploy.k8s_manifests
 
 up:  ## docker compose: real MongoDB and NATS, the services from deploy/Dockerfile
 	docker compose up --build --detach
