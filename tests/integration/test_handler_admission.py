@@ -52,6 +52,26 @@ async def started(broker: NatsBroker, asker: NatsBroker, *subjects: str) -> None
                 break
 
 
+class HeldHandler:
+    """An RPC handler that holds every request but the probe until `release` is set, recording who entered;
+    `entered_all` is set once `expected` requests are inside."""
+
+    def __init__(self, broker: NatsBroker, subject: str, *, queue: str, concurrency: int, expected: int) -> None:
+        self.release = asyncio.Event()
+        self.entered: list[str] = []
+        self.entered_all = asyncio.Event()
+
+        @rpc_subscriber(broker, subject, queue=queue, concurrency=concurrency)
+        async def held(job: Job) -> Ok[Done]:
+            if job.job_id == PROBE:
+                return Ok(Done(job.job_id))
+            self.entered.append(job.job_id)
+            if len(self.entered) >= expected:
+                self.entered_all.set()
+            await self.release.wait()
+            return Ok(Done(job.job_id))
+
+
 @pytest.fixture
 async def bounded_broker(nats_server: NatsServer) -> AsyncIterator[NatsBroker]:
     settings = load_settings(
@@ -71,20 +91,7 @@ async def test_the_request_beyond_the_bound_is_answered_503_with_retry_after_whi
     bounded_broker: NatsBroker, raw_broker: NatsBroker, subject_prefix: str
 ) -> None:
     subject = f"{subject_prefix}.rpc.held"
-    release = asyncio.Event()
-    entered: list[str] = []
-    all_entered = asyncio.Event()
-
-    @rpc_subscriber(bounded_broker, subject, queue="held", concurrency=BOUND)
-    async def held(job: Job) -> Ok[Done]:
-        if job.job_id == PROBE:
-            return Ok(Done(job.job_id))
-        entered.append(job.job_id)
-        if len(entered) == BOUND:
-            all_entered.set()
-        await release.wait()
-        return Ok(Done(job.job_id))
-
+    held = HeldHandler(bounded_broker, subject, queue="held", concurrency=BOUND, expected=BOUND)
     await started(bounded_broker, raw_broker, subject)
     shed_before = REGISTRY.get_sample_value("caseflow_rpc_shed_requests_total", {"subject": subject}) or 0.0
 
@@ -92,7 +99,7 @@ async def test_the_request_beyond_the_bound_is_answered_503_with_retry_after_whi
         asyncio.create_task(request(raw_broker, subject, Job(f"job-{n}"), Done, timeout=30)) for n in range(BOUND)
     ]
     # A guard against a hang only: the assertion is that all BOUND handlers run at the same time.
-    await asyncio.wait_for(all_entered.wait(), timeout=10)
+    await asyncio.wait_for(held.entered_all.wait(), timeout=10)
 
     with pytest.raises(ServiceError) as shed:
         await request(raw_broker, subject, Job("overflow"), Done, timeout=30)
@@ -101,10 +108,10 @@ async def test_the_request_beyond_the_bound_is_answered_503_with_retry_after_whi
     assert shed.value.kind == "transient"
     # Answered while every admitted request is still held open: it did not queue behind them.
     assert not any(task.done() for task in admitted)
-    assert "overflow" not in entered
+    assert "overflow" not in held.entered
     assert REGISTRY.get_sample_value("caseflow_rpc_shed_requests_total", {"subject": subject}) == shed_before + 1
 
-    release.set()
+    held.release.set()
     assert sorted(done.job_id for done in await asyncio.gather(*admitted)) == [f"job-{n}" for n in range(BOUND)]
     # Once the held ones finished, the handler admits again.
     assert (await request(raw_broker, subject, Job("after"), Done, timeout=30)).job_id == "after"
@@ -114,19 +121,7 @@ async def test_each_handler_has_its_own_bound(
     bounded_broker: NatsBroker, raw_broker: NatsBroker, subject_prefix: str
 ) -> None:
     held_subject, other_subject = f"{subject_prefix}.rpc.held", f"{subject_prefix}.rpc.other"
-    release = asyncio.Event()
-    entered: list[str] = []
-    all_entered = asyncio.Event()
-
-    @rpc_subscriber(bounded_broker, held_subject, queue="held", concurrency=BOUND)
-    async def held(job: Job) -> Ok[Done]:
-        if job.job_id == PROBE:
-            return Ok(Done(job.job_id))
-        entered.append(job.job_id)
-        if len(entered) == BOUND:
-            all_entered.set()
-        await release.wait()
-        return Ok(Done(job.job_id))
+    held = HeldHandler(bounded_broker, held_subject, queue="held", concurrency=BOUND, expected=BOUND)
 
     @rpc_subscriber(bounded_broker, other_subject, queue="other")
     async def other(job: Job) -> Ok[Done]:
@@ -136,10 +131,10 @@ async def test_each_handler_has_its_own_bound(
     admitted = [
         asyncio.create_task(request(raw_broker, held_subject, Job(f"job-{n}"), Done, timeout=30)) for n in range(BOUND)
     ]
-    await asyncio.wait_for(all_entered.wait(), timeout=10)
+    await asyncio.wait_for(held.entered_all.wait(), timeout=10)
     # A full handler does not shed the requests of another one.
     assert (await request(raw_broker, other_subject, Job("free"), Done, timeout=30)).job_id == "free"
-    release.set()
+    held.release.set()
     await asyncio.gather(*admitted)
 
 
@@ -147,22 +142,11 @@ async def test_requests_waiting_their_turn_count_toward_the_bound_and_run_in_tur
     bounded_broker: NatsBroker, raw_broker: NatsBroker, subject_prefix: str
 ) -> None:
     subject = f"{subject_prefix}.rpc.serial"
-    release = asyncio.Event()
-    entered: list[str] = []
-    first_entered = asyncio.Event()
-
-    @rpc_subscriber(bounded_broker, subject, queue="serial")
-    async def serial(job: Job) -> Ok[Done]:
-        if job.job_id == PROBE:
-            return Ok(Done(job.job_id))
-        entered.append(job.job_id)
-        first_entered.set()
-        await release.wait()
-        return Ok(Done(job.job_id))
+    serial = HeldHandler(bounded_broker, subject, queue="serial", concurrency=1, expected=1)
 
     await started(bounded_broker, raw_broker, subject)
     running = asyncio.create_task(request(raw_broker, subject, Job("running"), Done, timeout=30))
-    await asyncio.wait_for(first_entered.wait(), timeout=10)
+    await asyncio.wait_for(serial.entered_all.wait(), timeout=10)
     waiting = [
         asyncio.create_task(request(raw_broker, subject, Job(f"waiting-{n}"), Done, timeout=30))
         for n in range(BOUND - 1)
@@ -177,9 +161,9 @@ async def test_requests_waiting_their_turn_count_toward_the_bound_and_run_in_tur
         await request(raw_broker, subject, Job("overflow"), Done, timeout=30)
     assert shed.value.code is ErrorCode.SERVICE_UNAVAILABLE
     assert shed.value.retry_after_seconds == RETRY_AFTER_SECONDS
-    assert entered == ["running"]
+    assert serial.entered == ["running"]
     assert not running.done()
-    release.set()
+    serial.release.set()
     assert (await running).job_id == "running"
     assert sorted(done.job_id for done in await asyncio.gather(*waiting)) == [f"waiting-{n}" for n in range(BOUND - 1)]
-    assert sorted(entered) == sorted(["running", *(f"waiting-{n}" for n in range(BOUND - 1))])
+    assert sorted(serial.entered) == sorted(["running", *(f"waiting-{n}" for n in range(BOUND - 1))])
