@@ -427,6 +427,11 @@ class Soak:
             # Polling the stack from outside, as a client would: there is no event to wait on.
             while time.monotonic() < settle_until and not await self.settled(api):  # noqa: ASYNC110
                 await asyncio.sleep(2.0)
+            # Each replica counts a message's poison failures itself (in memory, reset by a kill), so the poison
+            # is parked after CONSUMER_MAX_DELIVER failures in one of them: later than the cases settle, within
+            # the same bound.
+            while time.monotonic() < settle_until and not await self.poison_parked():  # noqa: ASYNC110
+                await asyncio.sleep(2.0)
             self.settle_seconds = self.elapsed()
             stop_inputs.set()
             await inputs
@@ -435,6 +440,10 @@ class Soak:
             await asyncio.gather(*traffic, return_exceptions=True)
             observed = await self.observe(api)
         return run_checks(observed), observed
+
+    async def poison_parked(self) -> bool:
+        parked = await read_parked(self.stack.nats.url)
+        return all(any(marker.encode() in body for _, body in parked) for marker in self.poison_markers)
 
     async def recover(self) -> None:
         """After the schedule: every fault lifted, every process up (one that died on its own is noted)."""
