@@ -110,23 +110,7 @@ def hostile_case() -> contract.CaseView:
 
 
 def test_counterparty_text_is_rendered_as_text() -> None:
-    html = (
-        environment()
-        .get_template("case_live.html")
-        .render(
-            case=hostile_case(),
-            messages=hostile_case().conversation_messages,
-            attachments_by_message={},
-            deliveries=[],
-            terminal=False,
-            case_url="/console/cases/case-1",
-            version="v",
-            live_url="/l",
-            poll_seconds=2,
-            csrf="t",
-            never=NOTHING_SCHEDULED,
-        )
-    )
+    html = render_case(hostile_case(), messages=hostile_case().conversation_messages)
     assert "<script>" not in html
     assert 'href="javascript:' not in html
     assert html.count("&lt;script&gt;window.pwned = 1&lt;/script&gt;") >= 4  # subject, text, name, objective
@@ -138,13 +122,18 @@ def test_times_are_shown_in_utc_and_nothing_scheduled_as_a_dash() -> None:
     assert utc_time(None) == "—"
 
 
-def render_case(view: contract.CaseView, deliveries: list[webhook.WebhookDelivery] | None = None) -> str:
+def render_case(
+    view: contract.CaseView,
+    deliveries: list[webhook.WebhookDelivery] | None = None,
+    *,
+    messages: object = (),
+) -> str:
     return (
         environment()
         .get_template("case_live.html")
         .render(
             case=view,
-            messages=[],
+            messages=messages,
             attachments_by_message={},
             deliveries=deliveries or [],
             terminal=False,
