@@ -20,6 +20,7 @@ import re
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Final
 
 import msgspec
@@ -35,7 +36,7 @@ from services.agentmail_adapter.client import (
     SendResult,
 )
 from services.agentmail_adapter.model import HandledEvent, StoredAttachment, StoredMessage
-from services.agentmail_adapter.payloads import Delivery, Message, ReplyMessage, SendMessage, SentMessage
+from services.agentmail_adapter.payloads import Message, ReplyMessage, SendMessage, SentMessage
 from services.agentmail_adapter.store import MessageStore
 from services.agentmail_adapter.webhooks import (
     MESSAGE_RECEIVED_TYPE,
@@ -261,9 +262,9 @@ class AgentMailApi:
         if event.event_type == MESSAGE_RECEIVED_TYPE and event.message is not None:
             await self._accept_message(event.event_id, event.message)
         elif event.event_type == MESSAGE_SENT_TYPE and event.send is not None:
-            await self._record_sent(event.send)
+            await self._our_email(event.send.inbox_id, event.send.message_id)
         elif (delivery := delivery_event(event)) is not None:
-            sent = await self.store.find(delivery.message_id)
+            sent = await self._our_email(delivery.inbox_id, delivery.message_id)
             delivery = msgspec.structs.replace(delivery, case_id=sent.case_id if sent is not None else None)
             await publish_durable(self.broker, DELIVERY_EVENT, delivery, stream=AGENTMAIL_EVENTS, msg_id=event.event_id)
         else:
@@ -273,42 +274,46 @@ class AgentMailApi:
         )
         return WebhookAccepted(event_id=event.event_id, duplicate=False)
 
-    async def _record_sent(self, sent: Delivery) -> None:
-        """Record an email AgentMail sent that we have no record of (its send's answer was lost), under the
-        (case, attempt) its label names; a message with no such label was not sent by us for a case."""
-        if await self.store.find(sent.message_id) is not None:
-            return  # the usual case: the send's own answer was recorded first
+    async def _our_email(self, inbox_id: str, message_id: str) -> StoredMessage | None:
+        """Our record of an email we sent; when there is none yet, the email as AgentMail holds it, recorded
+        under the (case, attempt) its label names. None for a message that is no case's (no label) or unknown.
+
+        The record is usually written when the send is answered. It is missing when that answer was lost, and
+        for a moment whenever a webhook (`message.sent`, a complaint, a reply) beats the answer: reading the label
+        is what lets such a webhook still name its case rather than wait out the case service's thread match."""
+        stored = await self.store.find(message_id)
+        if stored is not None:
+            return stored if stored.direction == "outbound" else None
         with provider_errors():
-            message = await self.mail.get_message(sent.inbox_id, sent.message_id)
+            try:
+                message = await self.mail.get_message(inbox_id, message_id)
+            except AgentMailRefused as exc:
+                if exc.status != HTTPStatus.NOT_FOUND:
+                    raise
+                return None  # not a message of this inbox (a reply to someone else's mail)
         pair = attempt_of_labels(message.labels)
         if pair is None:
-            log.info("AgentMail sent a message of no case", extra={"message_id": sent.message_id})
-            return
+            log.info("AgentMail holds this message for no case", extra={"message_id": message_id})
+            return None
         case_id, attempt = pair
         with case_logging(case_id):
-            now = unix_ms(self.clock())
-            await self.store.record(
-                StoredMessage(
-                    message_id=message.message_id,
-                    inbox_id=message.inbox_id,
-                    thread_id=message.thread_id,
-                    direction="outbound",
-                    from_address=message.inbox_id,
-                    to=[bare_address(address) for address in message.to],
-                    subject=outgoing_subject(message.subject or ""),
-                    text=body_text(message) or "",
-                    timestamp=unix_ms(message.timestamp),
-                    recorded_at=now,
-                    in_reply_to=message.in_reply_to,
-                    case_id=case_id,
-                    attempt=attempt,
-                )
+            email = Outgoing(
+                case_id=case_id,
+                attempt=attempt,
+                inbox_id=message.inbox_id,
+                to=message.to,
+                subject=outgoing_subject(message.subject or ""),
+                text=body_text(message) or "",
+                in_reply_to=message.in_reply_to,
             )
-            # Usually the webhook merely beat the send's answer; when that answer was lost, this is its record.
+            sent = SentMessage(message_id=message.message_id, thread_id=message.thread_id)
+            record = email.sent_as(sent, now=unix_ms(self.clock()), sent_at=unix_ms(message.timestamp))
+            await self.store.record(record)
             log.info(
-                "recorded a sent email from AgentMail's message.sent before its send's answer",
+                "recorded a sent email from AgentMail before its send's answer",
                 extra={"message_id": message.message_id, "attempt": attempt},
             )
+        return record
 
     async def _accept_message(self, event_id: str, message: Message) -> None:
         if bare_address(message.from_).lower() == message.inbox_id.lower():
@@ -326,9 +331,18 @@ class AgentMailApi:
         received = msgspec.structs.replace(received, subject=clipped(received.subject, INBOUND_SUBJECT_MAX_CHARS))
         # The thread → case map from our own record of the sends, so a reply finds its case even before the
         # case service has written its send's confirmation.
-        received = msgspec.structs.replace(received, case_id=await self.store.case_of_thread(received.thread_id))
+        received = msgspec.structs.replace(received, case_id=await self._case_answered(received))
         await self.store.record(_inbound(received, recorded_at=unix_ms(self.clock())))
         await publish_durable(self.broker, MESSAGE_RECEIVED, received, stream=AGENTMAIL_EVENTS, msg_id=event_id)
+
+    async def _case_answered(self, received: MessageReceived) -> str | None:
+        """The case whose email the message answers: by our record of the thread, else by the email it replies
+        to (its label), which a reply can reach before the send's answer or its `message.sent` is recorded."""
+        case_id = await self.store.case_of_thread(received.thread_id)
+        if case_id is not None or received.in_reply_to is None:
+            return case_id
+        answered = await self._our_email(received.inbox_id, received.in_reply_to)
+        return answered.case_id if answered is not None and answered.thread_id == received.thread_id else None
 
 
 def register(api: AgentMailApi) -> None:
@@ -375,7 +389,8 @@ class Outgoing:
         """The metrics' kind: a first email of a thread ("send") or an answer in one ("reply")."""
         return "send" if self.in_reply_to is None else "reply"
 
-    def sent_as(self, result: SentMessage, *, now: int) -> StoredMessage:
+    def sent_as(self, result: SentMessage, *, now: int, sent_at: int | None = None) -> StoredMessage:
+        """The record of the email once AgentMail accepted it (`sent_at`: AgentMail's own time, when known)."""
         return StoredMessage(
             message_id=result.message_id,
             inbox_id=self.inbox_id,
@@ -385,7 +400,7 @@ class Outgoing:
             to=[bare_address(address) for address in self.to],
             subject=self.subject,
             text=self.text,
-            timestamp=now,
+            timestamp=now if sent_at is None else sent_at,
             recorded_at=now,
             in_reply_to=self.in_reply_to,
             case_id=self.case_id,

@@ -79,6 +79,8 @@ from tests.support.simulator import (
     running_simulator,
 )
 
+type Json = dict[str, Any]
+
 GATEWAY_PORT = free_port()
 GATEWAY_URL = f"http://127.0.0.1:{GATEWAY_PORT}"
 
@@ -284,6 +286,91 @@ async def test_an_email_agentmail_sent_without_our_record_is_recorded_from_messa
 
     await eventually(unlabelled_event_handled, what="the unlabelled email's message.sent acknowledged")
     assert await adapter.find(other_id) is None
+
+
+async def an_email_we_have_no_record_of(
+    adapter: MessageStore, mongo_db: AsyncDatabase[Document], sim: SimulatorControl, case_id: str
+) -> Json:
+    """A labelled email AgentMail sent for (case_id, 1) while the adapter holds no record of it: the state a
+    delivery event or a reply is in when it beats both the send's answer (lost) and its `message.sent`."""
+    response = await sim.api.post(
+        f"/inboxes/{INBOX}/messages/send",
+        json={
+            "to": ["vendor@example.com"],
+            "subject": "W-9",
+            "text": "Send it?",
+            "labels": [attempt_label(case_id, 1)],
+        },
+        headers={"Idempotency-Key": f"{case_id}.1"},
+    )
+    assert response.status_code == 200, response.text
+    sent: Json = response.json()
+    # Its message.sent has been handled (so no late one records it behind the test's back); then the record goes.
+    await eventually(lambda: adapter.find(sent["message_id"]), what="the email recorded from message.sent")
+    await mongo_db[MESSAGES].delete_one({"_id": sent["message_id"]})
+    assert await adapter.case_of_thread(sent["thread_id"]) is None
+    return sent
+
+
+async def test_a_complaint_that_beats_the_record_of_its_email_still_names_the_case(
+    adapter: MessageStore,
+    mongo_db: AsyncDatabase[Document],
+    client: NatsBroker,
+    sim: SimulatorControl,
+    gateway: httpx.AsyncClient,
+) -> None:
+    """The chaos soak's complained case that ended REJECTED: the complaint named no case, the case service
+    found none within its thread-match retries and dropped it, and the follow-up went to a blocked address.
+    The email itself says which case sent it (its label), so the adapter reads it from AgentMail and records it."""
+    sent = await an_email_we_have_no_record_of(adapter, mongo_db, sim, "case-complained")
+    event_id = await sim.delivery_event(sent["message_id"], "complained")
+
+    async def complaint() -> DeliveryEvent | None:
+        events = await published(client, DELIVERY_EVENT, DeliveryEvent)
+        return next((e for e in events if e.event_id == event_id), None)
+
+    event = await eventually(complaint, what="the complaint's DeliveryEvent")
+    assert (event.kind, event.message_id, event.case_id) == ("complained", sent["message_id"], "case-complained")
+    recorded = await adapter.find(sent["message_id"])
+    assert recorded is not None
+    assert (recorded.case_id, recorded.attempt, recorded.thread_id) == ("case-complained", 1, sent["thread_id"])
+
+
+async def test_a_reply_that_beats_the_record_of_the_email_it_answers_still_names_the_case(
+    adapter: MessageStore,
+    mongo_db: AsyncDatabase[Document],
+    client: NatsBroker,
+    sim: SimulatorControl,
+    gateway: httpx.AsyncClient,
+) -> None:
+    """Same race for a counterparty's reply: without its case it waits out the case service's thread-match
+    retries and is stored as unmatched, and the case never reads it. The email it answers names the case."""
+    sent = await an_email_we_have_no_record_of(adapter, mongo_db, sim, "case-answered")
+    injected = await sim.inject(
+        from_="vendor@example.com",
+        text="Attached.",
+        in_reply_to=sent["message_id"],
+        thread_id=sent["thread_id"],
+        subject="Re: W-9",
+    )
+    [event] = await eventually(lambda: events_for(client, injected["event_id"]), what="MessageReceived")
+    assert (event.thread_id, event.case_id) == (sent["thread_id"], "case-answered")
+    assert await adapter.case_of_thread(sent["thread_id"]) == "case-answered"
+
+
+async def test_a_reply_to_an_email_of_no_case_names_no_case(
+    adapter: MessageStore, client: NatsBroker, sim: SimulatorControl, gateway: httpx.AsyncClient
+) -> None:
+    """The lookup by the answered email reads only our own mail: a reply to an unlabelled email or to a
+    message AgentMail does not know is no case's (and is still published, for the case service to store)."""
+    unlabelled = await sim.send("vendor@example.com")
+    injected = await sim.inject(from_="vendor@example.com", text="Hello.", in_reply_to=unlabelled["message_id"])
+    unknown_id, unknown = received_webhook(in_reply_to="<not-ours@elsewhere.example>")
+    answered = await gateway.post("/webhooks/agentmail", content=unknown, headers=signed(unknown))
+    assert answered.status_code == 200, answered.text
+    for event_id in (injected["event_id"], unknown_id):
+        [event] = await eventually(lambda: events_for(client, event_id), what="MessageReceived")  # noqa: B023
+        assert event.case_id is None
 
 
 async def test_send_email__a_rejected_recipient_is_an_ok_rejection(adapter: MessageStore, client: NatsBroker) -> None:
