@@ -271,8 +271,9 @@ async def run_scheduler(
                         return summarise([1000.0] * IDLE_WINDOW_S, failed=0, duration_s=time.perf_counter() - begun)
 
                     window_scans = scan_counter.calls
-                    # The scheduler alone (its loop: the create reconciler; the timers on nats-server), then with
-                    # the case service's other timed loop, the outbox relay, which also queries `cases` each second.
+                    # The scheduler alone (its loop ticking, its scans due only every safety interval; the timers on
+                    # nats-server), then with the case service's other timed loop, the outbox relay, which also
+                    # queries `cases` each second.
                     scenario.phases.append(
                         await measure("idle", f"{IDLE_WINDOW_S} s, timers armed, none due", idle_load)
                     )

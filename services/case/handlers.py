@@ -151,7 +151,11 @@ class CaseApi:
     async def _still_there(self, case_id: str, *, deadline: int) -> bool:
         """The replayed case exists and may be confirmed by this request: one still awaiting its confirmation
         gets a later confirmation time first, so the reconciler cannot remove it under this replay."""
-        if await self.store.extend_confirmation(case_id, confirm_by=deadline + self._confirm_grace_ms):
+        confirm_by = deadline + self._confirm_grace_ms
+        if await self.store.extend_confirmation(case_id, confirm_by=confirm_by):
+            if self.timers is not None:
+                # The case's timer was armed for the earlier time; one armed too early re-arms itself (worker).
+                await self.timers.arm_or_leave_to_the_scan(case_id, confirm_by)
             return True
         return await self.store.get(case_id) is not None
 
@@ -187,6 +191,9 @@ class CaseApi:
             await self._release(command.client_id, reservation)
             raise ServiceError(ErrorCode.INTERNAL_ERROR) from exc
         log.info("case stored; it starts once the create is confirmed")
+        if self.timers is not None:
+            # Fires at confirmBy: the worker then starts the case if its created command exists, else removes it.
+            await self.timers.follow(None, record)
         if self.settings.fault_exit_after_case_insert:
             os.kill(os.getpid(), signal.SIGKILL)
 

@@ -30,7 +30,7 @@ import msgspec
 from referencing.exceptions import Unresolvable
 
 from services.case.agent.port import Judgement, TokenUsage
-from services.case.domain import case_event, outbox_message, status_history, with_outbox
+from services.case.domain import awaiting_confirmation, case_event, outbox_message, status_history, with_outbox
 from services.case.model import (
     CaseRecord,
     EmailKind,
@@ -227,11 +227,14 @@ class Timing:
 
 
 def due_at(case: CaseRecord) -> int | None:
-    """When the scheduler must next look at the case (Unix ms): its next action if it can be scheduled, or
-    the end of a lease, whichever comes first; None when nothing is due ever (the store's due query, as a time)."""
+    """When the scheduler must next look at the case (Unix ms): its next action if it can be scheduled, the end
+    of a lease, or, for a create not yet confirmed, its confirmation time, whichever comes first; None when
+    nothing is due ever (the store's due and unconfirmed-create queries, as a time)."""
     times = [case.repair_at] if case.repair_at is not None else []
     if case.status in SCHEDULABLE_STATUSES and case.next_action_at != NOTHING_SCHEDULED:
         times.append(case.next_action_at)
+    if awaiting_confirmation(case) and case.confirm_by is not None:
+        times.append(case.confirm_by)
     return min(times, default=None)
 
 

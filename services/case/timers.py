@@ -1,16 +1,18 @@
 """Case timers as JetStream message schedules: the scheduler's idle cost does not grow with the scheduled cases.
 
-Design decision a reader must know: the due time of a case (`lifecycle.due_at`: its next follow-up, or the end
-of a lease) is armed, after every write that changes it, as one scheduled message per case on
-`case.timer.at.<caseId>` (`Nats-Schedule: @at <RFC3339>`); the stream keeps one message per subject, so a new
-time replaces the old one. At that time nats-server publishes the body to `case.timer.due.<caseId>`, and the
-worker's durable consumer applies `FollowUpDue` to that one case. Nothing polls MongoDB on the hot path, so an
-idle scheduler costs nats-server's timer, not a scan of every scheduled case.
+Design decision a reader must know: the due time of a case (`lifecycle.due_at`: its next follow-up, the end of a
+lease, or the confirmation time of a create not yet confirmed) is armed, after every write that changes it, as one
+scheduled message per case on `case.timer.at.<caseId>` (`Nats-Schedule: @at <RFC3339>`); the stream keeps one
+message per subject, so a new time replaces the old one. At that time nats-server publishes the body to
+`case.timer.due.<caseId>`, and the worker's durable consumer applies `FollowUpDue` to that one case (or settles a
+create still awaiting its confirmation). Nothing polls MongoDB on the hot path, so an idle scheduler costs
+nats-server's timer, not a scan of every scheduled case.
 
-A timer may be stale (the case was rescheduled, or finished): `FollowUpDue` changes nothing until the case is
-due, so a stale timer is harmless. A timer may be lost (the process died between the case write and the arm,
-or NATS was away): the worker's safety scan (`CaseStore.due_case_ids`, every SCHEDULER_SAFETY_SCAN_SECONDS)
-finds every due case anyway, so a lost timer delays a case by at most that interval, never strands it.
+A timer may be stale (the case was rescheduled, or finished): `FollowUpDue` changes nothing until the case is due,
+so a stale timer is harmless. A timer may be lost (the process died between the case write and the arm, or NATS was
+away): the worker's safety scans (`CaseStore.due_case_ids` and `unconfirmed_creates`, every
+SCHEDULER_SAFETY_SCAN_SECONDS) find every due case and every unsettled create anyway, so a lost timer delays a case
+by at most that interval, never strands it.
 """
 
 from __future__ import annotations
@@ -56,13 +58,17 @@ class CaseTimers:
         armed = due_at(after)
         if armed is None or (before is not None and due_at(before) == armed):
             return
+        await self.arm_or_leave_to_the_scan(after.case_id, armed)
+
+    async def arm_or_leave_to_the_scan(self, case_id: str, at_ms: int) -> None:
+        """`arm`, best effort: a failure is logged and counted, and the safety scan covers the case."""
         try:
-            await self.arm(after.case_id, armed)
+            await self.arm(case_id, at_ms)
         except Exception as exc:
             metrics.TIMER_ARM_FAILURES.inc()
             log.warning(
                 "could not arm the case's timer; the safety scan will find it",
-                extra={"case_id": after.case_id, "error": type(exc).__name__},
+                extra={"case_id": case_id, "error": type(exc).__name__},
             )
 
     async def arm(self, case_id: str, at_ms: int) -> None:

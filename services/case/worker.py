@@ -12,9 +12,11 @@ the timers, run every SCHEDULER_SAFETY_SCAN_SECONDS. Claiming is the same versio
 several case-service replicas each follow-up or repair is requested once. No inbound message is discarded: one
 that no case takes (after a bounded wait for its thread to be recorded) is stored in `unmatched_messages` for an
 operator.
-It also settles creates nobody confirmed
-(`reconcile_creates`): a case is started only by its created command, which the gateway publishes before it
-answers 201, so a case without one past its confirmation time was never accepted and is removed.
+
+It also settles creates nobody confirmed, when their timer fires at `confirmBy` (and, behind the timers, in
+`reconcile_creates` with the safety scan): a case is started only by its created command, which the gateway
+publishes before it answers 201, so a case without one past its confirmation time was never accepted and is
+removed.
 """
 
 from __future__ import annotations
@@ -418,6 +420,23 @@ class Worker:
             log.warning("reconciler requested a step again", extra={"case_id": case_id, "repair": kind})
         return 1
 
+    async def on_timer(self, case_id: str) -> None:
+        """A case's timer fired: settle it if it is a create awaiting its confirmation, else claim it if due."""
+        record = await self.store.get(case_id)
+        if record is None:
+            return
+        if not awaiting_confirmation(record):
+            await self.claim_due(case_id)
+            return
+        case_id_var.set(record.case_id)
+        client_id_var.set(record.client_id)
+        if record.confirm_by is not None and record.confirm_by > self.now_ms():
+            # Armed for an earlier time than the case now has (a replay pushed it out): wait for the new one.
+            if self.timers is not None:
+                await self.timers.arm_or_leave_to_the_scan(record.case_id, record.confirm_by)
+            return
+        await self._settle_create(record)
+
     async def reconcile_creates(self, *, limit: int = 100) -> int:
         """Settle every create whose confirmation time has passed unconfirmed: start it if its created command
         exists after all (the consumer will have been slow), else remove it and release its unit — its client
@@ -460,16 +479,15 @@ class Worker:
         return True
 
     async def schedule_forever(self) -> None:
-        # Unconfirmed creates wait out a grace of many seconds anyway: looking for them every quarter of it, not
-        # on every tick, keeps the scheduler's idle cost where it was.
-        reconcile_every = max(self.settings.scheduler_interval_seconds, self.settings.create_confirm_grace_seconds / 4)
-        # Timers on JetStream fire each due case; the scan behind them is the safety net for a lost timer, run at
-        # start-up (cases scheduled before timers existed) and then every SCHEDULER_SAFETY_SCAN_SECONDS.
-        scan_every = (
-            self.settings.scheduler_safety_scan_seconds
-            if self.timers is not None
-            else self.settings.scheduler_interval_seconds
-        )
+        # Timers on JetStream fire each due case and each create at its confirmation time; the scans behind them
+        # are the safety net for a lost timer, run at start-up (cases scheduled before timers existed) and then
+        # every SCHEDULER_SAFETY_SCAN_SECONDS. Without timers, the due scan runs every tick and unconfirmed
+        # creates (which wait out a grace of many seconds anyway) are looked for every quarter of that grace.
+        if self.timers is not None:
+            scan_every = reconcile_every = self.settings.scheduler_safety_scan_seconds
+        else:
+            scan_every = self.settings.scheduler_interval_seconds
+            reconcile_every = max(scan_every, self.settings.create_confirm_grace_seconds / 4)
         next_reconcile = next_scan = 0.0
         while True:
             if time.monotonic() >= next_reconcile:
@@ -513,7 +531,7 @@ def register(worker: Worker) -> None:
 
         @durable_subscriber(broker, subject=TIMERS_DUE, stream=CASE_TIMERS, durable=Consumer.CASE_TIMERS, max_workers=8)
         async def timer_fired(fired: TimerFired) -> None:
-            await worker.claim_due(fired.case_id)
+            await worker.on_timer(fired.case_id)
 
     @durable_subscriber(broker, subject=CMD_CREATED, stream=CASE_COMMANDS, durable=Consumer.CASE_CREATED, max_workers=4)
     async def case_created(command: CaseCreatedCommand) -> None:

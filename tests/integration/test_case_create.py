@@ -9,15 +9,17 @@ The gateway's part (confirming a create by publishing its created command) is pl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 import pytest
 from faststream.nats import NatsBroker
+from nats.js.errors import NotFoundError
 from pymongo.asynchronous.database import AsyncDatabase
 
 from deploy.processes import NatsServer, private_nats_server
@@ -26,22 +28,28 @@ from services.billing.handlers import BillingApi, register
 from services.billing.store import INDEXES as BILLING_INDEXES
 from services.billing.store import UsageStore
 from services.case import handlers
+from services.case import worker as worker_handlers
 from services.case.agent.rules import RulesAgent
+from services.case.model import CaseRecord
 from services.case.outbox import OutboxRelay
 from services.case.store import INDEXES as CASE_INDEXES
 from services.case.store import CaseStore, IdempotencyStore, UnmatchedStore
+from services.case.timers import CaseTimers, TimerFired
 from services.case.worker import Worker
 from shared.clock import now_ms
 from shared.contracts import billing, case
 from shared.contracts.rpc import Err
 from shared.errors import ErrorCode, ServiceError
 from shared.messaging.broker import create_broker
+from shared.messaging.connection import connect_with_retry
 from shared.messaging.jetstream import ensure_streams, publish_durable
 from shared.messaging.rpc import request
 from shared.mongo import Document, ensure_indexes
 from shared.settings import BillingSettings, CaseSettings, load_settings
-from shared.subjects import CASE_COMMANDS, DEADLINE_HEADER, Service
+from shared.subjects import CASE_COMMANDS, CASE_TIMERS, DEADLINE_HEADER, Service, timer_schedule_subject
 from simulator.cases import case_body
+from tests.support.case_service import STREAMS
+from tests.support.counting import CountedCalls
 
 RPC_TIMEOUT_SECONDS = 1.0
 CONFIRM_GRACE_SECONDS = 0.5
@@ -64,10 +72,11 @@ class CaseService:
     client: NatsBroker
 
 
-@pytest.fixture
-async def service(
-    nats_server: NatsServer, raw_broker: NatsBroker, mongo_db: AsyncDatabase[Document]
+@contextlib.asynccontextmanager
+async def case_service(
+    nats_server: NatsServer, raw_broker: NatsBroker, mongo_db: AsyncDatabase[Document], *, with_timers: bool
 ) -> AsyncIterator[CaseService]:
+    """The case API, its worker (consumers registered only with timers on) and the billing service."""
     env = {
         "NATS_URL": nats_server.url,
         "RPC_TIMEOUT_SECONDS": str(RPC_TIMEOUT_SECONDS),
@@ -86,18 +95,24 @@ async def service(
         )
     )
     case_broker = create_broker(settings, Service.CASE)
+    await connect_with_retry(case_broker)
+    js = case_broker.connection.jetstream()
+    # With timers the worker consumes too: every stream it reads from.
+    streams = [*STREAMS, CASE_TIMERS] if with_timers else [CASE_COMMANDS]
+    for spec in streams:
+        with contextlib.suppress(NotFoundError):
+            await js.delete_stream(spec.name)  # the module's tests share the server: each starts empty
+    await ensure_streams(case_broker, streams, replicas=1)
+    timers = CaseTimers(case_broker) if with_timers else None
     store = CaseStore(mongo_db)
     relay = OutboxRelay(case_broker, store)
     idempotency = IdempotencyStore(
         mongo_db, ttl=dt.timedelta(hours=24), takeover_grace_ms=int(CONFIRM_GRACE_SECONDS * 1000)
     )
-    api = handlers.CaseApi(broker=case_broker, store=store, idempotency=idempotency, relay=relay, settings=settings)
+    api = handlers.CaseApi(
+        broker=case_broker, store=store, idempotency=idempotency, relay=relay, settings=settings, timers=timers
+    )
     handlers.register(api)
-    await billing_broker.start()
-    await case_broker.start()
-    js = case_broker.connection.jetstream()
-    await ensure_streams(case_broker, [CASE_COMMANDS], replicas=1)
-    await js.purge_stream(CASE_COMMANDS.name)
     worker = Worker(
         broker=case_broker,
         store=store,
@@ -105,10 +120,38 @@ async def service(
         agent=RulesAgent(),
         settings=settings,
         unmatched=UnmatchedStore(mongo_db),
+        timers=timers,
     )
-    yield CaseService(api=api, worker=worker, store=store, idempotency=idempotency, client=raw_broker)
-    await case_broker.stop()
-    await billing_broker.stop()
+    if with_timers:
+        worker_handlers.register(worker)
+    await billing_broker.start()
+    await case_broker.start()
+    # The server has the subscriptions once a round trip came back on each connection: no "no responders".
+    await billing_broker.connection.flush()
+    await case_broker.connection.flush()
+    try:
+        yield CaseService(api=api, worker=worker, store=store, idempotency=idempotency, client=raw_broker)
+    finally:
+        await case_broker.stop()
+        await billing_broker.stop()
+
+
+@pytest.fixture
+async def service(
+    nats_server: NatsServer, raw_broker: NatsBroker, mongo_db: AsyncDatabase[Document]
+) -> AsyncIterator[CaseService]:
+    """Without timers: the tests settle creates themselves (`reconcile_creates`)."""
+    async with case_service(nats_server, raw_broker, mongo_db, with_timers=False) as running:
+        yield running
+
+
+@pytest.fixture
+async def timed_service(
+    nats_server: NatsServer, raw_broker: NatsBroker, mongo_db: AsyncDatabase[Document]
+) -> AsyncIterator[CaseService]:
+    """As it runs: every case's timer armed on JetStream and the worker consuming commands and fired timers."""
+    async with case_service(nats_server, raw_broker, mongo_db, with_timers=True) as running:
+        yield running
 
 
 def create_command(*, client_id: str = "alice", key: str | None = None) -> case.CreateCase:
@@ -251,6 +294,86 @@ async def test_the_reconciler_starts_a_confirmed_create_and_removes_an_unconfirm
     assert await units_used(service) == 1
     # Idempotent: a second pass finds nothing left to settle.
     assert await service.worker.reconcile_creates() == 0
+
+
+async def armed_for(service: CaseService, case_id: str) -> int:
+    """The time the case's timer on JetStream is armed for."""
+    message = await service.worker.broker.connection.jetstream().get_last_msg(
+        CASE_TIMERS.name, timer_schedule_subject(case_id)
+    )
+    return msgspec.json.decode(message.data or b"", type=TimerFired).due_at
+
+
+async def until(service: CaseService, case_id: str, check: Callable[[CaseRecord | None], bool]) -> CaseRecord | None:
+    """The case (None once removed) as soon as `check` holds; the worker runs on its own, so this polls."""
+    for _ in range(400):
+        record = await service.store.get(case_id)
+        if check(record):
+            return record
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"case {case_id} never got there; it is {record}")
+
+
+def started(record: CaseRecord | None) -> bool:
+    return record is not None and record.awaiting_send == 1
+
+
+async def test_an_unconfirmed_create_is_removed_by_its_timer_at_its_confirmation_time_without_a_scan(
+    timed_service: CaseService,
+) -> None:
+    """No scan of the cases looks for unconfirmed creates (on the embedded server such a scan reads every case):
+    each create arms its case's timer for `confirmBy`, and the worker settles that one case when it fires."""
+    service = timed_service
+    scans = CountedCalls(service.store, "unconfirmed_creates")
+    unconfirmed = await create(service, create_command())
+    stored = await service.store.get(unconfirmed.case_id)
+    assert stored is not None
+    assert stored.confirm_by is not None
+    assert await armed_for(service, unconfirmed.case_id) == stored.confirm_by
+    assert await units_used(service) == 1
+    await until(service, unconfirmed.case_id, lambda record: record is None)
+    assert await units_used(service) == 0
+    assert scans.calls == 0
+
+
+async def test_a_confirmed_create_is_started_and_its_timer_then_follows_the_case(timed_service: CaseService) -> None:
+    service = timed_service
+    confirmed = await create(service, create_command())
+    await confirm(service, confirmed.case_id)
+    running = await until(service, confirmed.case_id, started)
+    assert running is not None
+    # Its timer now stands for the send's lease, not for the confirmation time (armed right after the write that
+    # started the case, which the test may read first): it is never removed.
+    assert running.repair_at is not None
+    for _ in range(100):
+        if await armed_for(service, confirmed.case_id) == running.repair_at:
+            break
+        await asyncio.sleep(0.05)
+    assert await armed_for(service, confirmed.case_id) == running.repair_at
+    await asyncio.sleep(RPC_TIMEOUT_SECONDS + CONFIRM_GRACE_SECONDS + 0.5)
+    assert await service.store.get(confirmed.case_id) is not None
+    assert await units_used(service) == 1
+
+
+async def test_a_keyed_replay_pushes_the_timer_out_with_the_confirmation_time(timed_service: CaseService) -> None:
+    """A replay extends `confirmBy`; the case must not be removed at the earlier time its timer was armed for."""
+    service = timed_service
+    command = create_command(key="replayed-timer")
+    first = await create(service, command)
+    before = await service.store.get(first.case_id)
+    assert before is not None
+    assert before.confirm_by is not None
+    await asyncio.sleep(0.3)
+    replay = await create(service, command)
+    assert (replay.case_id, replay.replayed) == (first.case_id, True)
+    extended = await service.store.get(first.case_id)
+    assert extended is not None
+    assert extended.confirm_by is not None
+    assert extended.confirm_by > before.confirm_by
+    assert await armed_for(service, first.case_id) == extended.confirm_by
+    # Confirmed by the replay's answer in time (the gateway publishes it): started, not removed.
+    await confirm(service, first.case_id)
+    assert await until(service, first.case_id, lambda record: record is None or started(record)) is not None
 
 
 async def test_a_keyed_replay_returns_the_case_and_keeps_the_reconciler_from_removing_it(

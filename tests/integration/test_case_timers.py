@@ -2,7 +2,7 @@
 
 What is shown: a follow-up fires from its case's timer with no scan of the cases at all; a stale timer changes
 nothing; a case whose timer was lost is found by the safety scan; and the scheduler's loop, with timers on,
-scans only at start-up and then every SCHEDULER_SAFETY_SCAN_SECONDS (counted calls, not time).
+scans (due cases, unconfirmed creates) only at start-up and then every SCHEDULER_SAFETY_SCAN_SECONDS (counted calls).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import pytest
@@ -24,6 +23,7 @@ from shared.clock import now_ms
 from shared.mongo import Document
 from shared.subjects import CASE_TIMERS, Consumer, timer_due_subject
 from tests.support.case_service import CaseHarness, timed_case_service
+from tests.support.counting import CountedCalls
 
 VENDOR = "vendor@example.com"
 
@@ -35,27 +35,6 @@ def nats(log_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Na
     server.start()
     yield server
     server.stop()
-
-
-class CountedCalls:
-    """Counts calls of one store method (a scan is a behaviour: one query of the scheduled cases)."""
-
-    def __init__(self, target: Any, name: str) -> None:
-        self.calls = 0
-        self._called = asyncio.Event()
-        original = getattr(target, name)
-
-        async def counted(*args: Any, **kwargs: Any) -> Any:
-            self.calls += 1
-            self._called.set()
-            return await original(*args, **kwargs)
-
-        setattr(target, name, counted)
-
-    async def at_least(self, calls: int) -> None:
-        while self.calls < calls:
-            self._called.clear()
-            await self._called.wait()
 
 
 @pytest.fixture
@@ -122,19 +101,23 @@ async def test_a_case_whose_timer_was_lost_is_found_by_the_safety_scan(timed: Ca
 async def test_with_timers_the_loop_scans_at_start_up_and_then_only_every_safety_interval(
     nats: NatsServer, mongo_url: str, mongo_db: AsyncDatabase[Document]
 ) -> None:
+    """Both scans of the cases (due cases, unconfirmed creates) run at start-up and then with the safety scan
+    only, never on the loop's tick: with timers on, each case and each create has its own timer."""
     settings = {
-        "SCHEDULER_INTERVAL_SECONDS": "0.02",
+        "SCHEDULER_INTERVAL_SECONDS": "0.01",
         "CREATE_CONFIRM_GRACE_SECONDS": "0.04",
         "SCHEDULER_SAFETY_SCAN_SECONDS": "3600",
     }
     async with timed_case_service(nats.url, mongo_url, mongo_db, **settings) as running:
         scans = CountedCalls(running.store, "due_case_ids")
-        ticks = CountedCalls(running.store, "unconfirmed_creates")
+        creates = CountedCalls(running.store, "unconfirmed_creates")
         loop = asyncio.create_task(running.worker.schedule_forever())
         try:
-            # Counted, not timed: wait for many loop ticks (each looks for unconfirmed creates).
-            await asyncio.wait_for(ticks.at_least(10), timeout=30)
-            assert scans.calls == 1
+            await asyncio.wait_for(scans.at_least(1), timeout=30)
+            await asyncio.wait_for(creates.at_least(1), timeout=30)
+            # Dozens of ticks of 10 ms (a loaded machine only gives fewer, which cannot make this fail wrongly).
+            await asyncio.sleep(0.5)
+            assert (scans.calls, creates.calls) == (1, 1)
         finally:
             loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -29,6 +29,7 @@ from services.case.lifecycle import (
     SendStarted,
     Timing,
     apply_request,
+    due_at,
     repairs_due,
     request_refusal,
     transition,
@@ -856,3 +857,14 @@ def test_a_case_stored_before_timelines_reads_and_records_from_a_derived_start()
     after = transition(legacy, reply("NEEDS_INPUT", question="?"), clock())
     assert timeline(after) == [("CREATED", "created"), ("RUNNING", "unrecorded"), ("INPUT_NEEDED", "reply_judged")]
     assert domain.view(after).status_history == after.status_history
+
+
+def test_a_create_awaiting_its_confirmation_is_due_at_its_confirmation_time_and_then_at_its_send_lease() -> None:
+    """The case's timer fires at `confirmBy` while nothing started it (the worker then settles the create), and
+    once started at the end of its first send's lease; a case created without a confirmation time has none."""
+    unconfirmed = new(confirm_by=T0 + 5_000)
+    assert due_at(unconfirmed) == T0 + 5_000
+    started = transition(unconfirmed, CaseStarted(), lease_clock(T0))
+    assert started.awaiting_send == 1
+    assert due_at(started) == T0 + 1_000  # the send's lease (lease_clock: 1 s), no longer the confirmation time
+    assert due_at(new()) is None
