@@ -23,7 +23,7 @@ from bench.report import Phase, Results, Scenario, compare, render
 from bench.runner import at_share, new_case_body, slug
 from bench.scheduler import scheduled_documents
 from bench.stats import LoadResult, per_request, percentile, ratio, summarise
-from bench.summary import GET_CASE_AT_SHARE_MODE, goals, pipeline_limit, render_goals
+from bench.summary import GET_CASE_AT_SHARE_MODE, goals, outreach_note, pipeline_limit, render_goals
 from bench.writes import per_case, writes_between
 from shared.contracts.case import NOTHING_SCHEDULED, NewCase
 
@@ -330,3 +330,18 @@ def test_the_read_latency_goal_is_the_p99_of_the_phase_at_70_percent_of_saturati
     met = msgspec.structs.replace(at_70, load=msgspec.structs.replace(at_share_load, p99_ms=12.0))
     read.phases = [saturation, met]
     assert {g.name: g for g in goals(Results(started_at="", scenarios=[read]))}[goal.name].met is True
+
+
+def test_the_create_goals_say_whether_the_phases_held_their_outreach_back() -> None:
+    held = {"fixed": {"held": True, "emails_while_held": 0}, "saturation": {"held": True, "emails_while_held": 0}}
+    create = saturated("POST /cases", 40.0, {"mongodb": 0.020}, outreach_held=held)
+    insert = saturated("baseline: MongoDB insert_one", 80.0, {"mongodb": 0.010})
+    results = Results(started_at="", scenarios=[insert, create])
+    assert outreach_note(results) == "; outreach held back (0 emails during the phases)"
+    by_name = {goal.name: goal for goal in goals(results)}
+    assert by_name["POST /cases ÷ insert_one"].detail.endswith("outreach held back (0 emails during the phases)")
+    assert by_name["MongoDB CPU per create ÷ per insert_one"].detail.endswith("(0 emails during the phases)")
+    held["saturation"]["emails_while_held"] = 3
+    assert outreach_note(results).startswith("; 3 emails sent while outreach was held")
+    held["fixed"] = {"held": False}
+    assert "NOT held back" in outreach_note(results)
