@@ -341,6 +341,17 @@ def test_the_create_goals_say_whether_the_phases_held_their_outreach_back() -> N
     by_name = {goal.name: goal for goal in goals(results)}
     assert by_name["POST /cases ÷ insert_one"].detail.endswith("outreach held back (0 emails during the phases)")
     assert by_name["MongoDB CPU per create ÷ per insert_one"].detail.endswith("(0 emails during the phases)")
+    counted = Scenario(
+        name="worker writes: 20 cases → first email",
+        group="worker",
+        description="",
+        context={"request_path_writes_per_case": 3.0},
+    )
+    dear = saturated("POST /cases", 40.0, {"mongodb": 0.030}, outreach_held=held)
+    by_name = {g.name: g for g in goals(Results(started_at="", scenarios=[insert, dear, counted]))}
+    mongo = by_name["MongoDB CPU per create ÷ per insert_one"]
+    assert (mongo.value, mongo.met) == (3.0, False)
+    assert mongo.spender == "mongodb (the 3.0 writes a create makes, counted in this run)"
     held["saturation"]["emails_while_held"] = 3
     assert outreach_note(results).startswith("; 3 emails sent while outreach was held")
     held["fixed"] = {"held": False}
