@@ -36,9 +36,10 @@ from bench.runner import (
     worker_scenario,
 )
 from bench.scheduler import run_scheduler
-from bench.stack import metric_series, target
+from bench.stack import local_target, metric_series, target
 from bench.stats import ratio
 from bench.summary import Goal, goals, render_goals
+from bench.writes import COUNT_STACK_ENV, count_writes
 
 log = logging.getLogger("bench")
 
@@ -75,6 +76,11 @@ def run(config: BenchConfig) -> Results:
     results = Results(started_at=_now(), machine=_machine(config), config=_public(config))
     if set(config.only) - {"scheduler"}:
         run_against_stack(config, results)
+    if config.wants("worker"):
+        if config.url:
+            results.skipped["worker writes"] = "needs a stack of the bench's own (it starts a small one to count)"
+        else:
+            _step(results, "worker writes", lambda: results.scenarios.append(write_count_scenario(config)))
     if config.wants("scheduler"):
         _step(results, "scheduler", lambda: results.scenarios.append(scheduler_scenario(config, results)))
     results.goals = [msgspec.to_builtins(goal) for goal in goals(results)]
@@ -95,6 +101,12 @@ def scheduler_scenario(config: BenchConfig, results: Results) -> Scenario:
     if scan is not None and base is not None:
         scenario.ratios = {"p50_scan": ratio(scan.load.p50_ms, base.load.p50_ms)}
     return scenario
+
+
+def write_count_scenario(config: BenchConfig) -> Scenario:
+    """The MongoDB writes a case needs up to its first email, on a small stack of its own (bench/writes.py)."""
+    with local_target(config, env_overrides=COUNT_STACK_ENV, baselines=False) as reached:
+        return count_writes(Runner(config, reached), cases=config.write_count_cases, timeout_s=config.worker_timeout_s)
 
 
 def run_against_stack(config: BenchConfig, results: Results) -> None:

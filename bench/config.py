@@ -74,6 +74,8 @@ class BenchConfig:
     worker_cases: int = 1000
     worker_concurrency: int = 8
     worker_timeout_s: float = 600.0
+    # Cases of the write count (a small stack of its own, after the worker scenario: see bench/writes.py).
+    write_count_cases: int = 20
     scheduler_cases: int = 100_000
     scheduler_due: int = 1000
     profile_s: float = 15.0
@@ -112,6 +114,7 @@ class BenchConfig:
             worker_cases=int(_number(env, "BENCH_WORKER_CASES", 1000, minimum=1)),
             worker_concurrency=int(_number(env, "BENCH_WORKER_CONCURRENCY", 8, minimum=1)),
             worker_timeout_s=_number(env, "BENCH_WORKER_TIMEOUT", 600.0, minimum=1),
+            write_count_cases=int(_number(env, "BENCH_WRITE_COUNT_CASES", 20, minimum=1)),
             scheduler_cases=int(_number(env, "BENCH_SCHEDULER_CASES", 100_000, minimum=1)),
             scheduler_due=int(_number(env, "BENCH_SCHEDULER_DUE", 1000, minimum=0)),
             profile_s=_number(env, "BENCH_PROFILE_SECONDS", 15.0, minimum=1),

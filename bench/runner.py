@@ -10,6 +10,7 @@ cases, answers being judged) is not billed to the next.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -30,11 +31,13 @@ from pymongo import AsyncMongoClient
 from bench.burst import Burst, burst, spread
 from bench.config import BenchConfig
 from bench.cpu import CpuMeter, children_cpu_seconds
+from bench.hold import pause, resume
 from bench.k6 import HttpPhase, run_phase
 from bench.loadgen import BASELINE_COLLECTION, GeneratorReport
 from bench.report import Group, Phase, ProfileSummary, Scenario, compare, phase_of
 from bench.stack import Target
 from bench.stats import LoadResult, ratio
+from bench.summary import GET_CASE_AT_SHARE_MODE, GET_CASE_SATURATION_SHARE
 from services.case import domain
 from services.case.model import InputRequestRecord, to_document
 from services.case.store import CaseStore
@@ -42,11 +45,14 @@ from shared.clock import now_ms
 from shared.contracts.case import NOTHING_SCHEDULED, NewCase
 from shared.mongo import Document, create_mongo_client
 from shared.settings import CommonSettings
+from shared.subjects import CASE_COMMANDS, Consumer
 from simulator.cases import case_body
 
 log = logging.getLogger("bench")
 
 Mode = Literal["fixed", "saturation"]
+# Wraps one load phase (warm-up included) by its mode and k6 tag; what it does around the phase is not measured.
+type AroundPhase = Callable[[str, str], contextlib.AbstractContextManager[None]]
 BASELINE_DB = "bench_baseline"
 INPUT_REQUEST_ID = "bench-input-request"
 
@@ -59,6 +65,11 @@ def new_case_body(unique: str) -> dict[str, Any]:
         clientReferenceId=f"ref-{unique}",
         counterparty={**base["counterparty"], "address": f"silent-{unique}@sim.example"},
     )
+
+
+def at_share(throughput_rps: float, share: float) -> int:
+    """The fixed rate (whole requests per second, at least 1) that is `share` of a measured throughput."""
+    return max(1, round(throughput_rps * share))
 
 
 def slug(text: str) -> str:
@@ -110,6 +121,41 @@ class Runner:
                 break
         return round(time.monotonic() - started, 1)
 
+    def emails_to(self, fragment: str) -> int:
+        """How many emails the simulator's outbox holds to an address containing `fragment`."""
+        assert self.target.simulator_url is not None
+        response = httpx.get(f"{self.target.simulator_url}/_sim/outbox", params={"to": fragment}, timeout=60)
+        count: int = response.raise_for_status().json()["count"]
+        return count
+
+    @contextlib.contextmanager
+    def outreach_held(self, record: dict[str, dict[str, Any]], mode: str, tag: str) -> Iterator[None]:
+        """Hold the case service's created-command consumer paused for one phase, so the phase measures the
+        create request alone; then resume it and wait until the stack has sent what waited (not measured).
+        `record[mode]` gets what was held and what was sent while held (0, or outreach leaked into the phase)."""
+        target = self.target
+        if target.nats_url is None or target.simulator_url is None:
+            record[mode] = {"held": False}
+            yield
+            return
+        stream, consumer = CASE_COMMANDS.name, str(Consumer.CASE_CREATED)
+        # Bounded, so a bench that dies mid-phase leaves a consumer that resumes by itself.
+        at_pause = asyncio.run(pause(target.nats_url, stream, consumer, for_at_most_s=self.config.duration_s + 120))
+        try:
+            yield
+            emails_while_held = self.emails_to(tag)
+        finally:
+            held = asyncio.run(resume(target.nats_url, stream, consumer))
+        released_after_s = self.wait_quiet()
+        record[mode] = {
+            "held": True,
+            "created_commands_held": held.pending,
+            "delivered_while_held": held.delivered - at_pause.delivered,
+            "emails_while_held": emails_while_held,
+            "emails_after_release": self.emails_to(tag),
+            "release_wait_s": released_after_s,
+        }
+
     def http_scenario(
         self,
         name: str,
@@ -121,20 +167,26 @@ class Runner:
         modes: Sequence[Mode] = ("fixed", "saturation"),
         baseline: str | None = None,
         warmup: bool = True,
+        around: AroundPhase | None = None,
     ) -> Scenario:
         config = self.config
+        wrap: AroundPhase = around or (lambda _mode, _tag: contextlib.nullcontext())
         if warmup and config.warmup_s > 0:
-            run_phase(phase_for("vus", config.warmup_s, f"{slug(name)}-warmup-{self.run_tag}"))
+            tag = f"{slug(name)}-warmup-{self.run_tag}"
+            with wrap("warmup", tag):
+                run_phase(phase_for("vus", config.warmup_s, tag))
         scenario = Scenario(name=name, group=group, description=description, baseline=baseline)
         used_ids = 0
         for mode in modes:
             executor: Literal["rate", "vus"] = "rate" if mode == "fixed" else "vus"
-            phase = phase_for(executor, config.duration_s, f"{slug(name)}-{mode}-{self.run_tag}")
+            tag = f"{slug(name)}-{mode}-{self.run_tag}"
+            phase = phase_for(executor, config.duration_s, tag)
             phase = msgspec.structs.replace(phase, ids_offset=used_ids)
             offered = f"{phase.rate} req/s" if mode == "fixed" else f"{phase.vus} VUs"
-            scenario.phases.append(
-                self.measure(mode, offered, functools.partial(run_phase, phase), accounted=accounted)
-            )
+            with wrap(mode, tag):
+                scenario.phases.append(
+                    self.measure(mode, offered, functools.partial(run_phase, phase), accounted=accounted)
+                )
             used_ids += scenario.phases[-1].load.requests
         if baseline is not None and baseline in self.scenarios:
             scenario.ratios = compare(scenario, self.scenarios[baseline])
@@ -293,10 +345,12 @@ class Runner:
 
     def create_case(self) -> Scenario:
         target = self.target
+        held: dict[str, dict[str, Any]] = {}
         scenario = self.http_scenario(
             "POST /cases",
             "api",
-            "Create a case with a fresh Idempotency-Key (auth, billing reserve, case insert, JetStream publish).",
+            "Create a case with a fresh Idempotency-Key (auth, billing reserve, case insert, JetStream publish), "
+            "with the outreach it causes held back during each phase.",
             self.http(
                 target.gateway_url,
                 "POST",
@@ -308,24 +362,50 @@ class Runner:
             ),
             accounted=target.stack_processes,
             baseline="baseline: bare POST",
+            around=functools.partial(self.outreach_held, held),
         )
-        scenario.notes.append(
-            "Each created case also sends its first email asynchronously; what of that work falls inside the "
-            "phase is billed to it (the run then waits for the stack to go idle)."
-        )
+        scenario.context["outreach_held"] = held
+        if all(phase.get("held") for phase in held.values()):
+            scenario.notes.append(
+                "The request path alone: during each phase (warm-up included) the case service's created-command "
+                "consumer is paused, so no case starts and no email is sent; after it the consumer resumes and the "
+                "run waits (unmeasured) until the stack is idle. The pipeline is the worker scenario."
+            )
+        else:
+            scenario.notes.append(
+                "Outreach NOT held back (needs NATS and the simulator): the phase also pays for the first emails "
+                "its cases cause."
+            )
         scenario.context["quiet_wait_s"] = self.wait_quiet()
         return scenario
 
     def get_case(self, ids_file: Path) -> Scenario:
         target = self.target
-        return self.http_scenario(
+        phase_for = self.http(target.gateway_url, "GET", "/cases/{id}", headers=target.headers, ids_file=ids_file)
+        scenario = self.http_scenario(
             "GET /cases/{id}",
             "api",
-            "Read one case (auth from the gateway's cache, NATS request to case, MongoDB find_one).",
-            self.http(target.gateway_url, "GET", "/cases/{id}", headers=target.headers, ids_file=ids_file),
+            "Read one case (auth from the gateway's cache, NATS request to case, MongoDB find_one); last, a fixed "
+            f"rate of {GET_CASE_SATURATION_SHARE:.0%} of the saturation throughput just measured.",
+            phase_for,
             accounted=target.stack_processes,
             baseline="baseline: bare GET",
         )
+        saturated = scenario.phase("saturation")
+        if saturated is not None and saturated.load.throughput_rps:
+            rate = at_share(saturated.load.throughput_rps, GET_CASE_SATURATION_SHARE)
+            phase = msgspec.structs.replace(
+                phase_for("rate", self.config.duration_s, f"get-case-share-{self.run_tag}"), rate=rate
+            )
+            scenario.phases.append(
+                self.measure(
+                    GET_CASE_AT_SHARE_MODE,
+                    f"{rate} req/s",
+                    functools.partial(run_phase, phase),
+                    accounted=target.stack_processes,
+                )
+            )
+        return scenario
 
     def list_cases(self) -> Scenario:
         target = self.target

@@ -126,8 +126,11 @@ def _extra_gateway(stack: Stack, overrides: Mapping[str, str], name: str) -> Ite
 
 
 @contextlib.contextmanager
-def local_target(config: BenchConfig) -> Iterator[Target]:
-    """NATS, embedded MongoDB, the simulator and the six services on free ports in a temporary directory."""
+def local_target(
+    config: BenchConfig, *, env_overrides: Mapping[str, str] | None = None, baselines: bool = True
+) -> Iterator[Target]:
+    """NATS, embedded MongoDB, the simulator and the six services on free ports in a temporary directory (with
+    `env_overrides` on top of STACK_ENV; without `baselines`, no bare app or echo responder, and no `bare_url`)."""
     with tempfile.TemporaryDirectory(prefix="caseflow-bench-") as tmp:
         work_dir = Path(tmp)
         nats = NatsServer(log_dir=work_dir, store_dir=work_dir / "jetstream")
@@ -137,11 +140,14 @@ def local_target(config: BenchConfig) -> Iterator[Target]:
         mongo = EmbeddedMongo(log_dir=work_dir, sqlite_path=sqlite)
         nats.start()
         mongo.start()
-        stack = Stack(log_dir=work_dir, nats=nats, mongo_url=mongo.url, env=STACK_ENV)
+        stack = Stack(log_dir=work_dir, nats=nats, mongo_url=mongo.url, env={**STACK_ENV, **(env_overrides or {})})
         try:
             stack.start()
             client = stack.admin("create-client", "--name", "bench", "--plan", "unlimited")
-            with _baseline_servers(work_dir, nats.url) as (bare_url, baseline_pids):
+            servers: contextlib.AbstractContextManager[tuple[str, dict[str, int]]] = (
+                _baseline_servers(work_dir, nats.url) if baselines else contextlib.nullcontext(("", {}))
+            )
+            with servers as (bare_url, baseline_pids):
                 services = {name: _pid(process) for name, process in stack.services.items()}
                 pids = {**services, "nats": _pid(nats), "mongodb": _pid(mongo)}
                 yield Target(

@@ -6,6 +6,7 @@ and reported correctly.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from typing import Any
 
@@ -15,13 +16,15 @@ import pytest
 from bench.burst import Answer, Burst
 from bench.config import BenchConfig, ConfigError
 from bench.cpu import CLOCK_TICKS, parse_rss_mb, parse_stat
+from bench.hold import rfc3339
 from bench.k6 import parse_summary
 from bench.profiling import summarise_speedscope
 from bench.report import Phase, Results, Scenario, compare, render
-from bench.runner import new_case_body, slug
+from bench.runner import at_share, new_case_body, slug
 from bench.scheduler import scheduled_documents
 from bench.stats import LoadResult, per_request, percentile, ratio, summarise
-from bench.summary import goals, render_goals
+from bench.summary import GET_CASE_AT_SHARE_MODE, goals, outreach_note, pipeline_limit, render_goals
+from bench.writes import per_case, writes_between
 from shared.contracts.case import NOTHING_SCHEDULED, NewCase
 
 
@@ -281,3 +284,96 @@ def test_the_safety_round_counts_both_of_its_scans_when_the_create_scan_was_meas
     assert goal.value is not None
     assert round(goal.value, 6) == 0.04  # 10 ms per idle second + (600 + 1 200) ms every 60 s
     assert "1800 ms safety round" in goal.detail
+
+
+def test_a_consumer_pause_ends_at_an_rfc3339_utc_time() -> None:
+    moment = dt.datetime(2026, 12, 1, 16, 5, 7, 123456, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    assert rfc3339(moment) == "2026-12-01T14:05:07.123Z"
+
+
+def test_the_latency_phase_runs_at_a_whole_share_of_the_saturation_throughput() -> None:
+    assert at_share(317.4, 0.7) == 222
+    assert at_share(0.5, 0.7) == 1
+
+
+def test_writes_are_inserts_updates_and_deletes_less_the_background() -> None:
+    before = {"insert": 10, "query": 50, "update": 20, "delete": 1, "command": 99}
+    after = {"insert": 70, "query": 400, "update": 100, "delete": 1, "command": 500}
+    assert writes_between(before, after) == 140
+    assert per_case(140, background_per_s=2.0, window_s=10.0, cases=20) == 6.0
+    assert per_case(5, background_per_s=2.0, window_s=10.0, cases=20) == 0.0
+    assert per_case(140, background_per_s=0.0, window_s=10.0, cases=0) is None
+
+
+def test_the_pipeline_goal_is_emails_per_second_over_insert_one_divided_by_the_writes_a_case_needs() -> None:
+    assert pipeline_limit(80.0, 8.0) == 10.0
+    run = Phase(mode="run", offered="100 cases", load=load(throughput_rps=4.0), cpu_s_per_request={"mongodb": 0.12})
+    worker = Scenario(name="worker: 100 cases → first email", group="worker", description="", phases=[run])
+    counted = Scenario(
+        name="worker writes: 20 cases → first email",
+        group="worker",
+        description="",
+        context={"writes_per_case": 8.0, "request_path_writes_per_case": 3.0, "pipeline_writes_per_case": 5.0},
+    )
+    insert = saturated("baseline: MongoDB insert_one", 80.0, {"mongodb": 0.01})
+    by_name = {goal.name: goal for goal in goals(Results(started_at="", scenarios=[insert, worker, counted]))}
+    goal = by_name["pipeline, create → first email ÷ its limit (insert_one ÷ writes per case)"]
+    assert (goal.value, goal.met) == (0.4, False)  # 4 cases/s against a limit of 80 / 8 = 10
+    assert "8 writes per case" in goal.detail
+    assert "3.0 on the request path + 5.0 after it" in goal.detail
+    # The baseline of a case is 8 inserts' worth of MongoDB CPU (80 ms): 120 ms spent is 40 ms above it.
+    assert goal.spender == "mongodb +40.0 ms CPU/case"
+    without_count = {g.name: g for g in goals(Results(started_at="", scenarios=[insert, worker]))}
+    assert without_count[goal.name].met is None
+
+
+def test_the_read_latency_goal_is_the_p99_of_the_phase_at_70_percent_of_saturation() -> None:
+    saturation = Phase(mode="saturation", offered="16 VUs", load=load(throughput_rps=300.0))
+    at_share_load = load(throughput_rps=210.0, p50_ms=6.0, p99_ms=61.5, dropped=2)
+    at_70 = Phase(
+        mode=GET_CASE_AT_SHARE_MODE,
+        offered="210 req/s",
+        load=at_share_load,
+        cpu_s_per_request={"gateway": 0.0012, "case": 0.0008, "mongodb": 0.0007},
+    )
+    read = Scenario(name="GET /cases/{id}", group="api", description="", phases=[saturation, at_70])
+    find = Scenario(
+        name="baseline: MongoDB find_one",
+        group="baseline",
+        description="",
+        phases=[Phase(mode="fixed", offered="20 req/s", load=load(), cpu_s_per_request={"mongodb": 0.0005})],
+    )
+    by_name = {goal.name: goal for goal in goals(Results(started_at="", scenarios=[read, find]))}
+    goal = by_name["GET /cases/{id} p99 at 70% of its saturation (ms)"]
+    assert (goal.value, goal.goal, goal.met) == (61.5, "<= 50", False)
+    assert "at 210 req/s, 300.0/s at saturation; 0 failed, 2 dropped" in goal.detail
+    assert goal.spender == "gateway +1.2 ms CPU/req"
+    met = msgspec.structs.replace(at_70, load=msgspec.structs.replace(at_share_load, p99_ms=12.0))
+    read.phases = [saturation, met]
+    assert {g.name: g for g in goals(Results(started_at="", scenarios=[read]))}[goal.name].met is True
+
+
+def test_the_create_goals_say_whether_the_phases_held_their_outreach_back() -> None:
+    held = {"fixed": {"held": True, "emails_while_held": 0}, "saturation": {"held": True, "emails_while_held": 0}}
+    create = saturated("POST /cases", 40.0, {"mongodb": 0.020}, outreach_held=held)
+    insert = saturated("baseline: MongoDB insert_one", 80.0, {"mongodb": 0.010})
+    results = Results(started_at="", scenarios=[insert, create])
+    assert outreach_note(results) == "; outreach held back (0 emails during the phases)"
+    by_name = {goal.name: goal for goal in goals(results)}
+    assert by_name["POST /cases ÷ insert_one"].detail.endswith("outreach held back (0 emails during the phases)")
+    assert by_name["MongoDB CPU per create ÷ per insert_one"].detail.endswith("(0 emails during the phases)")
+    counted = Scenario(
+        name="worker writes: 20 cases → first email",
+        group="worker",
+        description="",
+        context={"request_path_writes_per_case": 3.0},
+    )
+    dear = saturated("POST /cases", 40.0, {"mongodb": 0.030}, outreach_held=held)
+    by_name = {g.name: g for g in goals(Results(started_at="", scenarios=[insert, dear, counted]))}
+    mongo = by_name["MongoDB CPU per create ÷ per insert_one"]
+    assert (mongo.value, mongo.met) == (3.0, False)
+    assert mongo.spender == "mongodb (the 3.0 writes a create makes, counted in this run)"
+    held["saturation"]["emails_while_held"] = 3
+    assert outreach_note(results).startswith("; 3 emails sent while outreach was held")
+    held["fixed"] = {"held": False}
+    assert "NOT held back" in outreach_note(results)
