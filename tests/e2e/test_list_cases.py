@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import httpx
 
 from simulator.cases import case_body
-from tests.support.api import headers
+from tests.support.api import create_as_a_client, headers
 
 
 async def create_many(api: httpx.AsyncClient, key: dict[str, str], count: int, *, parallel: int = 8) -> list[str]:
     semaphore = asyncio.Semaphore(parallel)
+    run = uuid.uuid4().hex[:8]
 
     async def one(index: int) -> str:
         async with semaphore:
@@ -20,10 +22,7 @@ async def create_many(api: httpx.AsyncClient, key: dict[str, str], count: int, *
             body = case_body(
                 clientReferenceId=f"bulk-{index}", counterparty={"address": "reject-x@sim.example", "name": "R"}
             )
-            response = await api.post("/cases", json=body, headers=key)
-            assert response.status_code == 201, response.text
-            case_id: str = response.json()["data"]["caseId"]
-            return case_id
+            return await create_as_a_client(api, body, key, idempotency_key=f"list-{run}-{index}")
 
     return await asyncio.gather(*(one(i) for i in range(count)))
 

@@ -11,7 +11,7 @@ import httpx
 
 from deploy.processes import Stack
 from simulator.cases import case_body
-from tests.support.api import ExtraReplica, headers
+from tests.support.api import ExtraReplica, create_as_a_client, headers
 
 CASES = 200
 
@@ -29,16 +29,8 @@ async def test_two_case_services_send_every_follow_up_exactly_once(
         body = case_body(counterparty={"address": address, "name": "Quiet"}, maxAttempts=1, followUpDelayHours=1)
         # 200 creates 16 at a time against one embedded MongoDB may be shed (503 + Retry-After); a client retries
         # with its key, as here. What this test is about is the follow-ups, once each.
-        keyed = {**key, "Idempotency-Key": f"replicas-{address}"}
         async with semaphore:
-            for _ in range(5):
-                response = await api.post("/cases", json=body, headers=keyed)
-                if response.status_code != 503:
-                    break
-                await asyncio.sleep(float(response.headers["retry-after"]))
-        assert response.status_code == 201, response.text
-        case_id: str = response.json()["data"]["caseId"]
-        return case_id
+            return await create_as_a_client(api, body, key, idempotency_key=f"replicas-{address}")
 
     with ExtraReplica(stack, "case", name="case-2") as second:
         case_ids = await asyncio.gather(*(create(address) for address in addresses))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import uuid
 from collections.abc import Mapping
@@ -28,6 +29,28 @@ def new_client(stack: Stack, *, plan: str = "unlimited") -> dict[str, Any]:
 
 def headers(api_key: str, **extra: str) -> dict[str, str]:
     return {"x-api-key": api_key, **extra}
+
+
+# How many times a client retries a shed create (503 with Retry-After) before the test gives up on the stack.
+SHED_RETRIES = 30
+
+
+async def create_as_a_client(
+    api: httpx.AsyncClient, body: Mapping[str, Any], key: Mapping[str, str], *, idempotency_key: str
+) -> str:
+    """POST /cases as a well-behaved client does: a 503 is load shed (its Retry-After says when to come back),
+    so it is sent again under the same Idempotency-Key, which makes the retry safe. Returns the case id of the
+    201; any other answer fails the test. For tests whose subject is not overload (a loaded two-core machine
+    sheds some of many creates, as the contract allows)."""
+    keyed = {**key, "Idempotency-Key": idempotency_key}
+    for _ in range(SHED_RETRIES):
+        response = await api.post("/cases", json=body, headers=keyed)
+        if response.status_code != 503:
+            break
+        await asyncio.sleep(float(response.headers["retry-after"]))
+    assert response.status_code == 201, response.text
+    case_id: str = response.json()["data"]["caseId"]
+    return case_id
 
 
 class ExtraReplica:
