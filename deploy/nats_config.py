@@ -40,6 +40,7 @@ from shared.subjects import (
     BACKEND_SERVICES,
     CASE_COMMANDS,
     PARKED,
+    POISON_COUNTS,
     TEST_NATS_USER,
     THROTTLE_BUCKETS,
     KeyValueBucket,
@@ -207,6 +208,8 @@ def service_user(service: Service) -> NatsUser:
             *jetstream_api(streams, consumers),
             *object_store_api(OBJECT_BUCKETS.get(service, ())),
             *key_value_api(KV_BUCKETS.get(service, ())),
+            # Every consumer's poison failures are counted in one bucket its replicas share.
+            *key_value_api((POISON_COUNTS,) if consumers else ()),
             *stream_reads_api(STREAM_READS.get(service, ())),
             *responds,
         ),

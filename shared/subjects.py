@@ -155,6 +155,15 @@ THROTTLE_BUCKETS: Final = KeyValueBucket(
 )
 
 
+# Poison failures per JetStream message, counted by every replica of its consumer (shared.messaging.poison): a
+# key outlives any message's redeliveries (they are minutes apart at most) and then expires unread.
+POISON_COUNTS: Final = KeyValueBucket(
+    name="POISON_COUNTS",
+    ttl_seconds=86_400.0,
+    description="Poison failures per message of each durable consumer, shared by the consumer's replicas.",
+)
+
+
 class Consumer(StrEnum):
     """Durable JetStream consumer names (shared by every replica of the consuming service): `<service>-<what>`,
     lower-case and hyphenated."""

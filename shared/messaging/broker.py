@@ -20,6 +20,7 @@ from faststream.security import SASLPlaintext
 from shared.messaging.admission import bound_handlers
 from shared.messaging.connection import nats_connect_options
 from shared.messaging.middleware import ServiceMiddleware, retry_policy
+from shared.messaging.poison import SharedPoisonCounts
 from shared.settings import CommonSettings
 from shared.subjects import Service
 
@@ -44,7 +45,8 @@ def create_broker(settings: CommonSettings, service: Service) -> NatsBroker:
         logger=logging.getLogger("caseflow.broker"),
         log_level=logging.DEBUG,
     )
-    broker.add_middleware(ServiceMiddleware(broker=broker, policy=retry_policy(settings)))
+    poison = SharedPoisonCounts(broker, replicas=settings.stream_replicas)
+    broker.add_middleware(ServiceMiddleware(broker=broker, policy=retry_policy(settings), poison=poison))
     # Inside ServiceMiddleware: a request past its deadline is dropped before it counts toward a handler's bound.
     bound_handlers(broker, settings)
     _consumer_replicas[broker] = settings.stream_replicas

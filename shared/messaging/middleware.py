@@ -1,13 +1,13 @@
 """ServiceMiddleware: what happens around every message a service handles, RPC or JetStream.
 
 Design decisions a reader must know:
-- A JetStream message is acknowledged only after its handler returns. A handler that raises is redelivered
-  with a capped, growing delay (`RetryPolicy`), never dropped (FastStream's NATS default, REJECT_ON_ERROR, would
-  drop it). Transient is not poison (shared.failures, shared.classify): a failure classified transient or
-  misconfigured is redelivered for as long as it lasts and never parked. Any other failure is poison and counted
-  per message; at `max_deliver` poison failures, or at once on `PermanentFailure`, the message is copied to the
-  PARKED stream and terminated, so an operator can inspect, replay or drop it
-  (`python -m services.auth.admin parked ...`).
+- A JetStream message is acknowledged only after its handler returns. A handler that raises is redelivered with a
+  capped, growing delay (`RetryPolicy`), never dropped (FastStream's NATS default, REJECT_ON_ERROR, would drop it).
+  Transient is not poison (shared.failures, shared.classify): a failure classified transient or misconfigured is
+  redelivered for as long as it lasts and never parked. Any other failure is poison and counted per message, across
+  every replica of the consumer (shared.messaging.poison); at `max_deliver` poison failures, or at once on
+  `PermanentFailure`, the message is copied to the PARKED stream and terminated, so an operator can inspect, replay
+  or drop it (`python -m services.auth.admin parked ...`).
 - A request whose asker's deadline passed while it queued is answered SERVICE_UNAVAILABLE without running.
 - The request id travels in the `X-Request-Id` header and is bound to the logging context for every message.
 """
@@ -17,10 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import nats.errors
 from faststream.exceptions import HandlerException, NackMessage, RejectMessage
@@ -35,6 +34,7 @@ from shared.errors import ERROR_SPECS, ErrorCode, ServiceError
 from shared.failures import DependencyFailure
 from shared.logs import handled_subject_var, request_id_var
 from shared.messaging.connection import REPLY_INBOX_PREFIX
+from shared.messaging.poison import LocalPoisonCounts
 from shared.messaging.rpc import request_deadline_ms
 from shared.settings import CommonSettings
 from shared.subjects import (
@@ -77,29 +77,6 @@ class RetryPolicy:
         # The exponent is bounded so a message failing for weeks does not overflow a float.
         beyond = min(max(delivery - len(steps), 0), 64)
         return min(steps[min(delivery, len(steps)) - 1] * 2.0**beyond, self.cap_seconds)
-
-
-# Poison failures are counted per message by the consuming process (JetStream's num_delivered also counts every
-# transient failure and every redelivery after a crash). Bounded: a message acked elsewhere is forgotten last.
-_POISON_COUNT_CAPACITY: Final = 10_000
-
-
-class PoisonCounts:
-    """How many times each message failed as poison in this process, keyed by (stream, consumer, sequence)."""
-
-    def __init__(self, capacity: int = _POISON_COUNT_CAPACITY) -> None:
-        self._capacity = capacity
-        self._counts: OrderedDict[tuple[str, str, int], int] = OrderedDict()
-
-    def add(self, key: tuple[str, str, int]) -> int:
-        count = self._counts.pop(key, 0) + 1
-        self._counts[key] = count
-        while len(self._counts) > self._capacity:
-            self._counts.popitem(last=False)
-        return count
-
-    def forget(self, key: tuple[str, str, int]) -> None:
-        self._counts.pop(key, None)
 
 
 def _is_jetstream(raw: Msg) -> bool:
@@ -170,16 +147,16 @@ def _shed_reply(raw: Msg, headers: Mapping[str, str]) -> Err | None:
 
 @dataclass(frozen=True, slots=True)
 class ServiceMiddleware:
-    """Binds the request id, turns failures into error replies (RPC) or delayed redeliveries (JetStream), and
-    counts every handled message by subject and outcome (`caseflow_nats_messages_total`).
+    """Binds the request id, turns failures into error replies (RPC) or delayed redeliveries (JetStream), and counts
+    every handled message by subject and outcome (`caseflow_nats_messages_total`).
 
     A configured object, as FastStream's own middlewares are: built once per broker (`create_broker`) with where
-    to park, the retry policy and this process's poison counts; FastStream calls it for each message, and it
-    returns that message's scope."""
+    to park, the retry policy and the poison counts (shared by the consumer's replicas:
+    shared.messaging.poison); FastStream calls it for each message, and it returns that message's scope."""
 
     broker: NatsBroker
     policy: RetryPolicy
-    poison: PoisonCounts = field(default_factory=PoisonCounts)
+    poison: LocalPoisonCounts = field(default_factory=LocalPoisonCounts)
 
     def __call__(self, msg: Any, /, *, context: ContextRepo) -> _MessageScope:
         return _MessageScope(msg, context=context, config=self)
@@ -211,7 +188,7 @@ class _MessageScope(BaseMiddleware):
                     return shed
             result = await call_next(msg)
             if jetstream:
-                self.config.poison.forget(_message_key(raw_message))
+                self.config.poison.handled(_message_key(raw_message))
             if isinstance(result, Err):
                 outcome = result.code
             return result
@@ -263,10 +240,10 @@ class _MessageScope(BaseMiddleware):
             )
             raise NackMessage(delay=delay) from exc
         key = _message_key(raw)
-        poisoned = self.config.poison.add(key)
+        poisoned = await self.config.poison.add(key)
         if isinstance(exc, PermanentFailure) or poisoned >= policy.max_deliver:
             await self._park(raw, exc, poison_failures=poisoned)
-            self.config.poison.forget(key)
+            await self.config.poison.parked(key)
             raise RejectMessage() from exc
         log.warning(
             "handler failed; message will be redelivered",

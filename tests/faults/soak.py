@@ -427,9 +427,8 @@ class Soak:
             # Polling the stack from outside, as a client would: there is no event to wait on.
             while time.monotonic() < settle_until and not await self.settled(api):  # noqa: ASYNC110
                 await asyncio.sleep(2.0)
-            # Each replica counts a message's poison failures itself (in memory, reset by a kill), so the poison
-            # is parked after CONSUMER_MAX_DELIVER failures in one of them: later than the cases settle, within
-            # the same bound.
+            # The poison is parked after CONSUMER_MAX_DELIVER failures with the consumer's backoff between them,
+            # which can end after the cases settle: waited for within the same bound.
             while time.monotonic() < settle_until and not await self.poison_parked():  # noqa: ASYNC110
                 await asyncio.sleep(2.0)
             self.settle_seconds = self.elapsed()

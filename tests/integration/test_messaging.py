@@ -175,6 +175,57 @@ async def test_poison_message_is_parked_after_max_deliveries_and_permanent_failu
     await parked.unsubscribe()
 
 
+async def test_poison_failures_are_counted_across_replicas_so_a_restart_does_not_start_the_count_again(
+    nats_server: NatsServer, stream: StreamSpec, subject_prefix: str
+) -> None:
+    """Two replicas of one durable consumer, one after the other (a restart, or a rolling deploy): together they
+    see CONSUMER_MAX_DELIVER (4) poison failures and the message is parked. Counted per process, the second
+    replica would have started again from zero and the message would have failed 6 times or more."""
+    settings = load_settings(
+        CommonSettings,
+        {"NATS_URL": nats_server.url, "CONSUMER_BACKOFF_SECONDS": "0.5,1", "CONSUMER_MAX_DELIVER": "4"},
+    )
+    subject = f"{subject_prefix}.work.jobs"
+    failures = {"first": 0, "second": 0}
+    first_failed_twice = asyncio.Event()
+
+    def replica(name: str) -> NatsBroker:
+        broker = create_broker(settings, Service.CASE)
+
+        @durable_subscriber(broker, subject=subject, stream=stream, durable="worker")
+        async def work(job: Job) -> None:
+            failures[name] += 1
+            if failures["first"] == 2:
+                first_failed_twice.set()
+            raise ValueError("always fails")
+
+        return broker
+
+    first = replica("first")
+    await first.connect()
+    await ensure_streams(first, [stream], replicas=1)
+    parked = await first.connection.jetstream().subscribe(f"parked.{stream.name}.worker")
+    await first.start()
+    await first.connection.flush()
+    await publish_durable(first, subject, Job("poison"), stream=stream, msg_id="poison")
+    await asyncio.wait_for(first_failed_twice.wait(), timeout=15)
+    await parked.unsubscribe()
+    await first.stop()  # what it counted in memory is gone with it
+
+    second = replica("second")
+    await second.connect()
+    parked = await second.connection.jetstream().subscribe(f"parked.{stream.name}.worker")
+    await second.start()
+    try:
+        message = await parked.next_msg(timeout=20)
+    finally:
+        await parked.unsubscribe()
+        await second.stop()
+    assert msgspec.json.decode(message.data, type=Job).job_id == "poison"
+    assert failures["second"] >= 1  # the second replica took part: the count was carried over, not restarted
+    assert failures["first"] + failures["second"] == 4
+
+
 async def test_publish_with_the_same_msg_id_is_stored_once(
     service_broker: NatsBroker, stream: StreamSpec, subject_prefix: str
 ) -> None:

@@ -6,6 +6,7 @@ a service is meant to do still works."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from nats.aio.msg import Msg
 from deploy import nats_config
 from deploy.processes import NatsServer, private_nats_server
 from shared.contracts import auth, case
-from shared.settings import dev_nats_password
+from shared.messaging.broker import create_broker
+from shared.messaging.poison import SharedPoisonCounts
+from shared.settings import CommonSettings, dev_nats_password, load_settings
 from shared.subjects import Service
 
 
@@ -150,3 +153,24 @@ async def test_another_services_credentials_cannot_answer_or_publish_its_subject
     adapter_client, adapter = await as_service(clients, nats_server, "agentmail_adapter")
     await adapter.publish("case.evt.completed", b"{}")
     assert "case.evt.completed" in (await adapter_client.wait_for_error("permissions violation")).lower()
+
+
+@pytest.mark.parametrize("service", [Service.CASE, Service.WEBHOOK])
+async def test_a_consuming_service_may_count_poison_failures_in_the_shared_bucket(
+    nats_server: NatsServer, clients: Callable[[], Client], service: Service
+) -> None:
+    """What SharedPoisonCounts does under the service's own credentials: open the bucket, create and update a key,
+    delete it once the message is parked. A refused call would fall back to counting in memory (a warning), so
+    the counts carried over across instances are the proof."""
+    # server_url carries no credentials: the broker connects as the service's own NATS user.
+    broker = create_broker(load_settings(CommonSettings, {"NATS_URL": nats_server.server_url}), service)
+    await broker.connect()
+    try:
+        key = ("CASE_COMMANDS", f"{service}-permission-check", uuid.uuid4().int % 1_000_000_000)
+        assert await SharedPoisonCounts(broker, replicas=1).add(key) == 1
+        # Another instance (a replica, or this one restarted) reads the count on and deletes it when parking.
+        assert await SharedPoisonCounts(broker, replicas=1).add(key) == 2
+        await SharedPoisonCounts(broker, replicas=1).parked(key)
+        assert await SharedPoisonCounts(broker, replicas=1).add(key) == 1
+    finally:
+        await broker.stop()
