@@ -17,7 +17,6 @@ headroom still waits in nats-py, and only as long as sheds take (microseconds ea
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import weakref
 from collections import Counter
@@ -50,13 +49,17 @@ SHED_MESSAGE: Final = "The service is at capacity; retry after the time in Retry
 @dataclass(slots=True)
 class HandlerBounds:
     """One broker's bound per RPC handler, the subjects declared bounded, and what each has in flight (one event
-    loop: no lock)."""
+    loop: no lock). The broker's admission middleware: a configured object, as ServiceMiddleware is, that
+    FastStream calls for each message to get that message's `HandlerAdmission` scope."""
 
     max_in_flight: int
     retry_after_seconds: int
     # The turns of each bounded handler: how many of its admitted requests run at once.
     turns: dict[str, asyncio.Semaphore] = field(default_factory=dict)
     in_flight: Counter[str] = field(default_factory=Counter)
+
+    def __call__(self, msg: Any, /, *, context: ContextRepo) -> HandlerAdmission:
+        return HandlerAdmission(msg, context=context, bounds=self)
 
     def shed_reply(self, subject: str) -> Err:
         metrics.RPC_SHED_REQUESTS.labels(subject=metrics.bounded_subject(subject)).inc()
@@ -75,8 +78,8 @@ _bounds: weakref.WeakKeyDictionary[NatsBroker, HandlerBounds] = weakref.WeakKeyD
 class HandlerAdmission(BaseMiddleware):
     """Admits a request to a bounded handler while it has room, else answers it with the shed reply.
 
-    Built per message by FastStream through `functools.partial(HandlerAdmission, bounds=...)`; inside
-    ServiceMiddleware, so a request whose deadline passed is dropped before it is counted here."""
+    Built per message by the broker's `HandlerBounds`; inside ServiceMiddleware, so a request whose deadline
+    passed is dropped before it is counted here."""
 
     def __init__(self, msg: Any, /, *, context: ContextRepo, bounds: HandlerBounds) -> None:
         super().__init__(msg, context=context)
@@ -110,7 +113,7 @@ def bound_handlers(broker: NatsBroker, settings: CommonSettings) -> None:
     """Give `broker` its per-handler bound from the settings (`create_broker` calls this once per broker)."""
     bounds = HandlerBounds(settings.rpc_max_in_flight, settings.rpc_shed_retry_after_seconds)
     _bounds[broker] = bounds
-    broker.add_middleware(cast("Any", functools.partial(HandlerAdmission, bounds=bounds)))
+    broker.add_middleware(bounds)
 
 
 def handler_in_flight(broker: NatsBroker, subject: str) -> int:
