@@ -231,13 +231,13 @@ async def run_scheduler(
                     scenario.context.setdefault("found_per_scan", found)
                     return summarise(latencies, failed=0, duration_s=time.perf_counter() - begun)
 
-                async def create_scan_load() -> Any:
-                    """The safety scan's other query: creates past their confirmation time (none here)."""
+                async def safety_round_load() -> Any:
+                    """The query of the safety round behind the timers: due, past a lease, or unconfirmed."""
                     latencies = []
                     begun = time.perf_counter()
                     for _ in range(scans):
                         t0 = time.perf_counter()
-                        await store.unconfirmed_creates(now=now_ms(), limit=100)
+                        await store.needing_attention(now=now_ms(), limit=200)
                         latencies.append((time.perf_counter() - t0) * 1000)
                     return summarise(latencies, failed=0, duration_s=time.perf_counter() - begun)
 
@@ -258,7 +258,7 @@ async def run_scheduler(
                 scenario.phases.append(await measure("claim", f"{due:,} due cases", claim_load))
                 scenario.phases.append(await measure("idle scan", f"{scans} scans, none due", scan_load))
                 scenario.phases.append(
-                    await measure("idle create scan", f"{scans} scans, no create unconfirmed", create_scan_load)
+                    await measure("idle safety round", f"{scans} rounds, none due", safety_round_load)
                 )
                 scenario.context["still_due"] = len(await store.due_case_ids(now=now_ms(), limit=200))
 

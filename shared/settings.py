@@ -482,10 +482,10 @@ SETTING_HELP: Final[dict[str, str]] = {
     "CREATE_CONFIRM_GRACE_SECONDS": "how long after its deadline a create the gateway never confirmed is removed "
     "(unit released) and its Idempotency-Key may be taken over",
     "SEND_TIMEOUT_SECONDS": "deadline for the adapter to send one email, its retries included",
-    "SCHEDULER_INTERVAL_SECONDS": "how often the scheduler's loop ticks (its scans run every tick only when no "
-    "timers are armed on JetStream)",
-    "SCHEDULER_SAFETY_SCAN_SECONDS": "how often the due-case and unconfirmed-create scans run behind the JetStream "
-    "timers (a lost timer is late by at most this; each scan reads the scheduled cases)",
+    "SCHEDULER_INTERVAL_SECONDS": "how often the scheduler scans for due cases when no timers are armed on "
+    "JetStream (with timers: SCHEDULER_SAFETY_SCAN_SECONDS)",
+    "SCHEDULER_SAFETY_SCAN_SECONDS": "how often the safety round runs behind the JetStream timers (one query for "
+    "due cases, passed leases and unconfirmed creates; a lost timer is late by at most this)",
     "SEND_LEASE_SECONDS": "a requested email not confirmed within this is requested again (same attempt)",
     "INPUT_LEASE_SECONDS": "a resolved input request not applied within this is queued again",
     "REPLY_LEASE_SECONDS": "a stored reply not judged within this is judged again",

@@ -187,6 +187,22 @@ class CaseStore:
         ids.extend(str(document["_id"]) for document in await repairs.to_list(None))
         return list(dict.fromkeys(ids))[:limit]
 
+    async def needing_attention(self, *, now: int, limit: int) -> list[CaseRecord]:
+        """The safety round behind the timers, in one query: cases with a follow-up due, with a step past its
+        lease, or created and unconfirmed past their confirmation time (`due_case_ids` and
+        `unconfirmed_creates` together). One query, because the embedded server reads every case for each one
+        (MongoDB answers each `$or` branch from its own index)."""
+        cursor = self.cases.find(
+            {
+                "$or": [
+                    {"nextActionAt": {"$lte": now}, "status": {"$in": list(SCHEDULABLE_STATUSES)}},
+                    {"repairAt": {"$lte": now}},
+                    {"status": "CREATED", "confirmBy": {"$lte": now}, "awaitingSend": None, "attemptCount": 0},
+                ]
+            }
+        ).limit(limit)
+        return [from_document(document) for document in await cursor.to_list(None)]
+
     async def with_pending_outbox(self, *, older_than: int, limit: int) -> list[CaseRecord]:
         cursor = self.cases.find({"outboxPendingSince": {"$lte": older_than}}).limit(limit)
         return [from_document(document) for document in await cursor.to_list(None)]

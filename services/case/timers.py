@@ -10,9 +10,9 @@ nats-server's timer, not a scan of every scheduled case.
 
 A timer may be stale (the case was rescheduled, or finished): `FollowUpDue` changes nothing until the case is due,
 so a stale timer is harmless. A timer may be lost (the process died between the case write and the arm, or NATS was
-away): the worker's safety scans (`CaseStore.due_case_ids` and `unconfirmed_creates`, every
-SCHEDULER_SAFETY_SCAN_SECONDS) find every due case and every unsettled create anyway, so a lost timer delays a case
-by at most that interval, never strands it.
+away): the worker's safety round (`Worker.safety_round`, one query, `CaseStore.needing_attention`, at start-up and
+every SCHEDULER_SAFETY_SCAN_SECONDS) finds every due case and every unsettled create anyway, so a lost timer delays
+a case by at most that interval, never strands it.
 """
 
 from __future__ import annotations

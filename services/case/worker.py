@@ -6,15 +6,15 @@ version check, then relay the outbox. A conflicting write (another handler or re
 re-runs the whole step on the fresh case; repeats are harmless because transitions ignore duplicates and
 sends are idempotent by (case, attempt) at the adapter.
 
-A case's next follow-up or lease end fires as its JetStream timer (services/case/timers.py) onto the timer
-consumer here; the scheduler's scan of `nextActionAt` and (the reconciler) `repairAt` is the safety net behind
-the timers, run every SCHEDULER_SAFETY_SCAN_SECONDS. Claiming is the same versioned write either way, so with
-several case-service replicas each follow-up or repair is requested once. No inbound message is discarded: one
-that no case takes (after a bounded wait for its thread to be recorded) is stored in `unmatched_messages` for an
-operator.
+A case's next follow-up, lease end or confirmation time fires as its JetStream timer (services/case/timers.py) onto
+the timer consumer here; the safety round (one query of due follow-ups, passed leases and unconfirmed creates) is
+the net behind the timers, run at start-up and every SCHEDULER_SAFETY_SCAN_SECONDS. Claiming is the same versioned
+write either way, so with several case-service replicas each follow-up or repair is requested once. No inbound
+message is discarded: one that no case takes (after a bounded wait for its thread to be recorded) is stored in
+`unmatched_messages` for an operator.
 
-It also settles creates nobody confirmed, when their timer fires at `confirmBy` (and, behind the timers, in
-`reconcile_creates` with the safety scan): a case is started only by its created command, which the gateway
+It also settles creates nobody confirmed, when their timer fires at `confirmBy` (or the safety round finds them;
+`reconcile_creates` without timers): a case is started only by its created command, which the gateway
 publishes before it answers 201, so a case without one past its confirmation time was never accepted and is
 removed.
 """
@@ -478,24 +478,47 @@ class Worker:
             return False
         return True
 
+    async def safety_round(self, *, limit: int = 200) -> int:
+        """Behind the timers: settle every case a lost timer would have fired (due, past a lease, or an
+        unconfirmed create past its confirmation time), found by one query per batch; a full batch that changed
+        something is followed by the next at once. Returns how many cases changed."""
+        changed = 0
+        while True:
+            found = await self.store.needing_attention(now=self.now_ms(), limit=limit)
+            changed_now = 0
+            for record in found:
+                try:
+                    if awaiting_confirmation(record):
+                        case_id_var.set(record.case_id)
+                        client_id_var.set(record.client_id)
+                        changed_now += await self._settle_create(record)
+                    else:
+                        changed_now += await self.claim_due(record.case_id)
+                except Exception:
+                    log.exception(
+                        "the safety round failed on a case; it is found again", extra={"case_id": record.case_id}
+                    )
+            changed += changed_now
+            if len(found) < limit or changed_now == 0:
+                return changed
+
     async def schedule_forever(self) -> None:
-        # Timers on JetStream fire each due case and each create at its confirmation time; the scans behind them
-        # are the safety net for a lost timer, run at start-up (cases scheduled before timers existed) and then
-        # every SCHEDULER_SAFETY_SCAN_SECONDS. Without timers, the due scan runs every tick and unconfirmed
-        # creates (which wait out a grace of many seconds anyway) are looked for every quarter of that grace.
         if self.timers is not None:
-            scan_every = reconcile_every = self.settings.scheduler_safety_scan_seconds
-        else:
-            scan_every = self.settings.scheduler_interval_seconds
-            reconcile_every = max(scan_every, self.settings.create_confirm_grace_seconds / 4)
-        next_reconcile = next_scan = 0.0
+            # Timers on JetStream fire each due case and each create at its confirmation time; the safety round
+            # behind them (one query) finds what a lost timer left, at start-up (cases scheduled before timers
+            # existed) and then every SCHEDULER_SAFETY_SCAN_SECONDS, never on a tick.
+            while True:
+                await self.safety_round()
+                await asyncio.sleep(self.settings.scheduler_safety_scan_seconds)
+        # Without timers the due scan runs every tick, and unconfirmed creates (which wait out a grace of many
+        # seconds anyway) are looked for every quarter of that grace.
+        reconcile_every = max(self.settings.scheduler_interval_seconds, self.settings.create_confirm_grace_seconds / 4)
+        next_reconcile = 0.0
         while True:
             if time.monotonic() >= next_reconcile:
                 await self.reconcile_creates()
                 next_reconcile = time.monotonic() + reconcile_every
-            if time.monotonic() >= next_scan:
-                await self.run_due()
-                next_scan = time.monotonic() + scan_every
+            await self.run_due()
             await asyncio.sleep(self.settings.scheduler_interval_seconds)
 
 

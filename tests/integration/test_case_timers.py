@@ -1,8 +1,8 @@
 """Case timers on JetStream message schedules (services/case/timers.py), on a real nats-server and MongoDB.
 
 What is shown: a follow-up fires from its case's timer with no scan of the cases at all; a stale timer changes
-nothing; a case whose timer was lost is found by the safety scan; and the scheduler's loop, with timers on,
-scans (due cases, unconfirmed creates) only at start-up and then every SCHEDULER_SAFETY_SCAN_SECONDS (counted calls).
+nothing; a case whose timer was lost is found by the safety round (one query); and the scheduler's loop, with
+timers on, runs that round only at start-up and then every SCHEDULER_SAFETY_SCAN_SECONDS (counted calls).
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ import pytest
 from pymongo.asynchronous.database import AsyncDatabase
 
 from deploy.processes import NatsServer
+from services.case import domain
 from services.case.lifecycle import due_at
 from services.case.timers import TimerFired
 from shared.clock import now_ms
 from shared.mongo import Document
 from shared.subjects import CASE_TIMERS, Consumer, timer_due_subject
-from tests.support.case_service import CaseHarness, timed_case_service
+from tests.support.case_service import CLIENT, CaseHarness, new_case_body, timed_case_service
 from tests.support.counting import CountedCalls
 
 VENDOR = "vendor@example.com"
@@ -98,26 +99,47 @@ async def test_a_case_whose_timer_was_lost_is_found_by_the_safety_scan(timed: Ca
     assert followed.status == "RUNNING"
 
 
-async def test_with_timers_the_loop_scans_at_start_up_and_then_only_every_safety_interval(
+async def test_the_safety_round_finds_a_due_case_and_an_unconfirmed_create_in_one_query(timed: CaseHarness) -> None:
+    """Lost timers: one query of the cases finds both the case due for its follow-up and the create nobody
+    confirmed by its confirmation time; no scan of its own runs for either."""
+    due_id = await timed.running(VENDOR, followUpDelayHours=3600)
+    await timed.broker.connection.jetstream().purge_stream(CASE_TIMERS.name)
+    await timed.store.cases.update_one({"_id": due_id}, {"$set": {"nextActionAt": now_ms() - 1}})
+    unconfirmed = domain.new_case(
+        case_id="never-confirmed", client_id=CLIENT, body=new_case_body(VENDOR), now=now_ms(), confirm_by=now_ms() - 1
+    )
+    await timed.store.insert(unconfirmed)
+    queries = CountedCalls(timed.store, "needing_attention")
+    scans = CountedCalls(timed.store, "due_case_ids")
+    creates = CountedCalls(timed.store, "unconfirmed_creates")
+    assert await timed.worker.safety_round() == 2
+    assert (queries.calls, scans.calls, creates.calls) == (1, 0, 0)
+    assert await timed.store.get("never-confirmed") is None
+    followed = await timed.until(due_id, lambda record: record.attempt_count == 2)
+    assert followed.status == "RUNNING"
+
+
+async def test_with_timers_the_loop_runs_its_safety_round_at_start_up_and_then_only_every_safety_interval(
     nats: NatsServer, mongo_url: str, mongo_db: AsyncDatabase[Document]
 ) -> None:
-    """Both scans of the cases (due cases, unconfirmed creates) run at start-up and then with the safety scan
-    only, never on the loop's tick: with timers on, each case and each create has its own timer."""
+    """With timers on, each case and each create has its own timer: the loop queries the cases once at start-up
+    (one query for due cases, passed leases and unconfirmed creates) and then every SCHEDULER_SAFETY_SCAN_SECONDS,
+    never on SCHEDULER_INTERVAL_SECONDS."""
     settings = {
         "SCHEDULER_INTERVAL_SECONDS": "0.01",
         "CREATE_CONFIRM_GRACE_SECONDS": "0.04",
         "SCHEDULER_SAFETY_SCAN_SECONDS": "3600",
     }
     async with timed_case_service(nats.url, mongo_url, mongo_db, **settings) as running:
+        rounds = CountedCalls(running.store, "needing_attention")
         scans = CountedCalls(running.store, "due_case_ids")
         creates = CountedCalls(running.store, "unconfirmed_creates")
         loop = asyncio.create_task(running.worker.schedule_forever())
         try:
-            await asyncio.wait_for(scans.at_least(1), timeout=30)
-            await asyncio.wait_for(creates.at_least(1), timeout=30)
-            # Dozens of ticks of 10 ms (a loaded machine only gives fewer, which cannot make this fail wrongly).
+            await asyncio.wait_for(rounds.at_least(1), timeout=30)
+            # Dozens of 10 ms intervals (a loaded machine only gives fewer, which cannot make this fail wrongly).
             await asyncio.sleep(0.5)
-            assert (scans.calls, creates.calls) == (1, 1)
+            assert (rounds.calls, scans.calls, creates.calls) == (1, 0, 0)
         finally:
             loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -147,6 +147,7 @@ async def run_every_store_query(db: AsyncDatabase[Document]) -> None:
     await cases.case_for_message(thread_id="thread-1", counterparty_address="maya@example.com")
     await cases.count_by_status(["RUNNING"])
     await cases.due_case_ids(now=now, limit=10)
+    await cases.needing_attention(now=now, limit=10)
     await cases.with_pending_outbox(older_than=now, limit=10)
     await cases.page(
         client_id="client-1", statuses=[], client_reference_id=None, updated_after=None, after=None, limit=50
