@@ -26,6 +26,14 @@ command_log = logging.getLogger("caseflow.mongo.commands")
 type Document = dict[str, Any]
 
 
+def at_or_before(unix_ms: int) -> Document:
+    """The filter for a stored time (Unix ms) at or before `unix_ms` that never matches a null time: mongoeco,
+    unlike MongoDB, matches null with `{"$lte": n}` (every case stores `repairAt: null` when no lease runs, and
+    so on), so a bare `$lte` would select every case on the embedded server. Times are never negative, so the
+    lower bound changes nothing on MongoDB, where it is the same index range."""
+    return {"$gte": 0, "$lte": unix_ms}
+
+
 def database_unavailable(exc: BaseException) -> bool:
     """MongoDB is not reachable right now (a restart, a failover, an operation timeout): a transient failure, so
     a request is answered SERVICE_UNAVAILABLE (503), not INTERNAL_ERROR, and a message is redelivered."""

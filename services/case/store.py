@@ -20,7 +20,7 @@ from pymongo.errors import DuplicateKeyError
 from services.case.lifecycle import OPEN_STATUSES, SCHEDULABLE_STATUSES
 from services.case.model import CaseRecord, address_key, from_document, to_document
 from shared.failures import Transient
-from shared.mongo import Document
+from shared.mongo import Document, at_or_before
 
 CASES: Final = "cases"
 IDEMPOTENCY_KEYS: Final = "idempotency_keys"
@@ -127,7 +127,7 @@ class CaseStore:
         """Created cases never started whose confirmation time has passed (through the status index: CREATED
         cases are few, each started moments after its create)."""
         cursor = self.cases.find(
-            {"status": "CREATED", "confirmBy": {"$lte": now}, "awaitingSend": None, "attemptCount": 0}
+            {"status": "CREATED", "confirmBy": at_or_before(now), "awaitingSend": None, "attemptCount": 0}
         ).limit(limit)
         return [from_document(document) for document in await cursor.to_list(None)]
 
@@ -178,11 +178,13 @@ class CaseStore:
     async def due_case_ids(self, *, now: int, limit: int) -> list[str]:
         """Cases with a follow-up due, and (the reconciler's) cases with a step past its lease."""
         follow_ups = (
-            self.cases.find({"nextActionAt": {"$lte": now}, "status": {"$in": list(SCHEDULABLE_STATUSES)}}, {"_id": 1})
+            self.cases.find(
+                {"nextActionAt": at_or_before(now), "status": {"$in": list(SCHEDULABLE_STATUSES)}}, {"_id": 1}
+            )
             .sort("nextActionAt", ASCENDING)
             .limit(limit)
         )
-        repairs = self.cases.find({"repairAt": {"$lte": now}}, {"_id": 1}).sort("repairAt", ASCENDING).limit(limit)
+        repairs = self.cases.find({"repairAt": at_or_before(now)}, {"_id": 1}).sort("repairAt", ASCENDING).limit(limit)
         ids = [str(document["_id"]) for document in await follow_ups.to_list(None)]
         ids.extend(str(document["_id"]) for document in await repairs.to_list(None))
         return list(dict.fromkeys(ids))[:limit]
@@ -195,16 +197,16 @@ class CaseStore:
         cursor = self.cases.find(
             {
                 "$or": [
-                    {"nextActionAt": {"$lte": now}, "status": {"$in": list(SCHEDULABLE_STATUSES)}},
-                    {"repairAt": {"$lte": now}},
-                    {"status": "CREATED", "confirmBy": {"$lte": now}, "awaitingSend": None, "attemptCount": 0},
+                    {"nextActionAt": at_or_before(now), "status": {"$in": list(SCHEDULABLE_STATUSES)}},
+                    {"repairAt": at_or_before(now)},
+                    {"status": "CREATED", "confirmBy": at_or_before(now), "awaitingSend": None, "attemptCount": 0},
                 ]
             }
         ).limit(limit)
         return [from_document(document) for document in await cursor.to_list(None)]
 
     async def with_pending_outbox(self, *, older_than: int, limit: int) -> list[CaseRecord]:
-        cursor = self.cases.find({"outboxPendingSince": {"$lte": older_than}}).limit(limit)
+        cursor = self.cases.find({"outboxPendingSince": at_or_before(older_than)}).limit(limit)
         return [from_document(document) for document in await cursor.to_list(None)]
 
     async def page(

@@ -452,8 +452,8 @@ class Worker:
         return settled
 
     async def _settle_create(self, record: CaseRecord) -> int:
-        if not awaiting_confirmation(record):
-            return 0
+        if not awaiting_confirmation(record) or record.confirm_by is None or record.confirm_by > self.now_ms():
+            return 0  # started, or its confirmation may still come: only its confirmation time settles it
         if await self._created_command_exists(record.case_id):
             await self.on_created(CaseCreatedCommand(case_id=record.case_id))
             log.warning("started a confirmed create its created command had not started yet")

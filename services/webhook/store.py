@@ -17,7 +17,7 @@ from pymongo.errors import DuplicateKeyError
 
 from services.webhook.model import AttemptRecord, DeliveryRecord, from_document
 from shared.contracts.webhook import DeliveryState
-from shared.mongo import Document
+from shared.mongo import Document, at_or_before
 from shared.records import to_document
 
 DELIVERIES: Final = "deliveries"
@@ -57,10 +57,8 @@ class DeliveryStore:
 
     async def claim_due(self, *, now: int, lease_ms: int, claim: str) -> DeliveryRecord | None:
         """Take the most overdue pending delivery for one attempt, or None when nothing is due."""
-        # The state filter is what excludes finished deliveries (nextAttemptAt null): mongoeco, unlike MongoDB,
-        # matches null with {"$lte": now} (see the storage conformance test).
         document = await self.deliveries.find_one_and_update(
-            {"state": "pending", "nextAttemptAt": {"$lte": now}},
+            {"state": "pending", "nextAttemptAt": at_or_before(now)},
             {"$set": {"nextAttemptAt": now + lease_ms, "claim": claim}},
             sort=[("nextAttemptAt", ASCENDING)],
             return_document=ReturnDocument.AFTER,

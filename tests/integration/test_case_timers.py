@@ -119,6 +119,30 @@ async def test_the_safety_round_finds_a_due_case_and_an_unconfirmed_create_in_on
     assert followed.status == "RUNNING"
 
 
+async def test_the_safety_round_leaves_running_cases_and_creates_not_yet_due_alone(timed: CaseHarness) -> None:
+    """A running case stores its unset times as null (`repairAt`, `confirmBy`, `outboxPendingSince`), and a
+    create awaiting its confirmation has a `confirmBy` still to come: neither is due, nothing is changed, and
+    the create is not removed (it was, on the embedded server, before its queries excluded null times)."""
+    running_id = await timed.running(VENDOR, followUpDelayHours=3600)
+    waiting = domain.new_case(
+        case_id="still-confirmable",
+        client_id=CLIENT,
+        body=new_case_body(VENDOR),
+        now=now_ms(),
+        confirm_by=now_ms() + 600_000,
+    )
+    await timed.store.insert(waiting)
+    now = now_ms()
+    assert await timed.store.needing_attention(now=now, limit=200) == []
+    assert await timed.store.due_case_ids(now=now, limit=200) == []
+    assert await timed.store.with_pending_outbox(older_than=now, limit=100) == []
+    before = await timed.case(running_id)
+    assert await timed.worker.safety_round() == 0
+    assert await timed.worker.reconcile_creates() == 0
+    assert await timed.store.get("still-confirmable") is not None
+    assert (await timed.case(running_id)).version == before.version
+
+
 async def test_with_timers_the_loop_runs_its_safety_round_at_start_up_and_then_only_every_safety_interval(
     nats: NatsServer, mongo_url: str, mongo_db: AsyncDatabase[Document]
 ) -> None:

@@ -13,7 +13,7 @@ from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from shared.mongo import Document
+from shared.mongo import Document, at_or_before
 
 
 async def test_unique_index_rejects_a_duplicate(mongo_db: AsyncDatabase[Document]) -> None:
@@ -197,8 +197,20 @@ async def test_push_with_set_and_null_under_a_claim_filter(mongo_db: AsyncDataba
         "attempts": [{"status": 500, "error": None}],
         "nextAttemptAt": None,
     }
-    # Not relied on: mongoeco matches null with {"$lte": <number>} where MongoDB does not, so the claim query
-    # also filters on state (a pending delivery always has a numeric nextAttemptAt).
+
+
+async def test_a_time_range_matches_only_times_in_it_never_a_null_or_missing_time(
+    mongo_db: AsyncDatabase[Document],
+) -> None:
+    """Every store's "due by now" filter (`shared.mongo.at_or_before`). mongoeco matches null with a bare
+    `{"$lte": n}` (MongoDB does not), and every case stores `repairAt`, `confirmBy` and `outboxPendingSince` as
+    null when unset: with the bare filter the scheduler's safety round took every case for a due one, and
+    removed creates still awaiting their confirmation (found by `make test-faults`)."""
+    await mongo_db.times.insert_many(
+        [{"_id": "null", "at": None}, {"_id": "missing"}, {"_id": "past", "at": 5}, {"_id": "future", "at": 50}]
+    )
+    found = [d["_id"] async for d in mongo_db.times.find({"at": at_or_before(10)}).sort("_id", ASCENDING)]
+    assert found == ["past"]
 
 
 async def test_capped_idempotent_upsert_inserts_once_then_refuses_with_a_duplicate_key_error(
