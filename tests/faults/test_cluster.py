@@ -218,9 +218,11 @@ class Gateways:
             except httpx.ConnectError:
                 self.outcomes.rerouted += 1
                 await asyncio.sleep(0.2)
-            except httpx.RemoteProtocolError as exc:
-                # "Server disconnected without sending a response": the gateway closed this idle connection as
-                # it stopped, before reading the request (a request it had read is answered before it exits).
+            except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                # "Server disconnected without sending a response", or the same close seen as a reset (the
+                # request's bytes arrived on a socket the stopping gateway was closing): the gateway closed this
+                # idle connection as it stopped, before reading the request (a request it had read is answered
+                # before it exits). Sent again only when that is safe, as Go's transport does.
                 if not replayable:
                     self.outcomes.other.append(f"{method} {path} unanswered and not replayable: {exc}")
                     return None
