@@ -18,6 +18,7 @@ import signal
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final
 
 import msgspec
 from faststream.nats import NatsBroker
@@ -43,6 +44,10 @@ from shared.subjects import Service, queue_group
 from shared.transcript_budget import newest_that_fit
 
 log = logging.getLogger("caseflow.case")
+
+# Reads (GET /cases/{id}, GET /cases) change nothing, so they run side by side, each awaiting its own MongoDB
+# round trip; one at a time, a replica's reads queued behind each other's round trips (issue 16's bench).
+CONCURRENT_READS: Final = 16
 
 
 @dataclass
@@ -357,11 +362,11 @@ def register(api: CaseApi) -> None:
     async def create_case(command: case.CreateCase, message: NatsMessage) -> Ok[case.CreateCaseResult]:
         return Ok(await api.create(command, deadline_ms=request_deadline_ms(message.headers)))
 
-    @rpc_subscriber(broker, case.GET, queue=queue)
+    @rpc_subscriber(broker, case.GET, queue=queue, concurrency=CONCURRENT_READS)
     async def get_case(query: case.GetCase) -> Ok[case.CaseView]:
         return Ok(await api.get(query))
 
-    @rpc_subscriber(broker, case.LIST, queue=queue)
+    @rpc_subscriber(broker, case.LIST, queue=queue, concurrency=CONCURRENT_READS)
     async def list_cases(query: case.ListCases) -> Ok[case.CasePage]:
         return Ok(await api.list(query))
 
