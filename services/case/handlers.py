@@ -48,6 +48,10 @@ log = logging.getLogger("caseflow.case")
 # Reads (GET /cases/{id}, GET /cases) change nothing, so they run side by side, each awaiting its own MongoDB
 # round trip; one at a time, a replica's reads queued behind each other's round trips (issue 16's bench).
 CONCURRENT_READS: Final = 16
+# Writes run side by side too: creates are independent (the key claim and the billing reservation are conditional
+# writes the database serialises), and two writes to one case meet at its version check, which re-reads and
+# re-applies. One at a time, a replica's creates queued behind each other's three writes and billing round trip.
+CONCURRENT_WRITES: Final = 8
 
 
 @dataclass
@@ -358,7 +362,7 @@ def register(api: CaseApi) -> None:
     broker = api.broker
     queue = queue_group(Service.CASE)
 
-    @rpc_subscriber(broker, case.CREATE, queue=queue)
+    @rpc_subscriber(broker, case.CREATE, queue=queue, concurrency=CONCURRENT_WRITES)
     async def create_case(command: case.CreateCase, message: NatsMessage) -> Ok[case.CreateCaseResult]:
         return Ok(await api.create(command, deadline_ms=request_deadline_ms(message.headers)))
 
@@ -370,11 +374,11 @@ def register(api: CaseApi) -> None:
     async def list_cases(query: case.ListCases) -> Ok[case.CasePage]:
         return Ok(await api.list(query))
 
-    @rpc_subscriber(broker, case.PROVIDE_INPUT, queue=queue)
+    @rpc_subscriber(broker, case.PROVIDE_INPUT, queue=queue, concurrency=CONCURRENT_WRITES)
     async def provide_input(command: case.ProvideInput) -> Ok[case.InputAccepted]:
         return Ok(await api.provide_input(command))
 
-    @rpc_subscriber(broker, case.CANCEL, queue=queue)
+    @rpc_subscriber(broker, case.CANCEL, queue=queue, concurrency=CONCURRENT_WRITES)
     async def cancel_case(ref: case.CaseRef) -> Ok[case.CaseView]:
         return Ok(await api.cancel(ref))
 

@@ -1,6 +1,7 @@
-"""The case service's reads run side by side: over a real nats-server and the embedded MongoDB, concurrent
-`case.rpc.get` and `case.rpc.list` requests to one case-service process have several MongoDB queries in flight at
-once (counted with PyMongo's command monitoring), where one-at-a-time handlers would have exactly one."""
+"""The case service's requests run side by side: over a real nats-server and the embedded MongoDB, concurrent
+`case.rpc.get`, `case.rpc.list` and `case.rpc.create` requests to one case-service process have several MongoDB
+commands in flight at once (counted with PyMongo's command monitoring on the case service's own client), where
+one-at-a-time handlers would have exactly one."""
 
 from __future__ import annotations
 
@@ -11,11 +12,17 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import pytest
 from faststream.nats import NatsBroker
 from pymongo import AsyncMongoClient, monitoring
 
 from deploy.processes import NatsServer, private_nats_server
+from services.billing.domain import parse_plans
+from services.billing.handlers import BillingApi
+from services.billing.handlers import register as register_billing
+from services.billing.store import INDEXES as BILLING_INDEXES
+from services.billing.store import UsageStore
 from services.case import handlers
 from services.case.outbox import OutboxRelay
 from services.case.store import INDEXES as CASE_INDEXES
@@ -25,8 +32,9 @@ from shared.errors import ErrorCode, ServiceError
 from shared.messaging.broker import create_broker
 from shared.messaging.rpc import request
 from shared.mongo import Document, ensure_indexes
-from shared.settings import CaseSettings, load_settings
+from shared.settings import BillingSettings, CaseSettings, load_settings
 from shared.subjects import Service
+from simulator.cases import case_body
 
 CONCURRENT_REQUESTS = 16
 
@@ -39,22 +47,28 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
 
 
 class FindsInFlight(monitoring.CommandListener):
-    """The most `find` commands on `cases` that were sent and not yet answered at one moment."""
+    """The most `find` commands on `cases` (and, apart, of any command) sent and not yet answered at one moment."""
 
     def __init__(self) -> None:
         self.pending: set[int] = set()
         self.most = 0
+        self.any_pending: set[int] = set()
+        self.most_of_any = 0
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.any_pending.add(event.request_id)
+        self.most_of_any = max(self.most_of_any, len(self.any_pending))
         if event.command_name == "find" and event.command.get("find") == "cases":
             self.pending.add(event.request_id)
             self.most = max(self.most, len(self.pending))
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         self.pending.discard(event.request_id)
+        self.any_pending.discard(event.request_id)
 
     def failed(self, event: monitoring.CommandFailedEvent) -> None:
         self.pending.discard(event.request_id)
+        self.any_pending.discard(event.request_id)
 
 
 @dataclass
@@ -72,6 +86,22 @@ async def case_service(nats_server: NatsServer, raw_broker: NatsBroker, mongo_ur
     db = mongo[f"test_{uuid.uuid4().hex[:12]}"]
     await ensure_indexes(db, CASE_INDEXES)
     settings = load_settings(CaseSettings, {"NATS_URL": nats_server.url})
+    # The billing service the creates reserve with, on a MongoDB client of its own (not counted).
+    billing_mongo: AsyncMongoClient[Document] = AsyncMongoClient(mongo_url, serverSelectionTimeoutMS=5000)
+    billing_db = billing_mongo[db.name]
+    await ensure_indexes(billing_db, BILLING_INDEXES)
+    billing_settings = load_settings(BillingSettings, {"NATS_URL": nats_server.url})
+    billing_broker = create_broker(billing_settings, Service.BILLING)
+    register_billing(
+        BillingApi(
+            broker=billing_broker,
+            store=UsageStore(billing_db),
+            plans=parse_plans(billing_settings.plans),
+            clock=lambda: dt.datetime.now(dt.UTC),
+        )
+    )
+    await billing_broker.start()
+    await billing_broker.connection.flush()
     broker = create_broker(settings, Service.CASE)
     store = CaseStore(db)
     handlers.register(
@@ -84,12 +114,15 @@ async def case_service(nats_server: NatsServer, raw_broker: NatsBroker, mongo_ur
         )
     )
     await broker.start()
+    await broker.connection.flush()
     try:
         yield CaseReads(client=raw_broker, finds=finds)
     finally:
         await broker.stop()
+        await billing_broker.stop()
         await mongo.drop_database(db.name)
         await mongo.close()
+        await billing_mongo.close()
 
 
 async def test_concurrent_case_reads_query_mongodb_side_by_side(case_service: CaseReads) -> None:
@@ -111,3 +144,23 @@ async def test_concurrent_case_reads_query_mongodb_side_by_side(case_service: Ca
     )
     assert [page.items for page in pages] == [[]] * CONCURRENT_REQUESTS
     assert case_service.finds.most >= 2
+
+
+async def test_concurrent_creates_write_to_mongodb_side_by_side(case_service: CaseReads) -> None:
+    """Each create claims its key, reserves a unit (billing, over NATS) and inserts its case; side by side, a
+    replica has several of those commands in flight at once, and every create still gets its own case."""
+
+    async def create(index: int) -> case.CreateCaseResult:
+        command = case.CreateCase(
+            client_id="alice",
+            plan="unlimited",
+            case=msgspec.convert(case_body(), case.NewCase),
+            idempotency_key=f"side-by-side-{index}",
+        )
+        return await request(case_service.client, case.CREATE, command, case.CreateCaseResult, timeout=10)
+
+    case_service.finds.most_of_any = 0
+    results = await asyncio.gather(*(create(index) for index in range(CONCURRENT_REQUESTS)))
+    assert len({result.case_id for result in results}) == CONCURRENT_REQUESTS
+    assert not any(result.replayed for result in results)
+    assert case_service.finds.most_of_any >= 2
