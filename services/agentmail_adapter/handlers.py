@@ -307,8 +307,9 @@ class AgentMailApi:
                 in_reply_to=message.in_reply_to,
             )
             sent = SentMessage(message_id=message.message_id, thread_id=message.thread_id)
-            record = email.sent_as(sent, now=unix_ms(self.clock()), sent_at=unix_ms(message.timestamp))
-            await self.store.record(record)
+            record = await self.store.record_first(
+                email.sent_as(sent, now=unix_ms(self.clock()), sent_at=unix_ms(message.timestamp))
+            )
             log.info(
                 "recorded a sent email from AgentMail before its send's answer",
                 extra={"message_id": message.message_id, "attempt": attempt},

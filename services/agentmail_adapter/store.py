@@ -47,6 +47,13 @@ class MessageStore:
         document = to_document(message)
         await self._messages.replace_one({"_id": message.message_id}, document, upsert=True)
 
+    async def record_first(self, message: StoredMessage) -> StoredMessage:
+        """Record `message` unless it is recorded already, and return the record that stands: several webhooks
+        of one email (`message.sent`, its delivery, a reply) may each recover it at once, and the first stays."""
+        fields = {name: value for name, value in to_document(message).items() if name != "_id"}
+        await self._messages.update_one({"_id": message.message_id}, {"$setOnInsert": fields}, upsert=True)
+        return await self.find(message.message_id) or message
+
     async def find(self, message_id: str) -> StoredMessage | None:
         document = await self._messages.find_one({"_id": message_id})
         return msgspec.convert(document, StoredMessage) if document else None

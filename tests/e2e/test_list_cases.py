@@ -39,10 +39,13 @@ async def settled(api: httpx.AsyncClient, key: dict[str, str], expected: int) ->
             cursor = page["nextCursor"]
             if cursor is None:
                 break
-        assert len(items) == expected
-        if all(item["status"] not in {"CREATED", "RUNNING"} for item in items):
+        # A case that changes while it is paged through is listed again under its new updatedAt (keyset
+        # pagination, docs/api.md): its newest state counts, once.
+        newest = {item["caseId"]: item for item in items}
+        assert len(newest) == expected
+        if all(item["status"] not in {"CREATED", "RUNNING"} for item in newest.values()):
             return
-        if all(item["status"] == "CREATED" for item in items):
+        if all(item["status"] == "CREATED" for item in newest.values()):
             return  # no worker yet: nothing will change
         await asyncio.sleep(0.2)
     raise AssertionError("cases kept changing")
