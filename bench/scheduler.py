@@ -114,22 +114,22 @@ class TimedWorker(Worker):
             self.claim_ms.append((time.perf_counter() - started) * 1000)
 
 
-class _ScanCounter:
-    """Counts the due-case scans a store makes (`first` is set by the first one)."""
+class _RoundCounter:
+    """Counts the safety rounds the worker's loop runs (`first` is set once the first one, with its claims, ends)."""
 
-    def __init__(self, store: CaseStore) -> None:
+    def __init__(self, worker: Worker) -> None:
         self.calls = 0
         self.first = asyncio.Event()
-        scan = store.due_case_ids
+        safety_round = worker.safety_round
 
-        async def counted(*, now: int, limit: int) -> list[str]:
+        async def counted(*, limit: int = 200) -> int:
             try:
-                return await scan(now=now, limit=limit)
+                return await safety_round(limit=limit)
             finally:
                 self.calls += 1
                 self.first.set()
 
-        store.due_case_ids = counted  # type: ignore[method-assign]
+        worker.safety_round = counted  # type: ignore[method-assign]
 
 
 async def _arm_every_timer(documents: list[dict[str, Any]], timers: CaseTimers, *, after: int) -> int:
@@ -269,12 +269,12 @@ async def run_scheduler(
                 scenario.context["timers_armed"] = await _arm_every_timer(seeded, CaseTimers(broker), after=now)
                 del seeded
                 scenario.context["timers_arm_s"] = round(time.perf_counter() - armed_at, 1)
-                scan_counter = _ScanCounter(store)
+                scan_counter = _RoundCounter(worker)
                 worker.timers = CaseTimers(broker)
                 loops = [asyncio.create_task(worker.schedule_forever())]
                 try:
-                    # The loop's start-up scan (cases scheduled before timers existed) is the safety scan, measured
-                    # above as the idle scan; the window starts once it is done.
+                    # The loop's start-up safety round (cases scheduled before timers existed), measured above as the
+                    # idle safety round; the window starts once it is done.
                     await asyncio.wait_for(scan_counter.first.wait(), timeout=setup_timeout_s)
 
                     async def idle_load() -> Any:
