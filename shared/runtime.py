@@ -7,7 +7,8 @@ cancelled, every request/reply subscription leaves its queue group and answers w
 (`stop_answering_requests`), the broker stops taking messages and waits up to SHUTDOWN_GRACE_SECONDS for
 in-flight handlers, then connections close.
 
-Probes: with HEALTH_PORT set, `shared.health_http` answers /livez and /readyz for this process (Kubernetes).
+Probes: with HEALTH_PORT set, `shared.health_http` answers /livez and /readyz for this process (Kubernetes);
+/readyz says NATS is `starting` until the server holds this process's subscriptions (`flush_to_server`).
 
 Metrics: with METRICS_PORT set, the Prometheus exporter starts first (a service still waiting for NATS can be
 scraped) and stops last; every durable consumer's lag is refreshed into gauges by a background loop.
@@ -22,6 +23,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
+import nats.errors
 from faststream import FastStream
 from pymongo import IndexModel
 
@@ -34,7 +36,7 @@ from shared.failures import DEPENDENCY_PROBLEMS
 from shared.health_http import HealthServer
 from shared.logs import configure_logging
 from shared.messaging.broker import create_broker, stop_answering_requests
-from shared.messaging.connection import connect_with_retry, nats_client, nats_credentials
+from shared.messaging.connection import connect_with_retry, flush_to_server, nats_client, nats_credentials
 from shared.messaging.jetstream import durable_consumers, ensure_streams
 from shared.mongo import create_mongo_client, ensure_indexes, ping
 from shared.settings import CommonSettings, secret_values
@@ -72,6 +74,8 @@ class ServiceRuntime:
         self._tasks: list[asyncio.Task[None]] = []
         self._metrics: metrics.MetricsServer | None = None
         self._health: HealthServer | None = None
+        # Set once nats-server holds this process's subscriptions (after the broker started).
+        self._subscribed = False
         self._register_health()
         self.add_gauge_refresh(self._refresh_consumer_gauges)
 
@@ -124,9 +128,10 @@ class ServiceRuntime:
     async def _readiness(self) -> dict[str, str]:
         """This process's own connections, for its HEALTH_PORT /readyz."""
         client = nats_client(self.broker)
-        nats_ok = client is not None and client.is_connected
+        connected = client is not None and client.is_connected
+        nats_state = ("ok" if self._subscribed else "starting") if connected else "down"
         mongo_ok = await ping(self.mongo, timeout_seconds=1.0)
-        return {"nats": "ok" if nats_ok else "down", "mongodb": "ok" if mongo_ok else "down"}
+        return {"nats": nats_state, "mongodb": "ok" if mongo_ok else "down"}
 
     async def _startup(self) -> None:
         if self.settings.health_port:
@@ -155,6 +160,14 @@ class ServiceRuntime:
                 return
 
     async def _start_loops(self) -> None:
+        # Ready only once the server holds this process's subscriptions: before that its requests find no
+        # responder here, and a rolling update that counted it ready could already retire the old replica.
+        try:
+            await flush_to_server(self.broker.connection)
+        except (TimeoutError, nats.errors.Error) as exc:
+            # NATS went away right after start: nats-py subscribes again when it is back.
+            self.log.warning("could not confirm subscriptions with NATS", extra={"error": type(exc).__name__})
+        self._subscribed = True
         self._tasks = [asyncio.create_task(self._supervise(loop)) for loop in self._loops]
         self.log.info("service started", extra={"instance": self.instance})
 

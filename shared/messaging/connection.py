@@ -57,6 +57,21 @@ def nats_client(broker: NatsBroker) -> NatsClient | None:
         return None
 
 
+async def flush_to_server(client: NatsClient, *, timeout_seconds: float = 10.0) -> None:
+    """Return once nats-server has processed everything `client` sent before the call: the SUBs of subscribers
+    just started (a request from any connection then finds them), publishes. A process is not ready, and a test
+    may not ask, before this.
+
+    nats-py's `flush()` alone does not prove it: it writes its PING straight to the socket, ahead of commands
+    still queued for the client's flusher task, so its PONG can come back before the server has them (measured:
+    23 of 500 requests right after subscribe-and-flush got "no responders"). So first wait until the flusher has
+    written the queue, then PING."""
+    async with asyncio.timeout(timeout_seconds):
+        while client.pending_data_size > 0 and client.is_connected:  # noqa: ASYNC110 (a counter, no event to wait on)
+            await asyncio.sleep(0.001)
+        await client.flush()
+
+
 async def connect_with_retry(broker: NatsBroker, *, attempts: int = 60, delay_seconds: float = 0.5) -> None:
     """Connect at start-up even when NATS starts a moment after us; reconnects later are nats-py's job."""
     for attempt in range(1, attempts + 1):

@@ -26,6 +26,7 @@ from services.auth.secrets import SecretCipher
 from services.auth.store import AuthStore
 from shared.contracts.auth import KEYS_CHANGED, KeysChanged
 from shared.messaging.broker import create_broker
+from shared.messaging.connection import flush_to_server
 from shared.mongo import Document
 from shared.settings import AuthSettings, GatewaySettings, load_settings
 from shared.subjects import Service
@@ -103,7 +104,7 @@ async def gateway_ears(nats_server: NatsServer) -> AsyncIterator[asyncio.Queue[K
         await heard.put(change)
 
     await broker.start()
-    await broker.connection.flush()
+    await flush_to_server(broker.connection)
     yield heard
     await broker.stop()
 

@@ -20,6 +20,7 @@ from deploy.processes import NatsServer
 from services.auth.admin_parked import replay_msg_id
 from shared.logs import request_id_var
 from shared.messaging.broker import create_broker
+from shared.messaging.connection import flush_to_server
 from shared.messaging.jetstream import durable_subscriber, ensure_streams, publish_durable
 from shared.messaging.middleware import PermanentFailure
 from shared.settings import CommonSettings, load_settings
@@ -66,7 +67,7 @@ async def consumer(nats_server: NatsServer, subject_prefix: str) -> AsyncIterato
     await broker.connect()
     await ensure_streams(broker, [stream], replicas=1)
     await broker.start()
-    await broker.connection.flush()
+    await flush_to_server(broker.connection)
     yield running
     await broker.stop()
 

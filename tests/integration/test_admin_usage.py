@@ -28,6 +28,7 @@ from services.billing.store import INDEXES, UsageStore
 from shared.contracts.billing import RESERVE, USAGE_REPORT, GetUsageReport, Reservation, ReserveUnit, UsageReport
 from shared.errors import ErrorCode, ServiceError
 from shared.messaging.broker import create_broker
+from shared.messaging.connection import flush_to_server
 from shared.messaging.rpc import request
 from shared.mongo import Document, ensure_indexes
 from shared.settings import BillingSettings, load_settings
@@ -73,6 +74,7 @@ async def billing(
     service = create_broker(settings, Service.BILLING)
     register(BillingApi(broker=service, store=UsageStore(mongo_db), plans=parse_plans(settings.plans), clock=clock))
     await service.start()
+    await flush_to_server(service.connection)
     yield raw_broker
     await service.stop()
 

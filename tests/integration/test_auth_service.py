@@ -28,6 +28,7 @@ from shared.contracts.auth import (
 )
 from shared.errors import ErrorCode, ServiceError
 from shared.messaging.broker import create_broker
+from shared.messaging.connection import flush_to_server
 from shared.messaging.rpc import request
 from shared.mongo import Document, ensure_indexes
 from shared.settings import AuthSettings, load_settings
@@ -53,6 +54,7 @@ async def accounts(nats_server: NatsServer, mongo_db: AsyncDatabase[Document]) -
     await ensure_indexes(mongo_db, INDEXES)
     register(AuthApi(broker=broker, store=store, key_hash_secret=settings.key_hash_secret))
     await broker.start()
+    await flush_to_server(broker.connection)
     yield Accounts(store, key_hash_secret=SECRET)
     await broker.stop()
 

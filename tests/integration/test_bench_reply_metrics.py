@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 from deploy.processes import NatsServer
 from shared.contracts.rpc import Ok
 from shared.messaging.broker import create_broker
-from shared.messaging.connection import REPLY_INBOX_PREFIX
+from shared.messaging.connection import REPLY_INBOX_PREFIX, flush_to_server
 from shared.messaging.rpc import request
 from shared.settings import CommonSettings, load_settings
 from shared.subjects import Service
@@ -56,7 +56,7 @@ async def test_replies_to_our_own_requests_add_no_series(
         return Ok(job)
 
     await service_broker.start()
-    await service_broker.connection.flush()
+    await flush_to_server(service_broker.connection)
     before = reply_series()
     for n in range(5):
         assert await request(requesting_broker, subject, Job(f"j{n}"), Job, timeout=5) == Job(f"j{n}")

@@ -36,6 +36,7 @@ from shared.contracts.billing import (
 )
 from shared.errors import ErrorCode, ServiceError
 from shared.messaging.broker import create_broker
+from shared.messaging.connection import flush_to_server
 from shared.messaging.rpc import request
 from shared.mongo import Document, ensure_indexes
 from shared.settings import BillingSettings, load_settings
@@ -76,6 +77,7 @@ async def billing(
     for replica in replicas:
         register(BillingApi(broker=replica, store=UsageStore(mongo_db), plans=parse_plans(settings.plans), clock=clock))
         await replica.start()
+        await flush_to_server(replica.connection)
     yield raw_broker
     for replica in replicas:
         await replica.stop()

@@ -41,7 +41,7 @@ from shared.contracts import billing, case
 from shared.contracts.rpc import Err
 from shared.errors import ErrorCode, ServiceError
 from shared.messaging.broker import create_broker
-from shared.messaging.connection import connect_with_retry
+from shared.messaging.connection import connect_with_retry, flush_to_server
 from shared.messaging.jetstream import ensure_streams, publish_durable
 from shared.messaging.rpc import request
 from shared.mongo import Document, ensure_indexes
@@ -127,8 +127,8 @@ async def case_service(
     await billing_broker.start()
     await case_broker.start()
     # The server has the subscriptions once a round trip came back on each connection: no "no responders".
-    await billing_broker.connection.flush()
-    await case_broker.connection.flush()
+    await flush_to_server(billing_broker.connection)
+    await flush_to_server(case_broker.connection)
     try:
         yield CaseService(api=api, worker=worker, store=store, idempotency=idempotency, client=raw_broker)
     finally:

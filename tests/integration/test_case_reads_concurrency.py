@@ -30,6 +30,7 @@ from services.case.store import CaseStore, IdempotencyStore
 from shared.contracts import case
 from shared.errors import ErrorCode, ServiceError
 from shared.messaging.broker import create_broker
+from shared.messaging.connection import flush_to_server
 from shared.messaging.rpc import request
 from shared.mongo import Document, ensure_indexes
 from shared.settings import BillingSettings, CaseSettings, load_settings
@@ -101,7 +102,7 @@ async def case_service(nats_server: NatsServer, raw_broker: NatsBroker, mongo_ur
         )
     )
     await billing_broker.start()
-    await billing_broker.connection.flush()
+    await flush_to_server(billing_broker.connection)
     broker = create_broker(settings, Service.CASE)
     store = CaseStore(db)
     handlers.register(
@@ -114,7 +115,7 @@ async def case_service(nats_server: NatsServer, raw_broker: NatsBroker, mongo_ur
         )
     )
     await broker.start()
-    await broker.connection.flush()
+    await flush_to_server(broker.connection)
     try:
         yield CaseReads(client=raw_broker, finds=finds)
     finally:

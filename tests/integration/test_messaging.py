@@ -19,6 +19,7 @@ from shared.errors import ErrorCode, ServiceError
 from shared.failures import Misconfigured, Terminal, Transient
 from shared.logs import request_id_var
 from shared.messaging.broker import create_broker
+from shared.messaging.connection import flush_to_server
 from shared.messaging.jetstream import durable_subscriber, ensure_streams, publish_durable
 from shared.messaging.middleware import PermanentFailure, retry_policy
 from shared.messaging.rpc import request
@@ -64,7 +65,7 @@ async def test_request_returns_typed_data_and_carries_the_request_id(
         return Ok(Echo(text=job.text.upper(), request_id=request_id_var.get()))
 
     await service_broker.start()
-    await service_broker.connection.flush()  # subscriptions reach the server before the first request
+    await flush_to_server(service_broker.connection)  # subscriptions reach the server before the first request
     token = request_id_var.set("req-123")
     try:
         reply = await request(raw_broker, f"{subject_prefix}.rpc.echo", Job("j1", "hi"), Echo, timeout=5)
@@ -83,7 +84,7 @@ async def test_service_error_and_unexpected_exception_become_error_replies(
         raise RuntimeError("database password is hunter2")
 
     await service_broker.start()
-    await service_broker.connection.flush()  # subscriptions reach the server before the first request
+    await flush_to_server(service_broker.connection)  # subscriptions reach the server before the first request
     with pytest.raises(ServiceError) as missing:
         await request(raw_broker, f"{subject_prefix}.rpc.lookup", Job("missing"), Echo, timeout=5)
     assert missing.value.code is ErrorCode.CASE_NOT_FOUND
@@ -101,7 +102,7 @@ async def test_no_responder_and_slow_responder_are_service_unavailable(
         await asyncio.sleep(2)
 
     await service_broker.start()
-    await service_broker.connection.flush()  # subscriptions reach the server before the first request
+    await flush_to_server(service_broker.connection)  # subscriptions reach the server before the first request
     with pytest.raises(ServiceError) as nobody:
         await request(raw_broker, f"{subject_prefix}.rpc.nobody", Job("x"), Echo, timeout=1)
     assert nobody.value.code is ErrorCode.SERVICE_UNAVAILABLE
@@ -128,7 +129,7 @@ async def test_failing_twice_then_succeeding_processes_the_message_exactly_once(
     await service_broker.connect()
     await ensure_streams(service_broker, [stream], replicas=1)
     await service_broker.start()
-    await service_broker.connection.flush()  # subscriptions reach the server before the first request
+    await flush_to_server(service_broker.connection)  # subscriptions reach the server before the first request
     await publish_durable(service_broker, f"{subject_prefix}.work.jobs", Job("job-1"), stream=stream, msg_id="job-1")
     await asyncio.wait_for(done.wait(), timeout=10)
     # Give a wrongly un-acked message time to come back: it must not.
@@ -157,7 +158,7 @@ async def test_poison_message_is_parked_after_max_deliveries_and_permanent_failu
     js = service_broker.connection.jetstream()
     parked = await js.subscribe(f"parked.{stream.name}.worker")
     await service_broker.start()
-    await service_broker.connection.flush()  # subscriptions reach the server before the first request
+    await flush_to_server(service_broker.connection)  # subscriptions reach the server before the first request
     for job_id in ("poison", "permanent"):
         await publish_durable(service_broker, f"{subject_prefix}.work.jobs", Job(job_id), stream=stream, msg_id=job_id)
     parked_ids = set()
@@ -206,7 +207,7 @@ async def test_poison_failures_are_counted_across_replicas_so_a_restart_does_not
     await ensure_streams(first, [stream], replicas=1)
     parked = await first.connection.jetstream().subscribe(f"parked.{stream.name}.worker")
     await first.start()
-    await first.connection.flush()
+    await flush_to_server(first.connection)
     await publish_durable(first, subject, Job("poison"), stream=stream, msg_id="poison")
     await asyncio.wait_for(first_failed_twice.wait(), timeout=15)
     await parked.unsubscribe()
@@ -335,7 +336,7 @@ async def test_a_dependency_failing_more_often_than_max_deliver_is_never_parked_
     js = fast_broker.connection.jetstream()
     parked = await js.subscribe(f"parked.{stream.name}.worker")
     await fast_broker.start()
-    await fast_broker.connection.flush()
+    await flush_to_server(fast_broker.connection)
     await publish_durable(fast_broker, f"{subject_prefix}.work.jobs", Job("outage"), stream=stream, msg_id="outage")
     await asyncio.wait_for(done.wait(), timeout=30)
     await asyncio.sleep(0.5)  # a wrongly un-acked message would come back within this
@@ -371,7 +372,7 @@ async def test_only_poison_failures_count_toward_parking(
     js = fast_broker.connection.jetstream()
     parked = await js.subscribe(f"parked.{stream.name}.worker")
     await fast_broker.start()
-    await fast_broker.connection.flush()
+    await flush_to_server(fast_broker.connection)
     await publish_durable(fast_broker, f"{subject_prefix}.work.jobs", Job("mixed"), stream=stream, msg_id="mixed")
     message = await parked.next_msg(timeout=15)
     assert message.headers is not None
@@ -394,7 +395,7 @@ async def test_a_request_handler_failing_on_a_dependency_replies_with_its_kind(
         raise Misconfigured("agentmail", "401 unknown_api_key")
 
     await service_broker.start()
-    await service_broker.connection.flush()
+    await flush_to_server(service_broker.connection)
     for job_id, kind in (("mongo", "transient"), ("key", "misconfigured")):
         with pytest.raises(ServiceError) as failed:
             await request(raw_broker, f"{subject_prefix}.rpc.dep", Job(job_id), Echo, timeout=5)
@@ -428,7 +429,7 @@ async def test_a_request_whose_deadline_passed_while_it_queued_is_answered_witho
         return Ok(Echo(text=job.text, request_id=None))
 
     await service_broker.start()
-    await service_broker.connection.flush()
+    await flush_to_server(service_broker.connection)
     subject = f"{subject_prefix}.rpc.blocking"
     first = asyncio.create_task(request(raw_broker, subject, Job("first"), Echo, timeout=10))
     await asyncio.sleep(0.2)  # the first is being handled; the next queues behind it

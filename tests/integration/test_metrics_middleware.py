@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY
 
 from shared.contracts.rpc import Ok
 from shared.errors import ErrorCode, ServiceError
+from shared.messaging.connection import flush_to_server
 from shared.messaging.jetstream import durable_consumers, durable_subscriber, ensure_streams, publish_durable
 from shared.messaging.middleware import PermanentFailure
 from shared.messaging.rpc import request
@@ -53,7 +54,7 @@ async def test_requests_count_as_ok_or_under_their_error_code(
     await service_broker.start()
     # The subscription reaches the server before the first request (or nobody would answer it). A request NATS
     # found no responder for never reached the middleware, so asking again until one answers counts nothing.
-    await service_broker.connection.flush()
+    await flush_to_server(service_broker.connection)
     answered: Job | None = None
     for _ in range(100):
         try:

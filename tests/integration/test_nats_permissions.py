@@ -20,6 +20,7 @@ from deploy import nats_config
 from deploy.processes import NatsServer, private_nats_server
 from shared.contracts import auth, case
 from shared.messaging.broker import create_broker
+from shared.messaging.connection import flush_to_server
 from shared.messaging.poison import SharedPoisonCounts
 from shared.settings import CommonSettings, dev_nats_password, load_settings
 from shared.subjects import Service
@@ -121,7 +122,7 @@ async def test_a_service_answers_and_asks_what_it_owns_and_nothing_else(
         await message.respond(b'{"ok":true}')
 
     await case_service.subscribe(case.GET, queue="case", cb=answer)
-    await case_service.flush()
+    await flush_to_server(case_service)
 
     # The gateway may ask the case service, and gets its answer.
     _, gateway = await as_service(clients, nats_server, "gateway")

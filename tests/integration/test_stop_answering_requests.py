@@ -22,6 +22,7 @@ from deploy.processes import NatsServer
 from shared.contracts.rpc import Ok
 from shared.errors import ServiceError
 from shared.messaging.broker import create_broker, stop_answering_requests
+from shared.messaging.connection import flush_to_server
 from shared.messaging.rpc import request
 from shared.settings import CommonSettings, load_settings
 from shared.subjects import Service
@@ -71,7 +72,7 @@ async def test_a_stopping_replica_leaves_its_queue_group_and_answers_what_it_was
 
     for broker in replicas:
         await broker.start()
-        await broker.connection.flush()
+        await flush_to_server(broker.connection)
 
     # Requests that would hold a handler, until one lands on the replica about to stop (the other answers them).
     held_request: asyncio.Task[Answer] | None = None
@@ -95,7 +96,7 @@ async def test_a_stopping_replica_leaves_its_queue_group_and_answers_what_it_was
         asyncio.create_task(request(raw_broker, subject, Ask(), Answer, timeout=10))
         for _ in range(REQUESTS_DURING_THE_STOP)
     ]
-    await raw_broker.connection.flush()
+    await flush_to_server(raw_broker.connection)
     stop = asyncio.create_task(stop_like_the_runtime())
     # The stop has begun once the replica lets go of its subscription (FastStream's state: no event to wait on).
     while any(getattr(subscriber, "subscription", None) is not None for subscriber in stopping.subscribers):  # noqa: ASYNC110
@@ -104,7 +105,7 @@ async def test_a_stopping_replica_leaves_its_queue_group_and_answers_what_it_was
         asyncio.create_task(request(raw_broker, subject, Ask(), Answer, timeout=10))
         for _ in range(REQUESTS_DURING_THE_STOP)
     ]
-    await raw_broker.connection.flush()
+    await flush_to_server(raw_broker.connection)
     release.set()  # the held request ends; the stopping replica answers it and whatever it was given before it left
 
     outcomes = await asyncio.gather(*asks, return_exceptions=True)

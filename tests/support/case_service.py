@@ -37,7 +37,7 @@ from shared.contracts.case import NewCase
 from shared.contracts.rpc import Ok
 from shared.errors import ErrorCode, ServiceError
 from shared.messaging.broker import create_broker
-from shared.messaging.connection import connect_with_retry
+from shared.messaging.connection import connect_with_retry, flush_to_server
 from shared.messaging.jetstream import ensure_streams, publish_durable
 from shared.mongo import Document, ensure_indexes
 from shared.settings import CaseSettings, load_settings
@@ -306,8 +306,8 @@ async def _case_service(
     adapter.register(client)
     await client.start()
     await broker.start()
-    await client.connection.flush()
-    await broker.connection.flush()
+    await flush_to_server(client.connection)
+    await flush_to_server(broker.connection)
     try:
         yield CaseHarness(
             settings=settings,
