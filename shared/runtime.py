@@ -32,6 +32,7 @@ from shared.classify import broker_unavailable
 from shared.clock import now_ms
 from shared.contracts.health import HealthReport
 from shared.contracts.rpc import Empty, Ok
+from shared.event_loop import run_main
 from shared.failures import DEPENDENCY_PROBLEMS
 from shared.health_http import HealthServer
 from shared.logs import configure_logging
@@ -216,4 +217,4 @@ class ServiceRuntime:
             on_shutdown=[self._stop_loops],
             after_shutdown=[self._close],
         )
-        asyncio.run(app.run(log_level=logging.INFO))
+        run_main(app.run(log_level=logging.INFO), event_loop=self.settings.event_loop)

@@ -54,6 +54,9 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     )
     mongo_db: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,63}$")] = "caseflow"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # The process's event loop: uvloop (libuv) spends less CPU per NATS message and HTTP request than the standard
+    # library's loop (bench/README.md); `asyncio` is there to compare or to rule uvloop out.
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     # Request/reply deadline between services; FastStream's 0.5 s default is too short for Mongo work.
     rpc_timeout_seconds: PositiveSeconds = 5.0
     # Requests each RPC handler of this process has admitted at once, running (as many as the handler runs
@@ -419,6 +422,7 @@ SETTING_HELP: Final[dict[str, str]] = {
     "MONGO_URL": "MongoDB connection string (a replica set in production)",
     "MONGO_DB": "database name",
     "LOG_LEVEL": "DEBUG, INFO, WARNING or ERROR; one JSON object per line",
+    "EVENT_LOOP": "`uvloop`, or `asyncio` (the standard library's loop: to compare, or to rule uvloop out)",
     "RPC_TIMEOUT_SECONDS": "deadline of a request between services; a miss is a 503 to the client",
     "RPC_MAX_IN_FLIGHT": "requests each RPC handler of a service process admits at once, running or waiting its "
     "turn (set per service); the next is answered 503 at once with Retry-After",

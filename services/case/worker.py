@@ -428,12 +428,11 @@ class Worker:
         if not awaiting_confirmation(record):
             await self.claim_due(case_id)
             return
-        case_id_var.set(record.case_id)
-        client_id_var.set(record.client_id)
-        if record.confirm_by is not None and record.confirm_by > self.now_ms():
+        confirm_by = self._confirm_by_not_passed(record)
+        if confirm_by is not None:
             # Armed for an earlier time than the case now has (a replay pushed it out): wait for the new one.
             if self.timers is not None:
-                await self.timers.arm_or_leave_to_the_scan(record.case_id, record.confirm_by)
+                await self.timers.arm_or_leave_to_the_scan(record.case_id, confirm_by)
             return
         await self._settle_create(record)
 
@@ -443,16 +442,24 @@ class Worker:
         was never answered 201 (the gateway publishes the command before answering). Returns cases settled."""
         settled = 0
         for record in await self.store.unconfirmed_creates(now=self.now_ms(), limit=limit):
-            case_id_var.set(record.case_id)
-            client_id_var.set(record.client_id)
             try:
                 settled += await self._settle_create(record)
             except Exception:
                 log.exception("reconciling an unconfirmed create failed; it is tried again")
         return settled
 
+    def _confirm_by_not_passed(self, record: CaseRecord) -> int | None:
+        """The create's `confirmBy` while it has not passed (its created command may still come), else None."""
+        return record.confirm_by if record.confirm_by is not None and record.confirm_by > self.now_ms() else None
+
     async def _settle_create(self, record: CaseRecord) -> int:
-        if not awaiting_confirmation(record) or record.confirm_by is None or record.confirm_by > self.now_ms():
+        case_id_var.set(record.case_id)
+        client_id_var.set(record.client_id)
+        if (
+            not awaiting_confirmation(record)
+            or record.confirm_by is None
+            or self._confirm_by_not_passed(record) is not None
+        ):
             return 0  # started, or its confirmation may still come: only its confirmation time settles it
         if await self._created_command_exists(record.case_id):
             await self.on_created(CaseCreatedCommand(case_id=record.case_id))
@@ -489,8 +496,6 @@ class Worker:
             for record in found:
                 try:
                     if awaiting_confirmation(record):
-                        case_id_var.set(record.case_id)
-                        client_id_var.set(record.client_id)
                         changed_now += await self._settle_create(record)
                     else:
                         changed_now += await self.claim_due(record.case_id)

@@ -5,13 +5,13 @@ Its Prometheus metrics are served on METRICS_PORT by the exporter's own thread, 
 
 from __future__ import annotations
 
-import asyncio
 import functools
 
 import uvicorn
 
 from services.gateway.app import create_app
 from services.gateway.http_protocol import ConnectionLimits, EnvelopeH11Protocol
+from shared.event_loop import run_main
 from shared.logs import configure_logging
 from shared.messaging.broker import create_broker
 from shared.metrics import serve_metrics_or_exit
@@ -45,7 +45,7 @@ def main() -> None:
         # Headers beyond this size are refused (400, enveloped) instead of buffered.
         h11_max_incomplete_event_size=settings.max_header_bytes,
     )
-    asyncio.run(uvicorn.Server(config).serve())
+    run_main(uvicorn.Server(config).serve(), event_loop=settings.event_loop)
 
 
 if __name__ == "__main__":

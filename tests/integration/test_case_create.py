@@ -23,10 +23,6 @@ from nats.js.errors import NotFoundError
 from pymongo.asynchronous.database import AsyncDatabase
 
 from deploy.processes import NatsServer, private_nats_server
-from services.billing.domain import parse_plans
-from services.billing.handlers import BillingApi, register
-from services.billing.store import INDEXES as BILLING_INDEXES
-from services.billing.store import UsageStore
 from services.case import handlers
 from services.case import worker as worker_handlers
 from services.case.agent.rules import RulesAgent
@@ -45,9 +41,10 @@ from shared.messaging.connection import connect_with_retry, flush_to_server
 from shared.messaging.jetstream import ensure_streams, publish_durable
 from shared.messaging.rpc import request
 from shared.mongo import Document, ensure_indexes
-from shared.settings import BillingSettings, CaseSettings, load_settings
+from shared.settings import CaseSettings, load_settings
 from shared.subjects import CASE_COMMANDS, CASE_TIMERS, DEADLINE_HEADER, Service, timer_schedule_subject
 from simulator.cases import case_body
+from tests.support.billing import billing_in_process
 from tests.support.case_service import STREAMS
 from tests.support.counting import CountedCalls
 
@@ -83,57 +80,44 @@ async def case_service(
         "CREATE_CONFIRM_GRACE_SECONDS": str(CONFIRM_GRACE_SECONDS),
     }
     settings = load_settings(CaseSettings, env)
-    billing_settings = load_settings(BillingSettings, env)
-    await ensure_indexes(mongo_db, {**CASE_INDEXES, **BILLING_INDEXES})
-    billing_broker = create_broker(billing_settings, Service.BILLING)
-    register(
-        BillingApi(
-            broker=billing_broker,
-            store=UsageStore(mongo_db),
-            plans=parse_plans(billing_settings.plans),
-            clock=lambda: dt.datetime.now(dt.UTC),
+    await ensure_indexes(mongo_db, CASE_INDEXES)
+    async with billing_in_process(mongo_db, env):
+        case_broker = create_broker(settings, Service.CASE)
+        await connect_with_retry(case_broker)
+        js = case_broker.connection.jetstream()
+        # With timers the worker consumes too: every stream it reads from.
+        streams = [*STREAMS, CASE_TIMERS] if with_timers else [CASE_COMMANDS]
+        for spec in streams:
+            with contextlib.suppress(NotFoundError):
+                await js.delete_stream(spec.name)  # the module's tests share the server: each starts empty
+        await ensure_streams(case_broker, streams, replicas=1)
+        timers = CaseTimers(case_broker) if with_timers else None
+        store = CaseStore(mongo_db)
+        relay = OutboxRelay(case_broker, store)
+        idempotency = IdempotencyStore(
+            mongo_db, ttl=dt.timedelta(hours=24), takeover_grace_ms=int(CONFIRM_GRACE_SECONDS * 1000)
         )
-    )
-    case_broker = create_broker(settings, Service.CASE)
-    await connect_with_retry(case_broker)
-    js = case_broker.connection.jetstream()
-    # With timers the worker consumes too: every stream it reads from.
-    streams = [*STREAMS, CASE_TIMERS] if with_timers else [CASE_COMMANDS]
-    for spec in streams:
-        with contextlib.suppress(NotFoundError):
-            await js.delete_stream(spec.name)  # the module's tests share the server: each starts empty
-    await ensure_streams(case_broker, streams, replicas=1)
-    timers = CaseTimers(case_broker) if with_timers else None
-    store = CaseStore(mongo_db)
-    relay = OutboxRelay(case_broker, store)
-    idempotency = IdempotencyStore(
-        mongo_db, ttl=dt.timedelta(hours=24), takeover_grace_ms=int(CONFIRM_GRACE_SECONDS * 1000)
-    )
-    api = handlers.CaseApi(
-        broker=case_broker, store=store, idempotency=idempotency, relay=relay, settings=settings, timers=timers
-    )
-    handlers.register(api)
-    worker = Worker(
-        broker=case_broker,
-        store=store,
-        relay=relay,
-        agent=RulesAgent(),
-        settings=settings,
-        unmatched=UnmatchedStore(mongo_db),
-        timers=timers,
-    )
-    if with_timers:
-        worker_handlers.register(worker)
-    await billing_broker.start()
-    await case_broker.start()
-    # The server has the subscriptions once a round trip came back on each connection: no "no responders".
-    await flush_to_server(billing_broker.connection)
-    await flush_to_server(case_broker.connection)
-    try:
-        yield CaseService(api=api, worker=worker, store=store, idempotency=idempotency, client=raw_broker)
-    finally:
-        await case_broker.stop()
-        await billing_broker.stop()
+        api = handlers.CaseApi(
+            broker=case_broker, store=store, idempotency=idempotency, relay=relay, settings=settings, timers=timers
+        )
+        handlers.register(api)
+        worker = Worker(
+            broker=case_broker,
+            store=store,
+            relay=relay,
+            agent=RulesAgent(),
+            settings=settings,
+            unmatched=UnmatchedStore(mongo_db),
+            timers=timers,
+        )
+        if with_timers:
+            worker_handlers.register(worker)
+        await case_broker.start()
+        await flush_to_server(case_broker.connection)
+        try:
+            yield CaseService(api=api, worker=worker, store=store, idempotency=idempotency, client=raw_broker)
+        finally:
+            await case_broker.stop()
 
 
 @pytest.fixture

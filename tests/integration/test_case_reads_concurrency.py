@@ -18,11 +18,6 @@ from faststream.nats import NatsBroker
 from pymongo import AsyncMongoClient, monitoring
 
 from deploy.processes import NatsServer, private_nats_server
-from services.billing.domain import parse_plans
-from services.billing.handlers import BillingApi
-from services.billing.handlers import register as register_billing
-from services.billing.store import INDEXES as BILLING_INDEXES
-from services.billing.store import UsageStore
 from services.case import handlers
 from services.case.outbox import OutboxRelay
 from services.case.store import INDEXES as CASE_INDEXES
@@ -33,9 +28,10 @@ from shared.messaging.broker import create_broker
 from shared.messaging.connection import flush_to_server
 from shared.messaging.rpc import request
 from shared.mongo import Document, ensure_indexes
-from shared.settings import BillingSettings, CaseSettings, load_settings
+from shared.settings import CaseSettings, load_settings
 from shared.subjects import Service
 from simulator.cases import case_body
+from tests.support.billing import billing_in_process
 
 CONCURRENT_REQUESTS = 16
 
@@ -90,37 +86,26 @@ async def case_service(nats_server: NatsServer, raw_broker: NatsBroker, mongo_ur
     # The billing service the creates reserve with, on a MongoDB client of its own (not counted).
     billing_mongo: AsyncMongoClient[Document] = AsyncMongoClient(mongo_url, serverSelectionTimeoutMS=5000)
     billing_db = billing_mongo[db.name]
-    await ensure_indexes(billing_db, BILLING_INDEXES)
-    billing_settings = load_settings(BillingSettings, {"NATS_URL": nats_server.url})
-    billing_broker = create_broker(billing_settings, Service.BILLING)
-    register_billing(
-        BillingApi(
-            broker=billing_broker,
-            store=UsageStore(billing_db),
-            plans=parse_plans(billing_settings.plans),
-            clock=lambda: dt.datetime.now(dt.UTC),
-        )
-    )
-    await billing_broker.start()
-    await flush_to_server(billing_broker.connection)
-    broker = create_broker(settings, Service.CASE)
-    store = CaseStore(db)
-    handlers.register(
-        handlers.CaseApi(
-            broker=broker,
-            store=store,
-            idempotency=IdempotencyStore(db, ttl=dt.timedelta(hours=1), takeover_grace_ms=1000),
-            relay=OutboxRelay(broker, store),
-            settings=settings,
-        )
-    )
-    await broker.start()
-    await flush_to_server(broker.connection)
     try:
-        yield CaseReads(client=raw_broker, finds=finds)
+        async with billing_in_process(billing_db, {"NATS_URL": nats_server.url}):
+            broker = create_broker(settings, Service.CASE)
+            store = CaseStore(db)
+            handlers.register(
+                handlers.CaseApi(
+                    broker=broker,
+                    store=store,
+                    idempotency=IdempotencyStore(db, ttl=dt.timedelta(hours=1), takeover_grace_ms=1000),
+                    relay=OutboxRelay(broker, store),
+                    settings=settings,
+                )
+            )
+            await broker.start()
+            await flush_to_server(broker.connection)
+            try:
+                yield CaseReads(client=raw_broker, finds=finds)
+            finally:
+                await broker.stop()
     finally:
-        await broker.stop()
-        await billing_broker.stop()
         await mongo.drop_database(db.name)
         await mongo.close()
         await billing_mongo.close()
