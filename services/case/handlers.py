@@ -146,12 +146,15 @@ class CaseApi:
         if claim.case_id is not None and await self._still_there(claim.case_id, deadline=deadline):
             return claim.case_id
         # The earlier request stored no case (yet): it may still, until its deadline has passed.
-        if not self.idempotency.may_take_over(claim.deadline_ms, now_ms=self.now_ms()):
-            raise ServiceError(ErrorCode.IDEMPOTENCY_KEY_IN_USE)
+        now = self.now_ms()
+        if not self.idempotency.may_take_over(claim.deadline_ms, now_ms=now):
+            wait = self.idempotency.takeover_wait_seconds(claim.deadline_ms, now_ms=now)
+            raise ServiceError(ErrorCode.IDEMPOTENCY_KEY_IN_USE, retry_after_seconds=wait)
         if not await self.idempotency.take_over(
             client_id=command.client_id, key=key, previous_case_id=claim.case_id, case_id=case_id, deadline_ms=deadline
         ):
-            raise ServiceError(ErrorCode.IDEMPOTENCY_KEY_IN_USE)
+            # Another retry took it over just now: its own request is in flight.
+            raise ServiceError(ErrorCode.IDEMPOTENCY_KEY_IN_USE, retry_after_seconds=1)
         log.info(
             "idempotency key taken over: its earlier request can no longer commit", extra={"previous": claim.case_id}
         )

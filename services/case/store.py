@@ -8,6 +8,7 @@ version it read and bumps it; idempotency keys are claimed by a unique `_id`.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -347,6 +348,13 @@ class IdempotencyStore:
 
     def may_take_over(self, claim_deadline_ms: int | None, *, now_ms: int) -> bool:
         return claim_deadline_ms is not None and now_ms > claim_deadline_ms + self.takeover_grace_ms
+
+    def takeover_wait_seconds(self, claim_deadline_ms: int | None, *, now_ms: int) -> int:
+        """Whole seconds (at least 1) until a retry may take the key over: the client's Retry-After for 409
+        IDEMPOTENCY_KEY_IN_USE."""
+        if claim_deadline_ms is None:
+            return 1
+        return max(1, math.ceil((claim_deadline_ms + self.takeover_grace_ms - now_ms + 1) / 1000))
 
     async def take_over(
         self, *, client_id: str, key: str, previous_case_id: str | None, case_id: str, deadline_ms: int

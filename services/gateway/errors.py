@@ -39,9 +39,12 @@ class ErrorResponder:
         self.retry_after_seconds = retry_after_seconds
 
     def _retry_headers(self, code: ErrorCode, asked_seconds: int | None = None) -> dict[str, str] | None:
-        """Retry-After for a 503: the wait the service asked for (a handler at its bound), else ours."""
+        """Retry-After for a 503: the wait the service asked for (a handler at its bound), else ours; for any
+        other code, the wait its service asked for (409 IDEMPOTENCY_KEY_IN_USE: until the key may be taken over)."""
         if code is ErrorCode.SERVICE_UNAVAILABLE:
             return {"Retry-After": str(asked_seconds or self.retry_after_seconds)}
+        if asked_seconds:
+            return {"Retry-After": str(asked_seconds)}
         return None
 
     def service_error(self, _: Request[Any, Any, Any], exc: ServiceError) -> Response[ErrorEnvelope]:

@@ -13,6 +13,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from deploy.processes import Stack
 from services.case.handlers import request_hash
+from shared.clock import now_ms
 from shared.contracts.case import NewCase
 from shared.mongo import Document
 from simulator.cases import case_body
@@ -82,11 +83,15 @@ async def test_a_key_whose_request_is_in_flight_is_409(
             "state": "in_flight",
             "claimedAt": now,
             "expiresAt": now + dt.timedelta(hours=24),
+            # Its request may still store its case for 20 s (its deadline), then for the confirmation grace.
+            "deadline": now_ms() + 20_000,
         }
     )
     response = await api.post("/cases", json=body, headers=headers(client["apiKey"], **{"Idempotency-Key": "slow"}))
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "IDEMPOTENCY_KEY_IN_USE"
+    # Retry-After says when the key may be taken over: after the deadline and the stack's grace (30 s by default).
+    assert 20 + 30 - 2 <= int(response.headers["retry-after"]) <= 20 + 30 + 1
 
 
 async def test_keys_expire_after_24_hours(

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import math
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,6 +252,8 @@ async def test_a_key_whose_case_is_not_stored_yet_is_409_until_its_deadline_then
     with pytest.raises(ServiceError) as in_use:
         await create(service, command)
     assert in_use.value.code is ErrorCode.IDEMPOTENCY_KEY_IN_USE
+    # It says when to come back: once the first request's deadline and the grace have passed (whole seconds).
+    assert in_use.value.retry_after_seconds == math.ceil(0.3 + CONFIRM_GRACE_SECONDS)
     await asyncio.sleep((deadline - now_ms()) / 1000 + CONFIRM_GRACE_SECONDS + 0.05)
     result = await create(service, command)
     assert result.replayed is False

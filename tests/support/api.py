@@ -38,14 +38,17 @@ SHED_RETRIES = 30
 async def create_as_a_client(
     api: httpx.AsyncClient, body: Mapping[str, Any], key: Mapping[str, str], *, idempotency_key: str
 ) -> str:
-    """POST /cases as a well-behaved client does: a 503 is load shed (its Retry-After says when to come back),
-    so it is sent again under the same Idempotency-Key, which makes the retry safe. Returns the case id of the
-    201; any other answer fails the test. For tests whose subject is not overload (a loaded two-core machine
-    sheds some of many creates, as the contract allows)."""
+    """POST /cases as a well-behaved client does: a 503 is load shed or an answer that came too late (its
+    Retry-After says when to come back), so it is sent again under the same Idempotency-Key, which makes the
+    retry safe; a 409 IDEMPOTENCY_KEY_IN_USE means that an earlier attempt may still store its case, and its
+    Retry-After says when the key may be taken over. Returns the case id of the 201; any other answer fails the
+    test. For tests whose subject is not overload (a loaded two-core machine sheds some of many creates, as the
+    contract allows)."""
     keyed = {**key, "Idempotency-Key": idempotency_key}
     for _ in range(SHED_RETRIES):
         response = await api.post("/cases", json=body, headers=keyed)
-        if response.status_code != 503:
+        in_use = response.status_code == 409 and response.json()["error"]["code"] == "IDEMPOTENCY_KEY_IN_USE"
+        if response.status_code != 503 and not in_use:
             break
         await asyncio.sleep(float(response.headers["retry-after"]))
     assert response.status_code == 201, response.text
