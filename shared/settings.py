@@ -44,6 +44,10 @@ class SettingsError(Exception):
         super().__init__(f"invalid setting {variable}: {problem}")
 
 
+# The event loops a process may run on (EVENT_LOOP; shared.event_loop).
+type EventLoop = Literal["uvloop", "asyncio"]
+
+
 class CommonSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Settings every service reads."""
 
@@ -56,7 +60,7 @@ class CommonSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # The process's event loop: uvloop (libuv) spends less CPU per NATS message and HTTP request than the standard
     # library's loop (bench/README.md); `asyncio` is there to compare or to rule uvloop out.
-    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    event_loop: EventLoop = "uvloop"
     # Request/reply deadline between services; FastStream's 0.5 s default is too short for Mongo work.
     rpc_timeout_seconds: PositiveSeconds = 5.0
     # Requests each RPC handler of this process has admitted at once, running (as many as the handler runs

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from typing import Literal
 
 import pytest
 import uvloop
 
 from shared.event_loop import run_main
-from shared.settings import CommonSettings, SettingsError, load_settings
+from shared.settings import CommonSettings, EventLoop, SettingsError, load_settings
 
 
-def loop_of(event_loop: Literal["uvloop", "asyncio"]) -> asyncio.AbstractEventLoop:
+def loop_of(event_loop: EventLoop) -> asyncio.AbstractEventLoop:
     seen: list[asyncio.AbstractEventLoop] = []
 
     async def main() -> None:
