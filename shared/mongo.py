@@ -104,13 +104,14 @@ async def ensure_indexes(
     createIndexes only for what is missing or changed); waits for MongoDB at start-up."""
     for attempt in range(1, attempts + 1):
         try:
-            with pymongo.timeout(INDEX_BUILD_TIMEOUT_SECONDS):
-                for collection, models in indexes.items():
-                    if not models:
-                        continue
-                    existing = await db[collection].index_information()
-                    missing = [model for model in models if not _already_built(existing, model)]
-                    if missing:
+            for collection, models in indexes.items():
+                if not models:
+                    continue
+                # Under the client's own timeout: an unreachable server fails as fast as any other call.
+                existing = await db[collection].index_information()
+                missing = [model for model in models if not _already_built(existing, model)]
+                if missing:
+                    with pymongo.timeout(INDEX_BUILD_TIMEOUT_SECONDS):
                         await db[collection].create_indexes(missing)
         except PyMongoError as exc:
             if attempt == attempts:
