@@ -6,10 +6,12 @@ Design decisions a reader must know:
 - Each process exports prometheus_client's default registry on its own port (METRICS_PORT, 0 = off). Prometheus
   adds `job` and `instance` to every series it scrapes, so metrics carry no service label; only
   `caseflow_service_info` names the service, for a scrape without Prometheus (`curl :9101/metrics`).
-- Counters and histograms are updated where things happen. Gauges that need I/O (JetStream consumer lag, cases
-  by status) are refreshed by a background loop every GAUGE_REFRESH_SECONDS: the exporter answers scrapes from
-  its own thread, which cannot await NATS or MongoDB. With several replicas each reports the same global
-  number (aggregate with `max`, not `sum`).
+- Counters and histograms are updated where things happen. Gauges that need I/O (JetStream consumer lag every
+  GAUGE_REFRESH_SECONDS, open cases by status every CASE_GAUGE_REFRESH_SECONDS) are refreshed by a background
+  loop: the exporter answers scrapes from its own thread, which cannot await NATS or MongoDB. With several
+  replicas each reports the same global number (aggregate with `max`, not `sum`).
+- A gauge counts only what is bounded by the work in progress: finished cases are history, ever growing, so they
+  are a counter of the cases this process finished (`sum` across replicas), not a count of the collection.
 """
 
 from __future__ import annotations
@@ -125,7 +127,14 @@ THROTTLE_STORE_FALLBACKS: Final = Counter(
     "Throttle decisions the shared NATS KV store could not make, by reason.",
     ["reason"],
 )
-CASES: Final = Gauge("caseflow_cases", "Cases by status (all clients).", ["status"])
+CASES: Final = Gauge(
+    "caseflow_cases", "Open cases (CREATED, RUNNING, INPUT_NEEDED) by status, all clients.", ["status"]
+)
+CASES_FINISHED: Final = Counter(
+    "caseflow_cases_finished",
+    "Cases this process moved to a terminal status (COMPLETED, FAILED, CANCELLED), by that status.",
+    ["status"],
+)
 TIMER_ARM_FAILURES: Final = Counter(
     "caseflow_case_timer_arm_failures",
     "Case timers that could not be armed on JetStream after a write (the scheduler's safety scan covers them).",

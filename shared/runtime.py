@@ -100,13 +100,15 @@ class ServiceRuntime:
         """Run `loop` after start-up until shutdown; it is restarted if it crashes."""
         self._loops.append(loop)
 
-    def add_gauge_refresh(self, refresh: Callable[[], Awaitable[None]]) -> None:
-        """Run `refresh` (it sets gauges from NATS or MongoDB) every GAUGE_REFRESH_SECONDS, if metrics are on."""
+    def add_gauge_refresh(
+        self, refresh: Callable[[], Awaitable[None]], *, every_seconds: float = metrics.GAUGE_REFRESH_SECONDS
+    ) -> None:
+        """Run `refresh` (it sets gauges from NATS or MongoDB) every `every_seconds`, if metrics are on."""
         if not self.settings.metrics_port:
             return
 
         async def refresh_gauges() -> None:
-            await metrics.refresh_forever(refresh, every_seconds=metrics.GAUGE_REFRESH_SECONDS)
+            await metrics.refresh_forever(refresh, every_seconds=every_seconds)
 
         self.add_background_loop(refresh_gauges)
 

@@ -4,7 +4,6 @@ case (first email, follow-ups, replies, input), its scheduler, and the outbox re
 from __future__ import annotations
 
 import datetime as dt
-from typing import get_args
 
 from services.case import handlers, worker
 from services.case.agent.openai import OpenAIAgent
@@ -14,7 +13,6 @@ from services.case.outbox import OutboxRelay
 from services.case.store import INDEXES, CaseStore, IdempotencyStore, UnmatchedStore
 from services.case.timers import CaseTimers
 from shared import metrics
-from shared.contracts.case import CaseStatus
 from shared.runtime import ServiceRuntime
 from shared.settings import CaseSettings, load_settings_or_exit
 from shared.subjects import AGENTMAIL_EVENTS, CASE_COMMANDS, CASE_EVENTS, CASE_TIMERS, Service
@@ -66,11 +64,11 @@ def build(settings: CaseSettings) -> ServiceRuntime:
     runtime.add_background_loop(relay.relay_forever)
     runtime.add_background_loop(case_worker.schedule_forever)
 
-    async def count_cases_by_status() -> None:
-        for status, count in (await store.count_by_status(get_args(CaseStatus))).items():
+    async def count_open_cases() -> None:
+        for status, count in (await store.count_open_by_status()).items():
             metrics.CASES.labels(status=status).set(count)
 
-    runtime.add_gauge_refresh(count_cases_by_status)
+    runtime.add_gauge_refresh(count_open_cases, every_seconds=settings.case_gauge_refresh_seconds)
     return runtime
 
 

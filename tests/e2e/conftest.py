@@ -44,6 +44,8 @@ def stack(nats_server: NatsServer, mongo_url: str, log_dir: Path) -> Iterator[St
             "AUTH_CACHE_SECONDS": "3600",
             # One follow-up "hour" lasts half a second: a 72-hour delay is 36 s, a 1-hour delay 0.5 s.
             "FOLLOW_UP_HOUR_SECONDS": "0.5",
+            # The open-cases gauge is counted every minute by default; a test waits for it to move.
+            "CASE_GAUGE_REFRESH_SECONDS": "1",
             # Secrets the services hold; the session-end log scan (tests/support/log_scan.py) checks none leaks.
             "KEY_HASH_SECRET": "e2e-key-hash-secret-do-not-log",
             "OPENAI_API_KEY": "sk-e2e-openai-key-do-not-log",

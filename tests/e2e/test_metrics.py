@@ -102,7 +102,7 @@ async def test_a_refused_key_counts_under_its_error_code_at_auth(api: httpx.Asyn
     await moved(stack, "auth", "caseflow_nats_messages_total", before, **refused)
 
 
-async def test_a_created_case_moves_the_case_services_handler_counter_and_cases_by_status(
+async def test_a_created_case_moves_the_case_services_handler_counter_and_the_open_cases_gauge(
     api: httpx.AsyncClient, stack: Stack, client: Client
 ) -> None:
     created = {"subject": CREATE, "outcome": "ok"}
@@ -118,7 +118,18 @@ async def test_a_created_case_moves_the_case_services_handler_counter_and_cases_
 
     gauges = await eventually(counted, timeout=30, what="the new case in caseflow_cases")
     statuses = {dict(series)["status"] for sample, series in gauges if sample == "caseflow_cases"}
-    assert statuses == {"CREATED", "RUNNING", "INPUT_NEEDED", "COMPLETED", "FAILED", "CANCELLED"}
+    # Open statuses only: finished cases are caseflow_cases_finished_total, counted as they finish.
+    assert statuses == {"CREATED", "RUNNING", "INPUT_NEEDED"}
+
+
+async def test_a_cancelled_case_counts_once_as_finished(api: httpx.AsyncClient, stack: Stack, client: Client) -> None:
+    cancelled = {"status": "CANCELLED"}
+    before = value(await scrape(stack, "case"), "caseflow_cases_finished_total", **cancelled)
+    case_id = await create_case(api, client)
+    for _ in range(2):  # the second cancel is answered 409 and finishes nothing
+        await api.post(f"/cases/{case_id}/cancel", headers=headers(client["apiKey"]))
+    after = await moved(stack, "case", "caseflow_cases_finished_total", before, **cancelled)
+    assert value(after, "caseflow_cases_finished_total", **cancelled) == before + 1
 
 
 async def test_consumer_lag_is_reported_for_every_durable_consumer(stack: Stack) -> None:

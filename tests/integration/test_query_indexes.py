@@ -145,7 +145,7 @@ async def run_every_store_query(db: AsyncDatabase[Document]) -> None:
     await cases.unconfirmed_creates(now=now, limit=10)
     await cases.extend_confirmation("case-1", confirm_by=now)
     await cases.case_for_message(thread_id="thread-1", counterparty_address="maya@example.com")
-    await cases.count_by_status(["RUNNING"])
+    await cases.count_open_by_status()
     await cases.due_case_ids(now=now, limit=10)
     await cases.needing_attention(now=now, limit=10)
     await cases.with_pending_outbox(older_than=now, limit=10)
