@@ -101,14 +101,19 @@ class ServiceRuntime:
         self._loops.append(loop)
 
     def add_gauge_refresh(
-        self, refresh: Callable[[], Awaitable[None]], *, every_seconds: float = metrics.GAUGE_REFRESH_SECONDS
+        self,
+        refresh: Callable[[], Awaitable[None]],
+        *,
+        every_seconds: float = metrics.GAUGE_REFRESH_SECONDS,
+        max_share: float = 1.0,
     ) -> None:
-        """Run `refresh` (it sets gauges from NATS or MongoDB) every `every_seconds`, if metrics are on."""
+        """Run `refresh` (it sets gauges from NATS or MongoDB) every `every_seconds`, or less often when it takes
+        more than `max_share` of that (see `metrics.refresh_forever`), if metrics are on."""
         if not self.settings.metrics_port:
             return
 
         async def refresh_gauges() -> None:
-            await metrics.refresh_forever(refresh, every_seconds=every_seconds)
+            await metrics.refresh_forever(refresh, every_seconds=every_seconds, max_share=max_share)
 
         self.add_background_loop(refresh_gauges)
 

@@ -224,9 +224,10 @@ class CaseSettings(CommonSettings, frozen=True, kw_only=True):
     # scheduled cases (indexed on MongoDB; the whole collection on the embedded server), so a lost timer is late
     # by at most this long.
     scheduler_safety_scan_seconds: PositiveSeconds = 60.0
-    # How often the open-cases gauge (`caseflow_cases`) is counted from MongoDB. Each count costs one read per
-    # open case on the embedded server, which runs one command at a time: counted every 5 s, ~3 000 open cases
-    # held every other read for 100-200 ms each time (the p99 of `GET /cases/{id}`; bench/README.md).
+    # How often the open-cases gauge (`caseflow_cases`) is counted from MongoDB, or less often: never more than
+    # 2 % of the time (metrics.DATABASE_GAUGE_MAX_SHARE). Each count costs one read per open case on the embedded
+    # server, which runs one command at a time: counted every 5 s, ~3 000 open cases held every other read for
+    # 100-200 ms each time (the p99 of `GET /cases/{id}`; bench/README.md).
     case_gauge_refresh_seconds: PositiveSeconds = 60.0
     # Leases of the steps that wait for a message (real time, not scaled by FOLLOW_UP_HOUR_SECONDS): once one
     # passes, the scheduler's reconciler requests the step again from the case document. Each must exceed the
@@ -498,8 +499,9 @@ SETTING_HELP: Final[dict[str, str]] = {
     "JetStream (with timers: SCHEDULER_SAFETY_SCAN_SECONDS)",
     "SCHEDULER_SAFETY_SCAN_SECONDS": "how often the safety round runs behind the JetStream timers (one query for "
     "due cases, passed leases and unconfirmed creates; a lost timer is late by at most this)",
-    "CASE_GAUGE_REFRESH_SECONDS": "how often the open-cases gauge `caseflow_cases` is counted from MongoDB (one "
-    "read per open case on the embedded server, which serves nothing else meanwhile)",
+    "CASE_GAUGE_REFRESH_SECONDS": "how often the open-cases gauge `caseflow_cases` is counted from MongoDB; a "
+    "count that takes t seconds waits at least 50 t before the next (on the embedded server a count reads every "
+    "open case and holds every other command meanwhile)",
     "SEND_LEASE_SECONDS": "a requested email not confirmed within this is requested again (same attempt)",
     "INPUT_LEASE_SECONDS": "a resolved input request not applied within this is queued again",
     "REPLY_LEASE_SECONDS": "a stored reply not judged within this is judged again",

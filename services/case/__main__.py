@@ -68,7 +68,11 @@ def build(settings: CaseSettings) -> ServiceRuntime:
         for status, count in (await store.count_open_by_status()).items():
             metrics.CASES.labels(status=status).set(count)
 
-    runtime.add_gauge_refresh(count_open_cases, every_seconds=settings.case_gauge_refresh_seconds)
+    runtime.add_gauge_refresh(
+        count_open_cases,
+        every_seconds=settings.case_gauge_refresh_seconds,
+        max_share=metrics.DATABASE_GAUGE_MAX_SHARE,
+    )
     return runtime
 
 

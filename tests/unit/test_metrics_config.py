@@ -95,3 +95,43 @@ def test_make_run_refuses_to_start_when_a_metrics_port_is_taken(
     with pytest.raises(SystemExit) as refused:
         local_stack.run()
     assert f"LOCAL_METRICS_PORT_CASE={busy_port}" in str(refused.value.code)
+
+
+class StopRefreshing(BaseException):
+    """Ends refresh_forever after the recorded waits (it retries any Exception)."""
+
+
+async def test_a_refresh_that_takes_long_waits_longer_so_it_keeps_to_its_share() -> None:
+    durations = [0.001, 3.5, 0.2, 0.0]  # seconds each refresh takes on the fake clock
+    now = [0.0]
+    waits: list[float] = []
+
+    async def refresh() -> None:
+        now[0] += durations[len(waits)]
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+        if len(waits) == len(durations):
+            raise StopRefreshing
+
+    with pytest.raises(StopRefreshing):
+        await metrics.refresh_forever(refresh, every_seconds=60.0, max_share=0.02, clock=lambda: now[0], sleep=sleep)
+    # 3.5 s of counting is followed by 175 s of rest (2 %); a quick one waits the interval.
+    assert waits == pytest.approx([60.0, 175.0, 60.0, 60.0])
+
+
+async def test_a_failing_refresh_is_retried_at_the_interval() -> None:
+    waits: list[float] = []
+
+    async def refresh() -> None:
+        raise ConnectionError("MongoDB away")
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 2:
+            raise StopRefreshing
+
+    with pytest.raises(StopRefreshing):
+        await metrics.refresh_forever(refresh, every_seconds=5.0, clock=lambda: 0.0, sleep=sleep)
+    assert waits == [5.0, 5.0]
