@@ -14,10 +14,13 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from pymongo.asynchronous.database import AsyncDatabase
 
 from deploy.processes import SERVICE_MODULES, Stack
+from services.case.lifecycle import OPEN_STATUSES
 from shared.contracts.billing import RESERVE
 from shared.contracts.case import CREATE
+from shared.mongo import Document
 from shared.subjects import Consumer
 from simulator.cases import case_body
 from tests.e2e.test_cases_api import create_case
@@ -103,31 +106,37 @@ async def test_a_refused_key_counts_under_its_error_code_at_auth(api: httpx.Asyn
 
 
 async def test_a_created_case_moves_the_case_services_handler_counter_and_the_open_cases_gauge(
-    api: httpx.AsyncClient, stack: Stack, client: Client
+    api: httpx.AsyncClient, stack: Stack, client: Client, stack_db: AsyncDatabase[Document]
 ) -> None:
     created = {"subject": CREATE, "outcome": "ok"}
     before = await scrape(stack, "case")
-    await create_case(api, client)
+    case_id = await create_case(api, client)
     handled = value(before, "caseflow_nats_messages_total", **created)
     after = await moved(stack, "case", "caseflow_nats_messages_total", handled, **created)
     assert value(after, "caseflow_nats_message_duration_seconds_count", **created) >= 1
 
-    async def counted() -> Samples | None:
+    # Other tests' cases on this shared stack keep finishing, so the open total can fall while this case is
+    # added: the gauge must match the database's open cases, this one included, read right after the scrape.
+    async def counted() -> dict[str, float] | None:
         samples = await scrape(stack, "case")
-        return samples if total(samples, "caseflow_cases") >= total(before, "caseflow_cases") + 1 else None
+        gauge = {dict(series)["status"]: count for (name, series), count in samples.items() if name == "caseflow_cases"}
+        stored = {status: await stack_db.cases.count_documents({"status": status}) for status in OPEN_STATUSES}
+        return gauge if gauge == stored else None
 
-    gauges = await eventually(counted, timeout=30, what="the new case in caseflow_cases")
-    statuses = {dict(series)["status"] for sample, series in gauges if sample == "caseflow_cases"}
+    assert await stack_db.cases.count_documents({"_id": case_id, "status": {"$in": list(OPEN_STATUSES)}}) == 1
+    gauge = await eventually(counted, timeout=30, what="caseflow_cases to match the open cases stored")
     # Open statuses only: finished cases are caseflow_cases_finished_total, counted as they finish.
-    assert statuses == {"CREATED", "RUNNING", "INPUT_NEEDED"}
+    assert set(gauge) == {"CREATED", "RUNNING", "INPUT_NEEDED"}
 
 
 async def test_a_cancelled_case_counts_once_as_finished(api: httpx.AsyncClient, stack: Stack, client: Client) -> None:
     cancelled = {"status": "CANCELLED"}
     before = value(await scrape(stack, "case"), "caseflow_cases_finished_total", **cancelled)
     case_id = await create_case(api, client)
-    for _ in range(2):  # the second cancel is answered 409 and finishes nothing
-        await api.post(f"/cases/{case_id}/cancel", headers=headers(client["apiKey"]))
+    cancels = [
+        (await api.post(f"/cases/{case_id}/cancel", headers=headers(client["apiKey"]))).status_code for _ in range(2)
+    ]
+    assert cancels == [200, 409]  # the second cancel finishes nothing
     after = await moved(stack, "case", "caseflow_cases_finished_total", before, **cancelled)
     assert value(after, "caseflow_cases_finished_total", **cancelled) == before + 1
 

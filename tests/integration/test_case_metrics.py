@@ -7,83 +7,50 @@ cases are counted as they finish (`caseflow_cases_finished_total`), once per cas
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator
-from typing import Any
-
 import msgspec
-import pytest
 from prometheus_client import REGISTRY
-from pymongo import AsyncMongoClient, monitoring
 from pymongo.asynchronous.database import AsyncDatabase
 
-from services.case.store import INDEXES, CaseStore
+from services.case.store import CaseStore
 from shared.contracts.case import TERMINAL_STATUSES
-from shared.mongo import Document, ensure_indexes
+from shared.mongo import Document
+from tests.integration import test_query_indexes
+from tests.integration.test_query_indexes import QueryCapture
 from tests.unit.test_lifecycle import new, running, waiting
 
-
-class CountCapture(monitoring.CommandListener):
-    """The filter of every `count`/`aggregate` command (count_documents is an aggregate) sent on the client."""
-
-    def __init__(self) -> None:
-        self.filters: list[dict[str, Any]] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if event.command_name == "aggregate":
-            pipeline = event.command.get("pipeline", [])
-            self.filters.append(dict(pipeline[0].get("$match", {})) if pipeline else {})
-        elif event.command_name == "count":
-            self.filters.append(dict(event.command.get("query", {})))
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
-
-@pytest.fixture
-async def store(mongo_url: str) -> AsyncIterator[tuple[CaseStore, CountCapture]]:
-    capture = CountCapture()
-    client: AsyncMongoClient[Document] = AsyncMongoClient(
-        mongo_url, serverSelectionTimeoutMS=5000, event_listeners=[capture]
-    )
-    db: AsyncDatabase[Document] = client[f"test_{uuid.uuid4().hex[:12]}"]
-    await ensure_indexes(db, INDEXES, attempts=1)
-    yield CaseStore(db), capture
-    await client.drop_database(db.name)
-    await client.close()
+# test_query_indexes's fixture, used here by name: a database with every declared index, its commands captured.
+monitored = test_query_indexes.monitored
+Monitored = tuple[AsyncDatabase[Document], QueryCapture]
 
 
 def finished(status: str) -> float:
     return REGISTRY.get_sample_value("caseflow_cases_finished_total", {"status": status}) or 0.0
 
 
-async def test_the_open_cases_gauge_counts_open_statuses_and_never_reads_finished_cases(
-    store: tuple[CaseStore, CountCapture],
-) -> None:
-    cases, capture = store
+async def test_the_open_cases_gauge_counts_open_statuses_and_never_reads_finished_cases(monitored: Monitored) -> None:
+    db, capture = monitored
+    cases = CaseStore(db)
     await cases.insert(new(case_id="created-1"))
     await cases.insert(running(case_id="running-1"))
     await cases.insert(running(case_id="running-2"))
     await cases.insert(waiting(case_id="waiting-1"))
     for status in sorted(TERMINAL_STATUSES):
         await cases.insert(running(case_id=f"{status.lower()}-1", status=status))
-    capture.filters.clear()
+    capture.queries.clear()
 
     counts = await cases.count_open_by_status()
 
     assert counts == {"CREATED": 1, "RUNNING": 2, "INPUT_NEEDED": 1}
-    counted = {str(query.get("status")) for query in capture.filters}
-    assert counted == {"CREATED", "RUNNING", "INPUT_NEEDED"}
-    assert len(capture.filters) == 3
+    # count_documents is an aggregate whose $match is the filter: one per open status, none other.
+    assert sorted(str(query.filter.get("status")) for query in capture.queries) == [
+        "CREATED",
+        "INPUT_NEEDED",
+        "RUNNING",
+    ]
 
 
-async def test_a_case_that_finishes_is_counted_once_by_the_write_that_finished_it(
-    store: tuple[CaseStore, CountCapture],
-) -> None:
-    cases, _ = store
+async def test_a_case_that_finishes_is_counted_once_by_the_write_that_finished_it(monitored: Monitored) -> None:
+    cases = CaseStore(monitored[0])
     await cases.insert(running(case_id="to-cancel"))
     before = finished("CANCELLED")
 
