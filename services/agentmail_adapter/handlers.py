@@ -76,8 +76,8 @@ from shared.contracts.agentmail import (
 from shared.contracts.rpc import Ok
 from shared.errors import ErrorCode, ServiceError
 from shared.logs import case_id_var
-from shared.messaging.admission import rpc_subscriber
 from shared.messaging.jetstream import publish_durable
+from shared.messaging.responder import rpc_subscriber
 from shared.settings import AgentMailSettings
 from shared.subjects import AGENTMAIL_EVENTS, AGENTMAIL_INGRESS_BODIES, Service, queue_group
 from shared.text import clipped

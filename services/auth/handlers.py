@@ -25,7 +25,7 @@ from shared.contracts.auth import (
 )
 from shared.contracts.rpc import Ok
 from shared.errors import ErrorCode, ServiceError
-from shared.messaging.admission import rpc_subscriber
+from shared.messaging.responder import rpc_subscriber
 from shared.subjects import Service, queue_group
 
 # Every API request passes through VERIFY_KEY (on a gateway cache miss): answer several at once per replica.

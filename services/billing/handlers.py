@@ -45,7 +45,7 @@ from shared.contracts.billing import (
 )
 from shared.contracts.rpc import Ok
 from shared.errors import ErrorCode, ServiceError
-from shared.messaging.admission import rpc_subscriber
+from shared.messaging.responder import rpc_subscriber
 from shared.subjects import Service, queue_group
 
 log = logging.getLogger("caseflow.billing")

@@ -22,7 +22,6 @@ from typing import Final
 
 import msgspec
 from faststream.nats import NatsBroker
-from faststream.nats.annotations import NatsMessage
 
 from services.case import domain, lifecycle
 from services.case.model import CaseRecord
@@ -37,7 +36,7 @@ from shared.contracts import agentmail, billing, case
 from shared.contracts.rpc import Ok
 from shared.errors import ErrorCode, ServiceError
 from shared.logs import case_id_var, client_id_var, request_id_var
-from shared.messaging.admission import rpc_subscriber
+from shared.messaging.responder import RpcRequest, rpc_subscriber
 from shared.messaging.rpc import RpcClient, request_deadline_ms
 from shared.settings import CaseSettings
 from shared.subjects import Service, queue_group
@@ -366,8 +365,8 @@ def register(api: CaseApi) -> None:
     queue = queue_group(Service.CASE)
 
     @rpc_subscriber(broker, case.CREATE, queue=queue, concurrency=CONCURRENT_WRITES)
-    async def create_case(command: case.CreateCase, message: NatsMessage) -> Ok[case.CreateCaseResult]:
-        return Ok(await api.create(command, deadline_ms=request_deadline_ms(message.headers)))
+    async def create_case(command: case.CreateCase, request: RpcRequest) -> Ok[case.CreateCaseResult]:
+        return Ok(await api.create(command, deadline_ms=request_deadline_ms(request.headers)))
 
     @rpc_subscriber(broker, case.GET, queue=queue, concurrency=CONCURRENT_READS)
     async def get_case(query: case.GetCase) -> Ok[case.CaseView]:

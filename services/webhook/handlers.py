@@ -24,8 +24,8 @@ from shared.contracts import case, webhook
 from shared.contracts.rpc import Ok
 from shared.errors import ErrorCode, ServiceError
 from shared.logs import case_id_var, client_id_var
-from shared.messaging.admission import rpc_subscriber
 from shared.messaging.jetstream import durable_subscriber
+from shared.messaging.responder import rpc_subscriber
 from shared.messaging.rpc import RpcClient
 from shared.settings import WebhookSettings
 from shared.subjects import CASE_EVENTS, Consumer, Service, queue_group

@@ -1,7 +1,9 @@
 """The broker factory every Caseflow process uses: one FastStream NatsBroker per process, configured alike.
 
 Design decision: every broker decodes with msgspec, reconnects forever, and has ServiceMiddleware installed, so
-retry/park, request-id propagation and per-subject metrics hold for every handler without a handler asking.
+retry/park, request-id propagation and per-subject metrics hold for every handler without a handler asking. Its
+RPC handlers (shared.messaging.responder) are subscribed when it starts and left when it stops, with the same
+guarantees, on plain nats-py subscriptions.
 """
 
 from __future__ import annotations
@@ -10,17 +12,19 @@ import asyncio
 import contextlib
 import logging
 import weakref
+from typing import Any
 
 import nats.errors
 from fast_depends.msgspec import MsgSpecSerializer
 from faststream.nats import NatsBroker
-from faststream.nats.subscriber.usecases.core_subscriber import ConcurrentCoreSubscriber, CoreSubscriber
+from faststream.nats.subscriber.usecases.core_subscriber import CoreSubscriber
 from faststream.security import SASLPlaintext
 
-from shared.messaging.admission import bound_handlers
+from shared.messaging.admission import HandlerBounds
 from shared.messaging.connection import nats_connect_options
 from shared.messaging.middleware import ServiceMiddleware, retry_policy
 from shared.messaging.poison import SharedPoisonCounts
+from shared.messaging.responder import attach_responders, responders_of
 from shared.settings import CommonSettings
 from shared.subjects import Service
 
@@ -30,9 +34,22 @@ from shared.subjects import Service
 _consumer_replicas: weakref.WeakKeyDictionary[NatsBroker, int] = weakref.WeakKeyDictionary()
 
 
+class ServiceBroker(NatsBroker):
+    """FastStream's broker, which also subscribes this process's RPC handlers once connected and leaves them
+    (answering what they were given, within its graceful timeout) before it closes."""
+
+    async def start(self) -> None:
+        await super().start()
+        await responders_of(self).start(self.connection)
+
+    async def stop(self, *args: Any, **kwargs: Any) -> None:
+        await responders_of(self).stop()
+        await super().stop(*args, **kwargs)
+
+
 def create_broker(settings: CommonSettings, service: Service) -> NatsBroker:
     options = nats_connect_options(settings, str(service))
-    broker = NatsBroker(
+    broker = ServiceBroker(
         options["servers"],
         security=SASLPlaintext(options["user"], options["password"]) if "user" in options else None,
         name=f"caseflow-{service}",
@@ -47,8 +64,7 @@ def create_broker(settings: CommonSettings, service: Service) -> NatsBroker:
     )
     poison = SharedPoisonCounts(broker, replicas=settings.stream_replicas)
     broker.add_middleware(ServiceMiddleware(broker=broker, policy=retry_policy(settings), poison=poison))
-    # Inside ServiceMiddleware: a request past its deadline is dropped before it counts toward a handler's bound.
-    bound_handlers(broker, settings)
+    attach_responders(broker, HandlerBounds.from_settings(settings), grace_seconds=settings.shutdown_grace_seconds)
     _consumer_replicas[broker] = settings.stream_replicas
     return broker
 
@@ -60,9 +76,11 @@ def stream_replicas(broker: NatsBroker) -> int:
 
 async def stop_answering_requests(broker: NatsBroker, *, timeout: float) -> None:
     """Before the broker stops (SIGTERM): leave every request/reply queue group, then answer what NATS already
-    delivered to this process. FastStream's own stop marks a subscriber stopped first and unsubscribes only once
-    its in-flight handler returns; requests NATS routes to it in between are dropped unanswered, so their callers
-    time out (503) although the other replica would have answered them. Waits at most `timeout`."""
+    delivered to this process, so the other replicas take new requests meanwhile. Waits at most `timeout`.
+
+    The RPC handlers drain themselves (shared.messaging.responder); the FastStream core subscribers left (the
+    health check) are drained here: FastStream's own stop marks a subscriber stopped first and unsubscribes only
+    once its in-flight handler returns, so requests NATS routes to it in between would be dropped unanswered."""
     subscribers = [
         subscriber
         for subscriber in broker.subscribers
@@ -77,14 +95,7 @@ async def stop_answering_requests(broker: NatsBroker, *, timeout: float) -> None
         with contextlib.suppress(nats.errors.Error):
             # No new requests; the ones already delivered are handed to the handler (nats-py leaves it untyped).
             await subscription.drain()  # type: ignore[no-untyped-call]
-        if isinstance(subscriber, ConcurrentCoreSubscriber):
-            # Its workers take them from an in-memory queue: idle (twice in a row) once all are answered.
-            idle_checks = 0
-            while idle_checks < 2:
-                busy = subscriber.limiter.value < subscriber.max_workers
-                queued = subscriber.receive_stream.statistics().current_buffer_used > 0
-                idle_checks = 0 if busy or queued else idle_checks + 1
-                await asyncio.sleep(0.02)
 
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.gather(*(drain(subscriber) for subscriber in subscribers)), timeout)
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(responders_of(broker).drain(), *(drain(subscriber) for subscriber in subscribers))

@@ -8,7 +8,9 @@ Design decisions a reader must know:
   every replica of the consumer (shared.messaging.poison); at `max_deliver` poison failures, or at once on
   `PermanentFailure`, the message is copied to the PARKED stream and terminated, so an operator can inspect, replay
   or drop it (`python -m services.auth.admin parked ...`).
-- A request whose asker's deadline passed while it queued is answered SERVICE_UNAVAILABLE without running.
+- A request whose asker's deadline passed while it queued is answered SERVICE_UNAVAILABLE without running. (This
+  is for FastStream's core subscribers, the health check; the RPC handlers run in shared.messaging.responder,
+  under the same rules and with `error_reply` and `deadline_passed_reply` from here.)
 - The request id travels in the `X-Request-Id` header and is bound to the logging context for every message.
 """
 
@@ -106,7 +108,7 @@ def _outcome_of(decision: HandlerException) -> str:
     return metrics.OUTCOME_OK
 
 
-def _error_reply(exc: Exception, subject: str) -> Err:
+def error_reply(exc: Exception, subject: str) -> Err:
     """The reply to a request whose handler failed, with the failure's kind so the asker knows whether to retry."""
     if isinstance(exc, ServiceError):
         return Err.of(exc)
@@ -133,14 +135,13 @@ def _error_reply(exc: Exception, subject: str) -> Err:
     return Err(code=ErrorCode.INTERNAL_ERROR, message=ERROR_SPECS[ErrorCode.INTERNAL_ERROR].default_message)
 
 
-def _shed_reply(raw: Msg, headers: Mapping[str, str]) -> Err | None:
-    """Admission for a request (core NATS request/reply): an error answered without running the handler when
-    the asker's deadline has already passed while the request queued (it has given up: the work would be wasted,
-    or worse, commit something nobody was told about)."""
+def deadline_passed_reply(subject: str, headers: Mapping[str, str]) -> Err | None:
+    """The answer to a request (core NATS request/reply) whose asker's deadline has already passed, or None:
+    it has given up, so running it would be wasted work, or worse, commit something nobody was told about."""
     deadline = request_deadline_ms(headers)
     if deadline is not None and now_ms() >= deadline:
-        metrics.DEADLINE_DROPS.labels(subject=metrics.bounded_subject(raw.subject)).inc()
-        log.info("request dropped: its deadline had passed", extra={"subject": raw.subject})
+        metrics.DEADLINE_DROPS.labels(subject=metrics.bounded_subject(subject)).inc()
+        log.info("request dropped: its deadline had passed", extra={"subject": subject})
         return Err(code=ErrorCode.SERVICE_UNAVAILABLE, message="The request's deadline passed.", kind="transient")
     return None
 
@@ -182,7 +183,7 @@ class _MessageScope(BaseMiddleware):
         outcome: str = metrics.OUTCOME_OK
         try:
             if not jetstream and raw_message.reply:
-                shed = _shed_reply(raw_message, msg.headers)
+                shed = deadline_passed_reply(raw_message.subject, msg.headers)
                 if shed is not None:
                     outcome = metrics.OUTCOME_SHED
                     return shed
@@ -205,13 +206,13 @@ class _MessageScope(BaseMiddleware):
                 except NackMessage:
                     outcome = metrics.OUTCOME_RETRIED
                     raise
-            reply = _error_reply(exc, raw_message.subject)
+            reply = error_reply(exc, raw_message.subject)
             outcome = reply.code
             return reply if raw_message.reply else None
         finally:
-            # FastStream runs the broker's middlewares on the reply to our own request() too: that is not a
-            # handled message, and its subject is a per-request inbox, so counting it would add a series per
-            # request (found by `make bench`: ~17 samples and their CPU for every gateway request).
+            # FastStream runs the broker's middlewares on the reply to a broker.request() too (RpcClient asks
+            # with nats-py's own request, but a test or tool may not): that is not a handled message, and its
+            # subject is a per-request inbox, so counting it would add a series per request.
             if not raw_message.subject.startswith(REPLY_INBOX_PREFIX):
                 metrics.observe_message(raw_message.subject, outcome, time.perf_counter() - started)
             if keep_alive is not None:

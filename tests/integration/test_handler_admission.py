@@ -17,8 +17,8 @@ from prometheus_client import REGISTRY
 from deploy.processes import NatsServer
 from shared.contracts.rpc import Ok
 from shared.errors import ErrorCode, ServiceError
-from shared.messaging.admission import handler_in_flight, rpc_subscriber
 from shared.messaging.broker import create_broker
+from shared.messaging.responder import handler_in_flight, rpc_subscriber
 from shared.messaging.rpc import request
 from shared.settings import CommonSettings, load_settings
 from shared.subjects import Service

@@ -29,6 +29,7 @@ from shared.contracts import agentmail, auth, billing, case, webhook
 from shared.contracts.case import EventType, event_subject
 from shared.messaging.broker import create_broker
 from shared.messaging.jetstream import durable_consumers
+from shared.messaging.responder import rpc_handlers
 from shared.settings import (
     AgentMailSettings,
     AuthSettings,
@@ -207,6 +208,8 @@ def test_the_channel_table_receives_what_each_service_subscribes_to(service: Ser
         # NATS subscribers (core and JetStream) have a subject and a queue group; the base type declares neither.
         for subscriber in cast("list[Any]", broker.subscribers)
     }
+    # Request/reply handlers are plain nats-py subscriptions (shared.messaging.responder), not FastStream's.
+    subscribed |= {(subject, queue, None) for subject, queue in rpc_handlers(broker)}
     declared = set()
     for channel in CHANNELS:
         if service not in channel.receivers:
