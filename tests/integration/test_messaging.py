@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import msgspec
 import nats.errors
@@ -22,6 +23,7 @@ from shared.messaging.broker import create_broker
 from shared.messaging.connection import flush_to_server
 from shared.messaging.jetstream import durable_subscriber, ensure_streams, publish_durable
 from shared.messaging.middleware import PermanentFailure, retry_policy
+from shared.messaging.responder import rpc_subscriber
 from shared.messaging.rpc import request
 from shared.settings import CommonSettings, load_settings
 from shared.subjects import PARKED_MSG_ID_HEADER, Service, StreamSpec
@@ -48,6 +50,19 @@ async def service_broker(nats_server: NatsServer) -> AsyncIterator[NatsBroker]:
     await broker.stop()
 
 
+type DeclareHandler = Callable[[str, str], Callable[[Callable[..., Awaitable[Any]]], object]]
+
+
+@pytest.fixture(params=["responder", "faststream"])
+def rpc_handler(request: pytest.FixtureRequest, service_broker: NatsBroker) -> DeclareHandler:
+    """Declares a request/reply handler (subject, queue group) as every service's are (shared.messaging.responder)
+    and as a FastStream core subscriber through ServiceMiddleware (the health check's path): the rules of a
+    request are the same on both."""
+    if request.param == "responder":
+        return lambda subject, queue: rpc_subscriber(service_broker, subject, queue=queue)
+    return lambda subject, queue: service_broker.subscriber(subject, queue=queue)
+
+
 @pytest.fixture
 def stream(subject_prefix: str) -> StreamSpec:
     return StreamSpec(
@@ -56,9 +71,9 @@ def stream(subject_prefix: str) -> StreamSpec:
 
 
 async def test_request_returns_typed_data_and_carries_the_request_id(
-    service_broker: NatsBroker, raw_broker: NatsBroker, subject_prefix: str
+    service_broker: NatsBroker, raw_broker: NatsBroker, subject_prefix: str, rpc_handler: DeclareHandler
 ) -> None:
-    @service_broker.subscriber(f"{subject_prefix}.rpc.echo", queue="echo")
+    @rpc_handler(f"{subject_prefix}.rpc.echo", "echo")
     async def echo(job: Job) -> object:
         from shared.contracts.rpc import Ok
 
@@ -75,9 +90,9 @@ async def test_request_returns_typed_data_and_carries_the_request_id(
 
 
 async def test_service_error_and_unexpected_exception_become_error_replies(
-    service_broker: NatsBroker, raw_broker: NatsBroker, subject_prefix: str
+    service_broker: NatsBroker, raw_broker: NatsBroker, subject_prefix: str, rpc_handler: DeclareHandler
 ) -> None:
-    @service_broker.subscriber(f"{subject_prefix}.rpc.lookup", queue="lookup")
+    @rpc_handler(f"{subject_prefix}.rpc.lookup", "lookup")
     async def lookup(job: Job) -> object:
         if job.job_id == "missing":
             raise ServiceError(ErrorCode.CASE_NOT_FOUND)
@@ -95,9 +110,9 @@ async def test_service_error_and_unexpected_exception_become_error_replies(
 
 
 async def test_no_responder_and_slow_responder_are_service_unavailable(
-    service_broker: NatsBroker, raw_broker: NatsBroker, subject_prefix: str
+    service_broker: NatsBroker, raw_broker: NatsBroker, subject_prefix: str, rpc_handler: DeclareHandler
 ) -> None:
-    @service_broker.subscriber(f"{subject_prefix}.rpc.slow", queue="slow")
+    @rpc_handler(f"{subject_prefix}.rpc.slow", "slow")
     async def slow(job: Job) -> None:
         await asyncio.sleep(2)
 
@@ -384,9 +399,9 @@ async def test_only_poison_failures_count_toward_parking(
 
 
 async def test_a_request_handler_failing_on_a_dependency_replies_with_its_kind(
-    service_broker: NatsBroker, raw_broker: NatsBroker, subject_prefix: str
+    service_broker: NatsBroker, raw_broker: NatsBroker, subject_prefix: str, rpc_handler: DeclareHandler
 ) -> None:
-    @service_broker.subscriber(f"{subject_prefix}.rpc.dep", queue="dep")
+    @rpc_handler(f"{subject_prefix}.rpc.dep", "dep")
     async def dependency(job: Job) -> None:
         if job.job_id == "mongo":
             raise AutoReconnect("down")
@@ -415,12 +430,12 @@ def test_the_policy_reads_its_cap_from_the_settings() -> None:
 
 
 async def test_a_request_whose_deadline_passed_while_it_queued_is_answered_without_running_its_handler(
-    service_broker: NatsBroker, raw_broker: NatsBroker, subject_prefix: str
+    service_broker: NatsBroker, raw_broker: NatsBroker, subject_prefix: str, rpc_handler: DeclareHandler
 ) -> None:
     handled: list[str] = []
     release = asyncio.Event()
 
-    @service_broker.subscriber(f"{subject_prefix}.rpc.blocking", queue="blocking")
+    @rpc_handler(f"{subject_prefix}.rpc.blocking", "blocking")
     async def blocking(job: Job) -> object:
         from shared.contracts.rpc import Ok
 

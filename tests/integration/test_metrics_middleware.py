@@ -1,5 +1,6 @@
-"""ServiceMiddleware's metrics against a real nats-server: every handled message is counted under its subject
-with its outcome (ok, the error code of a failed request, retried or parked for a durable message).
+"""The per-message metrics against a real nats-server (ServiceMiddleware, and the RPC responder): every handled
+message is counted under its subject with its outcome (ok, the error code of a failed request, retried or parked
+for a durable message).
 
 Subjects are unique per test (`subject_prefix`), so the process-wide registry needs no reset between tests. The
 broker and stream fixtures are test_messaging's (backoff 0.1 s then 0.2 s, parked on the 4th delivery).
@@ -21,12 +22,13 @@ from shared.messaging.middleware import PermanentFailure
 from shared.messaging.rpc import request
 from shared.subjects import StreamSpec
 from tests.integration import test_messaging
-from tests.integration.test_messaging import Job
+from tests.integration.test_messaging import DeclareHandler, Job
 from tests.support.simulator import eventually
 
 # test_messaging's fixtures, used here by name.
 service_broker = test_messaging.service_broker
 stream = test_messaging.stream
+rpc_handler = test_messaging.rpc_handler
 
 
 def handled(subject: str, outcome: str) -> float:
@@ -39,11 +41,11 @@ def timed(subject: str, outcome: str) -> float:
 
 
 async def test_requests_count_as_ok_or_under_their_error_code(
-    service_broker: NatsBroker, raw_broker: NatsBroker, subject_prefix: str
+    service_broker: NatsBroker, raw_broker: NatsBroker, subject_prefix: str, rpc_handler: DeclareHandler
 ) -> None:
     subject = f"{subject_prefix}.rpc.lookup"
 
-    @service_broker.subscriber(subject, queue="lookup")
+    @rpc_handler(subject, "lookup")
     async def lookup(job: Job) -> Ok[Job]:
         if job.job_id == "missing":
             raise ServiceError(ErrorCode.CASE_NOT_FOUND)
