@@ -2,7 +2,7 @@
 
     python -m bench.bare_app --port 8123
 
-Key design decision: the same framework, server and HTTP implementation (uvicorn's h11) as the gateway, with
+Key design decision: the same framework, server and HTTP implementation (uvicorn's httptools) as the gateway, with
 none of Caseflow's work (auth, throttling, NATS, MongoDB), so the ratio of a Caseflow route to this one is
 the cost of our hops, not of the web stack.
 """
@@ -56,7 +56,7 @@ def main() -> None:
         access_log=False,
         server_header=False,
         lifespan="on",
-        http="h11",
+        http="httptools",
     )
     asyncio.run(uvicorn.Server(config).serve())
 

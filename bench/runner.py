@@ -301,7 +301,7 @@ class Runner:
             self.http_scenario(
                 "baseline: bare GET",
                 "baseline",
-                "A Litestar GET route returning a small envelope (uvicorn, h11, same machine).",
+                "A Litestar GET route returning a small envelope (uvicorn, httptools, same machine).",
                 self.http(target.bare_url, "GET", "/bare"),
                 accounted=["bare_litestar"],
             ),

@@ -10,7 +10,7 @@ import functools
 import uvicorn
 
 from services.gateway.app import create_app
-from services.gateway.http_protocol import ConnectionLimits, EnvelopeH11Protocol
+from services.gateway.http_protocol import ConnectionLimits, EnvelopeHttpProtocol
 from shared.event_loop import run_main
 from shared.logs import configure_logging
 from shared.messaging.broker import create_broker
@@ -35,15 +35,15 @@ def main() -> None:
         lifespan="on",
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
         http=functools.partial(  # type: ignore[arg-type]
-            EnvelopeH11Protocol,
+            EnvelopeHttpProtocol,
             limits=ConnectionLimits(
                 header_read_timeout_seconds=settings.header_read_timeout_seconds,
                 max_connections=settings.max_connections,
                 retry_after_seconds=settings.retry_after_seconds,
+                # Headers beyond this size are refused (400, enveloped) instead of buffered.
+                max_header_bytes=settings.max_header_bytes,
             ),
         ),
-        # Headers beyond this size are refused (400, enveloped) instead of buffered.
-        h11_max_incomplete_event_size=settings.max_header_bytes,
     )
     run_main(uvicorn.Server(config).serve(), event_loop=settings.event_loop)
 
