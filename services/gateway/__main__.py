@@ -32,6 +32,9 @@ def main() -> None:
         log_config=None,
         access_log=False,
         server_header=False,
+        # X-Forwarded-For is believed only from TRUSTED_PROXIES (client_address.py): uvicorn's own proxy-headers
+        # middleware would also believe it from 127.0.0.1, ahead of that rule, on every request.
+        proxy_headers=False,
         lifespan="on",
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
         http=functools.partial(  # type: ignore[arg-type]

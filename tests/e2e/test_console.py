@@ -105,6 +105,17 @@ async def test_the_cookie_is_secure_behind_a_trusted_proxy_that_says_https(stack
     assert "secure" in {part.strip().lower() for part in session_cookie(signed).split(";")}
 
 
+async def test_a_forwarded_https_is_not_believed_from_a_peer_outside_trusted_proxies(stack: Stack) -> None:
+    # The stack's gateway trusts no proxy, and the test connects from 127.0.0.1: uvicorn's own proxy-headers
+    # middleware, which trusts that address by default, would have made the request https before our rule ran.
+    async with httpx.AsyncClient(
+        base_url=stack.gateway_url, timeout=30, headers={"x-forwarded-proto": "https", "x-forwarded-for": "10.9.9.9"}
+    ) as spoofing:
+        form = await spoofing.get("/console/sign-in")
+    assert form.status_code == 200
+    assert "secure" not in {part.strip().lower() for part in form.headers["set-cookie"].split(";")}
+
+
 async def test_sign_in_refuses_a_missing_csrf_token_and_a_wrong_key(
     console: httpx.AsyncClient, client: dict[str, Any]
 ) -> None:
