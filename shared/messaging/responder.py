@@ -177,7 +177,13 @@ class Responders:
 
     async def reply(self, message: Msg, reply: Reply) -> None:
         try:
-            await message.respond(msgspec.json.encode(reply))
+            data = msgspec.json.encode(reply)
+        except (TypeError, msgspec.EncodeError):
+            # A handler returned what its reply type cannot carry: a bug, answered as one, never left to time out.
+            log.exception("unencodable reply", extra={"subject": message.subject})
+            data = msgspec.json.encode(error_reply(RuntimeError("unencodable reply"), message.subject))
+        try:
+            await message.respond(data)
         except (nats.errors.Error, OSError) as exc:
             # The asker times out and answers 503; there is nothing else to tell it.
             log.warning("could not send a reply", extra={"subject": message.subject, "error": type(exc).__name__})

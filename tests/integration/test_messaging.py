@@ -109,6 +109,22 @@ async def test_service_error_and_unexpected_exception_become_error_replies(
     assert "hunter2" not in crashed.value.message
 
 
+async def test_a_reply_that_cannot_be_encoded_is_answered_as_an_internal_error_not_left_to_time_out(
+    service_broker: NatsBroker, raw_broker: NatsBroker, subject_prefix: str
+) -> None:
+    from shared.contracts.rpc import Ok
+
+    @rpc_subscriber(service_broker, f"{subject_prefix}.rpc.unencodable", queue="unencodable")
+    async def unencodable(job: Job) -> Ok[object]:
+        return Ok(object())
+
+    await service_broker.start()
+    await flush_to_server(service_broker.connection)
+    with pytest.raises(ServiceError) as failed:
+        await request(raw_broker, f"{subject_prefix}.rpc.unencodable", Job("x"), Echo, timeout=5)
+    assert failed.value.code is ErrorCode.INTERNAL_ERROR
+
+
 async def test_no_responder_and_slow_responder_are_service_unavailable(
     service_broker: NatsBroker, raw_broker: NatsBroker, subject_prefix: str, rpc_handler: DeclareHandler
 ) -> None:
