@@ -81,6 +81,16 @@ class _Handler:
             log.warning("a request without a reply subject; ignored", extra={"subject": message.subject})
             return
         headers = message.headers or NO_HEADERS
+        # Bound for the admission decision's own logs too; the request's task copies them with the context.
+        request_token = request_id_var.set(headers.get(REQUEST_ID_HEADER))
+        subject_token = handled_subject_var.set(message.subject)
+        try:
+            await self.admit(message, headers)
+        finally:
+            request_id_var.reset(request_token)
+            handled_subject_var.reset(subject_token)
+
+    async def admit(self, message: Msg, headers: Mapping[str, str]) -> None:
         bounds = self.responders.bounds
         late = deadline_passed_reply(self.subject, headers)
         if late is not None:
@@ -94,8 +104,6 @@ class _Handler:
         self.responders.spawn(self.serve(message, headers))
 
     async def serve(self, message: Msg, headers: Mapping[str, str]) -> None:
-        request_id_var.set(headers.get(REQUEST_ID_HEADER))
-        handled_subject_var.set(message.subject)
         started = time.perf_counter()
         try:
             async with self.turns:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -26,7 +26,7 @@ from shared.messaging.middleware import PermanentFailure, retry_policy
 from shared.messaging.responder import rpc_subscriber
 from shared.messaging.rpc import request
 from shared.settings import CommonSettings, load_settings
-from shared.subjects import PARKED_MSG_ID_HEADER, Service, StreamSpec
+from shared.subjects import DEADLINE_HEADER, PARKED_MSG_ID_HEADER, REQUEST_ID_HEADER, Service, StreamSpec
 
 
 class Job(msgspec.Struct):
@@ -48,6 +48,27 @@ async def service_broker(nats_server: NatsServer) -> AsyncIterator[NatsBroker]:
     broker = create_broker(settings, Service.CASE)
     yield broker
     await broker.stop()
+
+
+class DropLog(logging.Handler):
+    """The request id bound when each deadline drop was logged (read at emit time, as the JSON formatter does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.request_ids: list[str | None] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("request dropped"):
+            self.request_ids.append(request_id_var.get())
+
+
+@pytest.fixture
+def drops(caplog: pytest.LogCaptureFixture) -> Iterator[DropLog]:
+    caplog.set_level(logging.INFO, logger="caseflow.messaging")  # drops are logged at INFO
+    handler = DropLog()
+    logging.getLogger("caseflow.messaging").addHandler(handler)
+    yield handler
+    logging.getLogger("caseflow.messaging").removeHandler(handler)
 
 
 type DeclareHandler = Callable[[str, str], Callable[[Callable[..., Awaitable[Any]]], object]]
@@ -445,8 +466,40 @@ def test_the_policy_reads_its_cap_from_the_settings() -> None:
 # ---- admission: deadlines and queue bounds at the handler ---------------------------------------------------
 
 
+async def test_a_request_already_past_its_deadline_on_arrival_is_refused_and_logged_under_its_request_id(
+    service_broker: NatsBroker,
+    raw_broker: NatsBroker,
+    subject_prefix: str,
+    rpc_handler: DeclareHandler,
+    drops: DropLog,
+) -> None:
+    handled: list[str] = []
+
+    @rpc_handler(f"{subject_prefix}.rpc.late", "late")
+    async def late(job: Job) -> object:
+        handled.append(job.job_id)
+        return None
+
+    await service_broker.start()
+    await flush_to_server(service_broker.connection)
+    # As a request sent before a pause (a stopped process, a long GC) arrives: its deadline is already behind it.
+    answer = await raw_broker.connection.request(
+        f"{subject_prefix}.rpc.late",
+        msgspec.json.encode(Job("late")),
+        timeout=5,
+        headers={DEADLINE_HEADER: "1", REQUEST_ID_HEADER: "late-request"},
+    )
+    assert msgspec.json.decode(answer.data)["code"] == "SERVICE_UNAVAILABLE"
+    assert handled == []
+    assert drops.request_ids == ["late-request"]
+
+
 async def test_a_request_whose_deadline_passed_while_it_queued_is_answered_without_running_its_handler(
-    service_broker: NatsBroker, raw_broker: NatsBroker, subject_prefix: str, rpc_handler: DeclareHandler
+    service_broker: NatsBroker,
+    raw_broker: NatsBroker,
+    subject_prefix: str,
+    rpc_handler: DeclareHandler,
+    drops: DropLog,
 ) -> None:
     handled: list[str] = []
     release = asyncio.Event()
@@ -464,8 +517,12 @@ async def test_a_request_whose_deadline_passed_while_it_queued_is_answered_witho
     subject = f"{subject_prefix}.rpc.blocking"
     first = asyncio.create_task(request(raw_broker, subject, Job("first"), Echo, timeout=10))
     await asyncio.sleep(0.2)  # the first is being handled; the next queues behind it
-    with pytest.raises(ServiceError) as gave_up:
-        await request(raw_broker, subject, Job("impatient"), Echo, timeout=0.3)
+    token = request_id_var.set("impatient-request")
+    try:
+        with pytest.raises(ServiceError) as gave_up:
+            await request(raw_broker, subject, Job("impatient"), Echo, timeout=0.3)
+    finally:
+        request_id_var.reset(token)
     assert gave_up.value.code is ErrorCode.SERVICE_UNAVAILABLE
     dropped_before = REGISTRY.get_sample_value("caseflow_deadline_drops_total", {"subject": subject}) or 0.0
     release.set()
@@ -474,4 +531,6 @@ async def test_a_request_whose_deadline_passed_while_it_queued_is_answered_witho
     third = await request(raw_broker, subject, Job("third", "ok"), Echo, timeout=10)
     assert third.text == "ok"
     assert handled == ["first", "third"]
+    # The drop is logged under the dropped request's id, like everything done for it.
+    assert "impatient-request" in drops.request_ids
     assert REGISTRY.get_sample_value("caseflow_deadline_drops_total", {"subject": subject}) == dropped_before + 1
