@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 from pymongo.errors import AutoReconnect
 
 from deploy.processes import NatsServer
+from shared.contracts.rpc import Ok
 from shared.errors import ErrorCode, ServiceError
 from shared.failures import Misconfigured, Terminal, Transient
 from shared.logs import request_id_var
@@ -96,8 +97,6 @@ async def test_request_returns_typed_data_and_carries_the_request_id(
 ) -> None:
     @rpc_handler(f"{subject_prefix}.rpc.echo", "echo")
     async def echo(job: Job) -> object:
-        from shared.contracts.rpc import Ok
-
         return Ok(Echo(text=job.text.upper(), request_id=request_id_var.get()))
 
     await service_broker.start()
@@ -133,8 +132,6 @@ async def test_service_error_and_unexpected_exception_become_error_replies(
 async def test_a_reply_that_cannot_be_encoded_is_answered_as_an_internal_error_not_left_to_time_out(
     service_broker: NatsBroker, raw_broker: NatsBroker, subject_prefix: str
 ) -> None:
-    from shared.contracts.rpc import Ok
-
     @rpc_subscriber(service_broker, f"{subject_prefix}.rpc.unencodable", queue="unencodable")
     async def unencodable(job: Job) -> Ok[object]:
         return Ok(object())
@@ -506,8 +503,6 @@ async def test_a_request_whose_deadline_passed_while_it_queued_is_answered_witho
 
     @rpc_handler(f"{subject_prefix}.rpc.blocking", "blocking")
     async def blocking(job: Job) -> object:
-        from shared.contracts.rpc import Ok
-
         handled.append(job.job_id)
         await release.wait()
         return Ok(Echo(text=job.text, request_id=None))
