@@ -236,7 +236,8 @@ def rpc_subscriber(
     requests at once with at most RPC_MAX_IN_FLIGHT admitted (running or waiting); more are shed at once.
 
     The handler takes its payload (decoded with msgspec to the type its first parameter is annotated with) and,
-    if it declares a second parameter, the RpcRequest; it returns Ok(data) or raises (ServiceError: that error)."""
+    if it declares a second parameter, the RpcRequest; it returns Ok(data) or raises (ServiceError: that error).
+    Its annotations are resolved when it is declared, so the names in them must be importable from its module."""
 
     def declare(function: Callable[..., Awaitable[Reply]]) -> Callable[..., Awaitable[Reply]]:
         responders_of(broker).add(subject, queue=queue, concurrency=concurrency, function=function)
