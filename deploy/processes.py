@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -29,10 +30,47 @@ BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def ephemeral_port_range() -> tuple[int, int]:
+    """The ports the kernel gives outgoing connections (and `bind(0)`); Linux's default where it cannot be read."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _listen_port_candidates() -> Iterator[int]:
+    """Every port below (or else above) the ephemeral range once, in order from a random start."""
+    low, high = ephemeral_port_range()
+    first, last = (max(1024, low - 16384), low - 1) if low > 2048 else (high + 1, 65535)
+    # Not `random`: a test that seeds it would make every process start from the same port.
+    start = first + secrets.randbelow(last - first + 1)
+    yield from range(start, last + 1)
+    yield from range(first, start)
+
+
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nothing listens on, for a child process to bind.
+
+    Not `bind(0)`: the kernel picks that port from its ephemeral range, which is where every outgoing connection's
+    local port comes from too, so between our release and the child's bind a client socket can take it (CI saw a
+    service exit with "Address already in use" this way). Ports outside that range are only ever taken by
+    listeners, and each is handed out once per process.
+    """
+    for port in _listen_port_candidates():
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free loopback port outside the ephemeral range")
 
 
 def wait_for_port(port: int, *, timeout: float = 20.0, process: subprocess.Popen[bytes] | None = None) -> None:
