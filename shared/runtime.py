@@ -39,6 +39,7 @@ from shared.logs import configure_logging
 from shared.messaging.broker import create_broker, stop_answering_requests
 from shared.messaging.connection import connect_with_retry, flush_to_server, nats_client, nats_credentials
 from shared.messaging.jetstream import durable_consumers, ensure_streams
+from shared.messaging.responder import rpc_subscriber
 from shared.mongo import create_mongo_client, ensure_indexes, ping
 from shared.settings import CommonSettings, secret_values
 from shared.subjects import Service, StreamSpec, health_subject, queue_group
@@ -81,7 +82,7 @@ class ServiceRuntime:
         self.add_gauge_refresh(self._refresh_consumer_gauges)
 
     def _register_health(self) -> None:
-        @self.broker.subscriber(health_subject(self.service), queue=queue_group(self.service))
+        @rpc_subscriber(self.broker, health_subject(self.service), queue=queue_group(self.service))
         async def health(_: Empty) -> Ok[HealthReport]:
             mongo_ok = await ping(self.mongo, timeout_seconds=1.0)
             self.log.debug("health reported", extra={"mongodb": mongo_ok})

@@ -14,10 +14,8 @@ import logging
 import weakref
 from typing import Any
 
-import nats.errors
 from fast_depends.msgspec import MsgSpecSerializer
 from faststream.nats import NatsBroker
-from faststream.nats.subscriber.usecases.core_subscriber import CoreSubscriber
 from faststream.security import SASLPlaintext
 
 from shared.messaging.admission import HandlerBounds
@@ -78,24 +76,9 @@ async def stop_answering_requests(broker: NatsBroker, *, timeout: float) -> None
     """Before the broker stops (SIGTERM): leave every request/reply queue group, then answer what NATS already
     delivered to this process, so the other replicas take new requests meanwhile. Waits at most `timeout`.
 
-    The RPC handlers drain themselves (shared.messaging.responder); the FastStream core subscribers left (the
-    health check) are drained here: FastStream's own stop marks a subscriber stopped first and unsubscribes only
-    once its in-flight handler returns, so requests NATS routes to it in between would be dropped unanswered."""
-    subscribers = [
-        subscriber
-        for subscriber in broker.subscribers
-        if isinstance(subscriber, CoreSubscriber) and subscriber.subscription is not None
-    ]
-
-    async def drain(subscriber: CoreSubscriber) -> None:
-        subscription = subscriber.subscription
-        subscriber.subscription = None  # drained here: FastStream's stop must not unsubscribe it again
-        if subscription is None:
-            return
-        with contextlib.suppress(nats.errors.Error):
-            # No new requests; the ones already delivered are handed to the handler (nats-py leaves it untyped).
-            await subscription.drain()  # type: ignore[no-untyped-call]
-
+    Every request/reply handler is a responder (shared.messaging.responder), health checks included, so this is
+    theirs to do; FastStream's own stop would mark a subscriber stopped first and unsubscribe only once its
+    in-flight handler returned, dropping the requests NATS routed to it in between."""
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(timeout):
-            await asyncio.gather(responders_of(broker).drain(), *(drain(subscriber) for subscriber in subscribers))
+            await responders_of(broker).drain()

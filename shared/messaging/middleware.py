@@ -1,4 +1,6 @@
-"""ServiceMiddleware: what happens around every message a service handles, RPC or JetStream.
+"""ServiceMiddleware: what happens around every message a FastStream subscriber handles: JetStream consumers, and
+core NATS events with no reply (the gateway's KEYS_CHANGED). Request/reply handlers are not FastStream subscribers
+(shared.messaging.responder); `error_reply` and `deadline_passed_reply` here are the rules they answer by.
 
 Design decisions a reader must know:
 - A JetStream message is acknowledged only after its handler returns. A handler that raises is redelivered with a
@@ -8,9 +10,6 @@ Design decisions a reader must know:
   every replica of the consumer (shared.messaging.poison); at `max_deliver` poison failures, or at once on
   `PermanentFailure`, the message is copied to the PARKED stream and terminated, so an operator can inspect, replay
   or drop it (`python -m services.auth.admin parked ...`).
-- A request whose asker's deadline passed while it queued is answered SERVICE_UNAVAILABLE without running. (This
-  is for FastStream's core subscribers, the health check; the RPC handlers run in shared.messaging.responder,
-  under the same rules and with `error_reply` and `deadline_passed_reply` from here.)
 - The request id travels in the `X-Request-Id` header and is bound to the logging context for every message.
 """
 
@@ -35,7 +34,6 @@ from shared.contracts.rpc import Err
 from shared.errors import ERROR_SPECS, ErrorCode, ServiceError
 from shared.failures import DependencyFailure
 from shared.logs import handled_subject_var, request_id_var
-from shared.messaging.connection import REPLY_INBOX_PREFIX
 from shared.messaging.poison import LocalPoisonCounts
 from shared.messaging.rpc import request_deadline_ms
 from shared.settings import CommonSettings
@@ -182,11 +180,6 @@ class _MessageScope(BaseMiddleware):
         # Every way out below sets the outcome the metrics record: ok, an error code, retried or parked.
         outcome: str = metrics.OUTCOME_OK
         try:
-            if not jetstream and raw_message.reply:
-                shed = deadline_passed_reply(raw_message.subject, msg.headers)
-                if shed is not None:
-                    outcome = metrics.OUTCOME_SHED
-                    return shed
             result = await call_next(msg)
             if jetstream:
                 self.config.poison.handled(_message_key(raw_message))
@@ -206,15 +199,11 @@ class _MessageScope(BaseMiddleware):
                 except NackMessage:
                     outcome = metrics.OUTCOME_RETRIED
                     raise
-            reply = error_reply(exc, raw_message.subject)
-            outcome = reply.code
-            return reply if raw_message.reply else None
+            # A core event: nobody waits for an answer, so the failure is logged and counted by its kind.
+            outcome = error_reply(exc, raw_message.subject).code
+            return None
         finally:
-            # FastStream runs the broker's middlewares on the reply to a broker.request() too (RpcClient asks
-            # with nats-py's own request, but a test or tool may not): that is not a handled message, and its
-            # subject is a per-request inbox, so counting it would add a series per request.
-            if not raw_message.subject.startswith(REPLY_INBOX_PREFIX):
-                metrics.observe_message(raw_message.subject, outcome, time.perf_counter() - started)
+            metrics.observe_message(raw_message.subject, outcome, time.perf_counter() - started)
             if keep_alive is not None:
                 keep_alive.cancel()
             request_id_var.reset(token)

@@ -12,7 +12,7 @@ import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import Any, cast
 
 import msgspec
 import nats.errors
@@ -26,11 +26,6 @@ from shared.messaging.connection import nats_client
 from shared.subjects import DEADLINE_HEADER, REQUEST_ID_HEADER
 
 log = logging.getLogger("caseflow.messaging")
-
-# What FastStream's subscribers (the health check) read to decode a request's body as JSON.
-CONTENT_TYPE_HEADER: Final = "content-type"
-JSON_CONTENT_TYPE: Final = "application/json"
-
 
 @functools.cache
 def _reply_decoder(reply_type: Any) -> msgspec.json.Decoder[Any]:
@@ -55,7 +50,7 @@ async def request[T](
         # While NATS is away, answer at once instead of waiting out the timeout in nats-py's reconnect buffer.
         log.warning("request while NATS is disconnected", extra={"subject": subject})
         raise ServiceError(ErrorCode.SERVICE_UNAVAILABLE)
-    headers = {CONTENT_TYPE_HEADER: JSON_CONTENT_TYPE, DEADLINE_HEADER: str(now_ms() + int(timeout * 1000))}
+    headers = {DEADLINE_HEADER: str(now_ms() + int(timeout * 1000))}
     request_id = request_id_var.get()
     if request_id:
         headers[REQUEST_ID_HEADER] = request_id

@@ -1,8 +1,9 @@
-"""What `make bench`'s profile of the gateway found: FastStream runs a broker's middlewares on the reply to the
+"""What `make bench`'s profile of the gateway found: FastStream ran a broker's middlewares on the reply to the
 broker's own `request()`, and ServiceMiddleware counted that reply under its subject, a per-request inbox. Every
 request then added new series (~17 samples) to the requester's metrics: an unbounded leak and CPU per request.
 
-Replies are not handled messages: only the responder counts the request, under the request's subject.
+Replies are not handled messages: `rpc.request` asks with nats-py (its replies never reach a FastStream
+subscriber), and only the responder counts the request, under the request's subject.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from deploy.processes import NatsServer
 from shared.contracts.rpc import Ok
 from shared.messaging.broker import create_broker
 from shared.messaging.connection import REPLY_INBOX_PREFIX, flush_to_server
+from shared.messaging.responder import rpc_subscriber
 from shared.messaging.rpc import request
 from shared.settings import CommonSettings, load_settings
 from shared.subjects import Service
@@ -29,7 +31,7 @@ service_broker = test_messaging.service_broker
 
 @pytest.fixture
 async def requesting_broker(nats_server: NatsServer) -> AsyncIterator[NatsBroker]:
-    """A broker built like the gateway's: its requests' replies pass through ServiceMiddleware."""
+    """A broker built like the gateway's, ServiceMiddleware installed."""
     broker = create_broker(load_settings(CommonSettings, {"NATS_URL": nats_server.url}), Service.GATEWAY)
     await broker.connect()
     yield broker
@@ -51,7 +53,7 @@ async def test_replies_to_our_own_requests_add_no_series(
 ) -> None:
     subject = f"{subject_prefix}.rpc.lookup"
 
-    @service_broker.subscriber(subject, queue="lookup")
+    @rpc_subscriber(service_broker, subject, queue="lookup")
     async def lookup(job: Job) -> Ok[Job]:
         return Ok(job)
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
 
 import msgspec
 import nats.errors
@@ -72,19 +71,6 @@ def drops(caplog: pytest.LogCaptureFixture) -> Iterator[DropLog]:
     logging.getLogger("caseflow.messaging").removeHandler(handler)
 
 
-type DeclareHandler = Callable[[str, str], Callable[[Callable[..., Awaitable[Any]]], object]]
-
-
-@pytest.fixture(params=["responder", "faststream"])
-def rpc_handler(request: pytest.FixtureRequest, service_broker: NatsBroker) -> DeclareHandler:
-    """Declares a request/reply handler (subject, queue group) as every service's are (shared.messaging.responder)
-    and as a FastStream core subscriber through ServiceMiddleware (the health check's path): the rules of a
-    request are the same on both."""
-    if request.param == "responder":
-        return lambda subject, queue: rpc_subscriber(service_broker, subject, queue=queue)
-    return lambda subject, queue: service_broker.subscriber(subject, queue=queue)
-
-
 @pytest.fixture
 def stream(subject_prefix: str) -> StreamSpec:
     return StreamSpec(
@@ -93,10 +79,10 @@ def stream(subject_prefix: str) -> StreamSpec:
 
 
 async def test_request_returns_typed_data_and_carries_the_request_id(
-    service_broker: NatsBroker, raw_broker: NatsBroker, subject_prefix: str, rpc_handler: DeclareHandler
+    service_broker: NatsBroker, raw_broker: NatsBroker, subject_prefix: str
 ) -> None:
-    @rpc_handler(f"{subject_prefix}.rpc.echo", "echo")
-    async def echo(job: Job) -> object:
+    @rpc_subscriber(service_broker, f"{subject_prefix}.rpc.echo", queue="echo")
+    async def echo(job: Job) -> Ok[Echo]:
         return Ok(Echo(text=job.text.upper(), request_id=request_id_var.get()))
 
     await service_broker.start()
@@ -110,10 +96,10 @@ async def test_request_returns_typed_data_and_carries_the_request_id(
 
 
 async def test_service_error_and_unexpected_exception_become_error_replies(
-    service_broker: NatsBroker, raw_broker: NatsBroker, subject_prefix: str, rpc_handler: DeclareHandler
+    service_broker: NatsBroker, raw_broker: NatsBroker, subject_prefix: str
 ) -> None:
-    @rpc_handler(f"{subject_prefix}.rpc.lookup", "lookup")
-    async def lookup(job: Job) -> object:
+    @rpc_subscriber(service_broker, f"{subject_prefix}.rpc.lookup", queue="lookup")
+    async def lookup(job: Job) -> Ok[Job]:
         if job.job_id == "missing":
             raise ServiceError(ErrorCode.CASE_NOT_FOUND)
         raise RuntimeError("database password is hunter2")
@@ -144,11 +130,12 @@ async def test_a_reply_that_cannot_be_encoded_is_answered_as_an_internal_error_n
 
 
 async def test_no_responder_and_slow_responder_are_service_unavailable(
-    service_broker: NatsBroker, raw_broker: NatsBroker, subject_prefix: str, rpc_handler: DeclareHandler
+    service_broker: NatsBroker, raw_broker: NatsBroker, subject_prefix: str
 ) -> None:
-    @rpc_handler(f"{subject_prefix}.rpc.slow", "slow")
-    async def slow(job: Job) -> None:
+    @rpc_subscriber(service_broker, f"{subject_prefix}.rpc.slow", queue="slow")
+    async def slow(job: Job) -> Ok[Job]:
         await asyncio.sleep(2)
+        return Ok(job)
 
     await service_broker.start()
     await flush_to_server(service_broker.connection)  # subscriptions reach the server before the first request
@@ -433,10 +420,10 @@ async def test_only_poison_failures_count_toward_parking(
 
 
 async def test_a_request_handler_failing_on_a_dependency_replies_with_its_kind(
-    service_broker: NatsBroker, raw_broker: NatsBroker, subject_prefix: str, rpc_handler: DeclareHandler
+    service_broker: NatsBroker, raw_broker: NatsBroker, subject_prefix: str
 ) -> None:
-    @rpc_handler(f"{subject_prefix}.rpc.dep", "dep")
-    async def dependency(job: Job) -> None:
+    @rpc_subscriber(service_broker, f"{subject_prefix}.rpc.dep", queue="dep")
+    async def dependency(job: Job) -> Ok[Job]:
         if job.job_id == "mongo":
             raise AutoReconnect("down")
         if job.job_id == "refused":
@@ -467,15 +454,14 @@ async def test_a_request_already_past_its_deadline_on_arrival_is_refused_and_log
     service_broker: NatsBroker,
     raw_broker: NatsBroker,
     subject_prefix: str,
-    rpc_handler: DeclareHandler,
     drops: DropLog,
 ) -> None:
     handled: list[str] = []
 
-    @rpc_handler(f"{subject_prefix}.rpc.late", "late")
-    async def late(job: Job) -> object:
+    @rpc_subscriber(service_broker, f"{subject_prefix}.rpc.late", queue="late")
+    async def late(job: Job) -> Ok[Job]:
         handled.append(job.job_id)
-        return None
+        return Ok(job)
 
     await service_broker.start()
     await flush_to_server(service_broker.connection)
@@ -495,14 +481,13 @@ async def test_a_request_whose_deadline_passed_while_it_queued_is_answered_witho
     service_broker: NatsBroker,
     raw_broker: NatsBroker,
     subject_prefix: str,
-    rpc_handler: DeclareHandler,
     drops: DropLog,
 ) -> None:
     handled: list[str] = []
     release = asyncio.Event()
 
-    @rpc_handler(f"{subject_prefix}.rpc.blocking", "blocking")
-    async def blocking(job: Job) -> object:
+    @rpc_subscriber(service_broker, f"{subject_prefix}.rpc.blocking", queue="blocking")
+    async def blocking(job: Job) -> Ok[Echo]:
         handled.append(job.job_id)
         await release.wait()
         return Ok(Echo(text=job.text, request_id=None))

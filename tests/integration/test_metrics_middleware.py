@@ -19,16 +19,16 @@ from shared.errors import ErrorCode, ServiceError
 from shared.messaging.connection import flush_to_server
 from shared.messaging.jetstream import durable_consumers, durable_subscriber, ensure_streams, publish_durable
 from shared.messaging.middleware import PermanentFailure
+from shared.messaging.responder import rpc_subscriber
 from shared.messaging.rpc import request
 from shared.subjects import StreamSpec
 from tests.integration import test_messaging
-from tests.integration.test_messaging import DeclareHandler, Job
+from tests.integration.test_messaging import Job
 from tests.support.simulator import eventually
 
 # test_messaging's fixtures, used here by name.
 service_broker = test_messaging.service_broker
 stream = test_messaging.stream
-rpc_handler = test_messaging.rpc_handler
 
 
 def handled(subject: str, outcome: str) -> float:
@@ -41,11 +41,11 @@ def timed(subject: str, outcome: str) -> float:
 
 
 async def test_requests_count_as_ok_or_under_their_error_code(
-    service_broker: NatsBroker, raw_broker: NatsBroker, subject_prefix: str, rpc_handler: DeclareHandler
+    service_broker: NatsBroker, raw_broker: NatsBroker, subject_prefix: str
 ) -> None:
     subject = f"{subject_prefix}.rpc.lookup"
 
-    @rpc_handler(subject, "lookup")
+    @rpc_subscriber(service_broker, subject, queue="lookup")
     async def lookup(job: Job) -> Ok[Job]:
         if job.job_id == "missing":
             raise ServiceError(ErrorCode.CASE_NOT_FOUND)

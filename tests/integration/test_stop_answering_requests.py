@@ -1,12 +1,14 @@
 """A replica told to stop leaves its request/reply queue group at once and still answers what it was given
 (`shared.messaging.broker.stop_answering_requests`, the first step of the runtime's SIGTERM handling).
 
-Two replicas of one responder on a real nats-server; the one stopping is busy with a request the test holds open
-and has more queued behind it when the stop begins; more are sent once it has begun to leave. Without the early
-drain, FastStream marks the stopping replica's subscriber stopped and unsubscribes only when the held request is
-done; every request NATS routed to it in between is dropped unanswered (a 503 upstream). Not covered (and not
-closed): a request NATS routes to the replica during the unsubscribe's own round trip, in the same instant the
-stop begins; it can still go unanswered (503, which the client retries with its key), see docs/reliability.md.
+Two replicas of one responder (shared.messaging.responder) on a real nats-server; the one stopping is busy with a
+request the test holds open and has more queued behind it when the stop begins; more are sent once it has begun to
+leave. FastStream's own stop, which the handlers ran under before the responder, marked the subscriber stopped and
+unsubscribed only when the held request was done, so every request NATS routed to it in between was dropped
+unanswered (a 503 upstream); a drain that unsubscribed without answering what it was given would drop the queued
+ones. Not covered (and not closed): a request NATS routes to the replica during the unsubscribe's own round trip,
+in the same instant the stop begins; it can still go unanswered (503, which the client retries with its key), see
+docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from shared.contracts.rpc import Ok
 from shared.errors import ServiceError
 from shared.messaging.broker import create_broker, stop_answering_requests
 from shared.messaging.connection import flush_to_server
+from shared.messaging.responder import responders_of, rpc_subscriber
 from shared.messaging.rpc import request
 from shared.settings import CommonSettings, load_settings
 from shared.subjects import Service
@@ -47,9 +50,9 @@ async def replicas(nats_server: NatsServer) -> AsyncIterator[tuple[NatsBroker, N
     await staying.stop()
 
 
-@pytest.mark.parametrize("max_workers", [1, 4], ids=["one-at-a-time", "concurrent"])
+@pytest.mark.parametrize("concurrency", [1, 4], ids=["one-at-a-time", "concurrent"])
 async def test_a_stopping_replica_leaves_its_queue_group_and_answers_what_it_was_given(
-    replicas: tuple[NatsBroker, NatsBroker], raw_broker: NatsBroker, subject_prefix: str, max_workers: int
+    replicas: tuple[NatsBroker, NatsBroker], raw_broker: NatsBroker, subject_prefix: str, concurrency: int
 ) -> None:
     stopping, staying = replicas
     subject = f"{subject_prefix}.rpc.answer"
@@ -57,7 +60,7 @@ async def test_a_stopping_replica_leaves_its_queue_group_and_answers_what_it_was
     release = asyncio.Event()
     answered_by_stopping = 0
 
-    @stopping.subscriber(subject, queue="answer", max_workers=max_workers)
+    @rpc_subscriber(stopping, subject, queue="answer", concurrency=concurrency)
     async def answer_stopping(ask: Ask) -> Ok[Answer]:
         nonlocal answered_by_stopping
         if ask.hold:
@@ -66,7 +69,7 @@ async def test_a_stopping_replica_leaves_its_queue_group_and_answers_what_it_was
         answered_by_stopping += 1
         return Ok(Answer(replica="stopping"))
 
-    @staying.subscriber(subject, queue="answer", max_workers=max_workers)
+    @rpc_subscriber(staying, subject, queue="answer", concurrency=concurrency)
     async def answer_staying(ask: Ask) -> Ok[Answer]:
         return Ok(Answer(replica="staying"))
 
@@ -98,8 +101,8 @@ async def test_a_stopping_replica_leaves_its_queue_group_and_answers_what_it_was
     ]
     await flush_to_server(raw_broker.connection)
     stop = asyncio.create_task(stop_like_the_runtime())
-    # The stop has begun once the replica lets go of its subscription (FastStream's state: no event to wait on).
-    while any(getattr(subscriber, "subscription", None) is not None for subscriber in stopping.subscribers):  # noqa: ASYNC110
+    # The stop has begun once the replica lets go of its subscription (the responder's state: no event to wait on).
+    while any(handler.subscription is not None for handler in responders_of(stopping).handlers):  # noqa: ASYNC110
         await asyncio.sleep(0.01)
     asks += [
         asyncio.create_task(request(raw_broker, subject, Ask(), Answer, timeout=10))

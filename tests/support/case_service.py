@@ -39,6 +39,7 @@ from shared.errors import ErrorCode, ServiceError
 from shared.messaging.broker import create_broker
 from shared.messaging.connection import connect_with_retry, flush_to_server
 from shared.messaging.jetstream import ensure_streams, publish_durable
+from shared.messaging.responder import rpc_subscriber
 from shared.mongo import Document, ensure_indexes
 from shared.settings import CaseSettings, load_settings
 from shared.subjects import AGENTMAIL_EVENTS, CASE_COMMANDS, CASE_EVENTS, CASE_TIMERS, PARKED, Service, queue_group
@@ -129,16 +130,16 @@ class StubAdapter:
     def register(self, broker: NatsBroker) -> None:
         queue = queue_group(Service.AGENTMAIL_ADAPTER)
 
-        @broker.subscriber(agentmail.SEND, queue=queue)
+        @rpc_subscriber(broker, agentmail.SEND, queue=queue)
         async def send_email(request: agentmail.SendEmail) -> Ok[agentmail.SendOutcome]:
             return Ok(await self.send(request, thread_id=self.first_thread(request.case_id)))
 
-        @broker.subscriber(agentmail.REPLY, queue=queue)
+        @rpc_subscriber(broker, agentmail.REPLY, queue=queue)
         async def reply_email(request: agentmail.ReplyEmail) -> Ok[agentmail.SendOutcome]:
             thread_id = self.thread_of.get(request.in_reply_to_message_id, self.first_thread(request.case_id))
             return Ok(await self.send(request, thread_id=thread_id))
 
-        @broker.subscriber(agentmail.TRANSCRIPT, queue=queue)
+        @rpc_subscriber(broker, agentmail.TRANSCRIPT, queue=queue)
         async def transcript(request: agentmail.GetTranscript) -> Ok[agentmail.Transcript]:
             return Ok(agentmail.Transcript(thread_id=request.thread_id, messages=self.threads[request.thread_id]))
 

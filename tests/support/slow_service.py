@@ -7,6 +7,7 @@ import asyncio
 import msgspec
 
 from shared.contracts.rpc import Ok
+from shared.messaging.responder import rpc_subscriber
 from shared.runtime import ServiceRuntime
 from shared.settings import CommonSettings, load_settings_or_exit
 from shared.subjects import Service
@@ -26,7 +27,7 @@ def main() -> None:
     settings = load_settings_or_exit(CommonSettings, "slow-test-service")
     runtime = ServiceRuntime(Service.WEBHOOK, settings)
 
-    @runtime.broker.subscriber(SLOW_SUBJECT, queue="slow-test")
+    @rpc_subscriber(runtime.broker, SLOW_SUBJECT, queue="slow-test")
     async def slow(body: SlowRequest) -> Ok[SlowReply]:
         await asyncio.sleep(body.seconds)
         return Ok(SlowReply(slept=body.seconds))
