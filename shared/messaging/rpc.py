@@ -27,6 +27,7 @@ from shared.subjects import DEADLINE_HEADER, REQUEST_ID_HEADER
 
 log = logging.getLogger("caseflow.messaging")
 
+
 @functools.cache
 def _reply_decoder(reply_type: Any) -> msgspec.json.Decoder[Any]:
     return msgspec.json.Decoder(Ok[reply_type] | Err)
