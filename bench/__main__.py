@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -188,6 +189,15 @@ def _public(config: BenchConfig) -> dict[str, Any]:
     return public
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the run is: it unwinds like Ctrl-C, so each `with` block stops what it started."""
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the stack's own stop short
+    raise Terminated
+
+
 def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -195,7 +205,13 @@ def main() -> int:
     except ConfigError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
-    results = run(config)
+    # Python's default for SIGTERM ends the process at once, leaving the stack it started running.
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        results = run(config)
+    except (Terminated, KeyboardInterrupt) as stop:
+        print("bench: stopped before the end; its processes are stopped, no results written", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
     write(results, config.results_path)
     print(render(results))
     print("\n" + render_goals([msgspec.convert(goal, Goal) for goal in results.goals]))
