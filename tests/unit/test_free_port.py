@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import socket
 
+import pytest
+
+from deploy import processes
 from deploy.processes import ephemeral_port_range, free_port
 
 
@@ -21,10 +24,13 @@ def test_free_port_never_hands_out_the_same_port_twice() -> None:
     assert len(set(ports)) == len(ports)
 
 
-def test_free_port_skips_a_port_something_listens_on() -> None:
-    first = free_port()
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
-        listener.bind(("127.0.0.1", first + 1))
+def test_free_port_skips_a_port_something_listens_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener, socket.socket() as spare:
+        listener.bind(("127.0.0.1", 0))
         listener.listen()
-        # Ports are handed out in order from a random start, so the next candidate is the listener's.
-        assert free_port() != first + 1
+        spare.bind(("127.0.0.1", 0))
+        busy, free = listener.getsockname()[1], spare.getsockname()[1]
+        spare.close()
+        # The candidates in a known order: the port something listens on first.
+        monkeypatch.setattr(processes, "_listen_port_candidates", lambda: iter([busy, free]))
+        assert free_port() == free
