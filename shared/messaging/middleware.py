@@ -146,8 +146,8 @@ def deadline_passed_reply(subject: str, headers: Mapping[str, str]) -> Err | Non
 
 @dataclass(frozen=True, slots=True)
 class ServiceMiddleware:
-    """Binds the request id, turns failures into error replies (RPC) or delayed redeliveries (JetStream), and counts
-    every handled message by subject and outcome (`caseflow_nats_messages_total`).
+    """Binds the request id, turns failures into delayed redeliveries or parking (JetStream) or a logged failure (a
+    core event), and counts every handled message by subject and outcome (`caseflow_nats_messages_total`).
 
     A configured object, as FastStream's own middlewares are: built once per broker (`create_broker`) with where
     to park, the retry policy and the poison counts (shared by the consumer's replicas:
