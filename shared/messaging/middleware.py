@@ -1,6 +1,6 @@
 """ServiceMiddleware: what happens around every message a FastStream subscriber handles: JetStream consumers, and
 core NATS events with no reply (the gateway's KEYS_CHANGED). Request/reply handlers are not FastStream subscribers
-(shared.messaging.responder); `error_reply` and `deadline_passed_reply` here are the rules they answer by.
+(shared.messaging.responder); `error_reply` here is the rule both answer a failure by.
 
 Design decisions a reader must know:
 - A JetStream message is acknowledged only after its handler returns. A handler that raises is redelivered with a
@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -29,13 +29,11 @@ from faststream.nats import NatsBroker
 
 from shared import metrics
 from shared.classify import failure_kind, retried_while_it_lasts
-from shared.clock import now_ms
 from shared.contracts.rpc import Err
 from shared.errors import ERROR_SPECS, ErrorCode, ServiceError
 from shared.failures import DependencyFailure
 from shared.logs import handled_subject_var, request_id_var
 from shared.messaging.poison import LocalPoisonCounts
-from shared.messaging.rpc import request_deadline_ms
 from shared.settings import CommonSettings
 from shared.subjects import (
     MSG_ID_HEADER,
@@ -133,17 +131,6 @@ def error_reply(exc: Exception, subject: str) -> Err:
     return Err(code=ErrorCode.INTERNAL_ERROR, message=ERROR_SPECS[ErrorCode.INTERNAL_ERROR].default_message)
 
 
-def deadline_passed_reply(subject: str, headers: Mapping[str, str]) -> Err | None:
-    """The answer to a request (core NATS request/reply) whose asker's deadline has already passed, or None:
-    it has given up, so running it would be wasted work, or worse, commit something nobody was told about."""
-    deadline = request_deadline_ms(headers)
-    if deadline is not None and now_ms() >= deadline:
-        metrics.DEADLINE_DROPS.labels(subject=metrics.bounded_subject(subject)).inc()
-        log.info("request dropped: its deadline had passed", extra={"subject": subject})
-        return Err(code=ErrorCode.SERVICE_UNAVAILABLE, message="The request's deadline passed.", kind="transient")
-    return None
-
-
 @dataclass(frozen=True, slots=True)
 class ServiceMiddleware:
     """Binds the request id, turns failures into delayed redeliveries or parking (JetStream) or a logged failure (a
@@ -183,8 +170,6 @@ class _MessageScope(BaseMiddleware):
             result = await call_next(msg)
             if jetstream:
                 self.config.poison.handled(_message_key(raw_message))
-            if isinstance(result, Err):
-                outcome = result.code
             return result
         except HandlerException as exc:
             outcome = _outcome_of(exc)

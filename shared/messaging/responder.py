@@ -43,10 +43,13 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from shared import metrics
+from shared.clock import now_ms
 from shared.contracts.rpc import Err, Ok
+from shared.errors import ErrorCode
 from shared.logs import handled_subject_var, request_id_var
 from shared.messaging.admission import HandlerBounds
-from shared.messaging.middleware import deadline_passed_reply, error_reply
+from shared.messaging.middleware import error_reply
+from shared.messaging.rpc import request_deadline_ms
 from shared.subjects import REQUEST_ID_HEADER
 
 log = logging.getLogger("caseflow.messaging")
@@ -54,6 +57,17 @@ log = logging.getLogger("caseflow.messaging")
 NO_HEADERS: Final[Mapping[str, str]] = {}
 
 type Reply = Ok[Any] | Err
+
+
+def deadline_passed_reply(subject: str, headers: Mapping[str, str]) -> Err | None:
+    """The answer to a request (core NATS request/reply) whose asker's deadline has already passed, or None:
+    it has given up, so running it would be wasted work, or worse, commit something nobody was told about."""
+    deadline = request_deadline_ms(headers)
+    if deadline is not None and now_ms() >= deadline:
+        metrics.DEADLINE_DROPS.labels(subject=metrics.bounded_subject(subject)).inc()
+        log.info("request dropped: its deadline had passed", extra={"subject": subject})
+        return Err(code=ErrorCode.SERVICE_UNAVAILABLE, message="The request's deadline passed.", kind="transient")
+    return None
 
 
 @dataclass(frozen=True, slots=True)
